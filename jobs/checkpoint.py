@@ -1,0 +1,84 @@
+"""Checkpoint files: weights, the full config that produced them, and a format version.
+
+Loading uses ``torch.load(..., weights_only=True)``: nothing but tensors and plain containers is
+ever unpickled. The config travels as a JSON string inside the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+
+
+class CheckpointFormatError(ValueError):
+    """A file that is not an mpo checkpoint of this format version."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write with ``torch.save`` to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module | dict[str, torch.Tensor],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save weights + config (+ ``extra``: tensors, numbers, strings, lists, dicts) atomically."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "config_json": json.dumps(config, sort_keys=True),
+        "extra": extra or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint: ``{"format_version", "state_dict", "config", "extra"}``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling errors of many kinds
+        raise CheckpointFormatError(f"{path}: not a readable mpo checkpoint ({err})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointFormatError(f"{path}: not an mpo checkpoint (no format_version)")
+    version = payload["format_version"]
+    if version != FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{path}: checkpoint format version {version}, this mpo reads version {FORMAT_VERSION}; "
+            "load it with the mpo version that wrote it, or retrain"
+        )
+    return {
+        "format_version": version,
+        "state_dict": payload["state_dict"],
+        "config": json.loads(payload["config_json"]),
+        "extra": payload.get("extra", {}),
+    }
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, hex."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

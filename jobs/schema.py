@@ -1,0 +1,91 @@
+"""The per-example results table: one row per (model, attack, test input).
+
+Defined once here, with a version. Written by ``jobs.evaluation`` and read by ``analysis``.
+This module imports only pyarrow (no torch), so the analysis can use it without torch.
+
+Rows with ``budget == 1.0`` are the evaluation at the family's full budget (the tables);
+rows with ``budget < 1.0`` are the epsilon sweep used by the Figure-1 plots.
+
+File metadata (bytes keys, JSON values):
+- ``mpo.schema_version``: ``SCHEMA_VERSION`` as a string.
+- ``mpo.model``: the model's training config snapshot (JSON object).
+- ``mpo.suite``: the evaluation suite snapshot, including ``groups`` ({group: [families]}).
+- ``mpo.shard``: {"attack", "start", "stop", "content_key"}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+META_SCHEMA_VERSION = b"mpo.schema_version"
+META_MODEL = b"mpo.model"
+META_SUITE = b"mpo.suite"
+META_SHARD = b"mpo.shard"
+
+#: Column name -> (arrow type, description).
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "model_id": (pa.string(), "unique id of the trained model (hash of its training config)"),
+    "model_label": (pa.string(), "display name, e.g. 'Adv_max'"),
+    "dataset": (pa.string(), "dataset name: toy, mnist, cifar10"),
+    "strategy": (pa.string(), "nat, single, avg or max"),
+    "train_attacks": (pa.string(), "JSON list of the training attacks' families"),
+    "groups": (pa.string(), "JSON list of the groups this model is reported in"),
+    "seed": (pa.int64(), "training seed"),
+    "checkpoint_digest": (pa.string(), "sha256 of the checkpoint file evaluated"),
+    "suite": (pa.string(), "evaluation suite name"),
+    "attack": (pa.string(), "attack name inside the suite"),
+    "family": (pa.string(), "perturbation family: linf, l1, l2, rt, or affine like linf+rt"),
+    "kind": (pa.string(), "first-order, gradient-free or grid"),
+    "epsilon": (pa.float64(), "radius of the family ball the in-ball rule used (NaN for rt)"),
+    "budget": (pa.float64(), "fraction of the family's full budget (1.0 = full)"),
+    "attack_spec": (pa.string(), "the attack's full spec as JSON"),
+    "eval_seed": (pa.int64(), "seed of the attack's random generator for this shard"),
+    "index": (pa.int64(), "index of the test input (the first N test points)"),
+    "label": (pa.int64(), "true label"),
+    "clean_pred": (pa.int64(), "prediction on the clean input"),
+    "adv_pred": (pa.int64(), "prediction on the adversarial input"),
+    "clean_correct": (pa.bool_(), "clean_pred == label"),
+    "fooled": (pa.bool_(), "the attack found a misclassified input inside the family ball"),
+    "robust": (pa.bool_(), "clean-correct and not fooled"),
+    "perturbation": (pa.float64(), "size of the perturbation in the family's norm"),
+    "loss": (pa.float64(), "cross-entropy at the adversarial input"),
+    "shard_start": (pa.int64(), "first test index of the shard"),
+    "shard_stop": (pa.int64(), "one past the last test index of the shard"),
+    "shard_seconds": (pa.float64(), "wall time of the shard"),
+}
+
+SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in COLUMNS.items()])
+
+
+class SchemaVersionError(ValueError):
+    """A results file of another schema version."""
+
+
+def make_metadata(*, model: dict[str, Any], suite: dict[str, Any], shard: dict[str, Any]) -> dict[bytes, bytes]:
+    return {
+        META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
+        META_MODEL: json.dumps(model, sort_keys=True).encode(),
+        META_SUITE: json.dumps(suite, sort_keys=True).encode(),
+        META_SHARD: json.dumps(shard, sort_keys=True).encode(),
+    }
+
+
+def check_schema_version(metadata: dict[bytes, bytes] | None, *, path: str) -> int:
+    """Return the file's schema version; raise SchemaVersionError if it is not ours."""
+    raw = (metadata or {}).get(META_SCHEMA_VERSION)
+    if raw is None:
+        raise SchemaVersionError(
+            f"{path}: not an mpo results file (no '{META_SCHEMA_VERSION.decode()}' metadata)"
+        )
+    version = int(raw.decode())
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path}: results schema version {version}, this mpo reads version {SCHEMA_VERSION}; "
+            "re-run the evaluation with this version of mpo or read it with the mpo that wrote it"
+        )
+    return version

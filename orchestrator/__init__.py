@@ -1,0 +1,1 @@
+"""mpo orchestrator: the ``mpo`` CLI and everything Ray (sweeps, grids, status, bench)."""

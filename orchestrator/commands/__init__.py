@@ -1,0 +1,1 @@
+"""One module per CLI area; each imports its heavy dependencies (torch, ray) inside the command."""

@@ -1,0 +1,74 @@
+"""``mpo data check`` and ``mpo data fetch``."""
+
+from __future__ import annotations
+
+import click
+
+DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="MPO_DATA_DIR",
+    show_envvar=True,
+    help="Data root (torchvision layout). Default: $MPO_DATA_DIR, else ~/.cache/mpo/data.",
+)
+
+
+@click.group()
+def data() -> None:
+    """Check or download datasets (MNIST, CIFAR10; `toy` is generated)."""
+
+
+@data.command("check")
+@DATA_DIR_OPTION
+@click.argument("names", nargs=-1)
+def check(data_dir: str | None, names: tuple[str, ...]) -> None:
+    """Which datasets are present under the data root, their sizes and checksums."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jobs.data import DATASETS, DataError, check_dataset, resolve_data_dir
+
+    console = Console()
+    table = Table(title=f"datasets under {resolve_data_dir(data_dir)}")
+    for col in ("dataset", "present", "train", "test", "checksums"):
+        table.add_column(col, overflow="fold")
+    problems: list[str] = []
+    for name in names or tuple(DATASETS):
+        try:
+            res = check_dataset(name, data_dir)
+        except DataError as err:
+            raise click.ClickException(str(err)) from None
+        cells = []
+        for split in ("train", "test"):
+            s = res["splits"].get(split, {})
+            if "size" in s:
+                cells.append(f"{s['size']:,}")
+            else:
+                err = s.get("error", "missing")
+                cells.append("[red]missing[/red]" if "not found" in err else "[red]corrupt[/red]")
+                problems.append(err)
+        table.add_row(name, "yes" if res["present"] else "[red]no[/red]", *cells, res["checksums"])
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]-[/red] {problem}", soft_wrap=True)
+
+
+@data.command("fetch")
+@DATA_DIR_OPTION
+@click.argument("names", nargs=-1, required=True)
+def fetch(data_dir: str | None, names: tuple[str, ...]) -> None:
+    """Download datasets (needs internet), e.g. `mpo data fetch mnist cifar10`."""
+    from rich.console import Console
+
+    from jobs.data import DataError
+    from jobs.data import fetch as fetch_dataset
+
+    console = Console()
+    for name in names:
+        try:
+            with console.status(f"downloading {name} ..."):
+                root = fetch_dataset(name, data_dir)
+        except DataError as err:
+            raise click.ClickException(str(err)) from None
+        console.print(f"[green]{name}[/green] ready under {root}")
