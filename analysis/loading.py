@@ -1,0 +1,402 @@
+"""Read a run folder into a ``ResultSet``: the per-example rows plus what was expected.
+
+Only the per-example parquet files are read for metrics (``results/<model_id>/*.parquet``);
+``manifest.json`` (when present) says which groups, trials and shards were expected, so that
+missing work is listed instead of silently dropped. Without a manifest, groups and models are
+inferred from the parquet metadata (``mpo.suite``) and the rows' ``groups`` column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.schema import (
+    COLUMNS,
+    META_MODEL,
+    META_SHARD,
+    META_SUITE,
+    SchemaVersionError,
+    check_schema_version,
+)
+
+#: Trial states (from trial.json) that mean the trial did not finish.
+FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"})
+#: Display order of model labels (the paper's row order); other labels follow alphabetically.
+LABEL_ORDER = ("Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_RT", "Adv_avg", "Adv_max")
+
+
+class RunFolderError(ValueError):
+    """The run folder is missing, empty or holds no readable results."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A reporting group: models compared on the same perturbation families."""
+
+    name: str
+    dataset: str
+    families: tuple[str, ...]
+    affine: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelInfo:
+    """What is known about one trained model (from rows, manifest and trial folder)."""
+
+    model_id: str
+    label: str
+    dataset: str = ""
+    strategy: str = ""
+    train_families: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    state: str | None = None
+    wall_seconds: float | None = None
+    has_results: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.state is not None and self.state.lower() in FAILED_STATES
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class MissingShard:
+    model_id: str
+    attack: str
+    start: int
+    stop: int
+    reason: str
+
+
+@dataclass
+class ResultSet:
+    """All per-example rows of a run plus the run's expectations and metadata.
+
+    ``rows`` has the columns of ``jobs.schema.SCHEMA``; ``groups`` and ``models`` are keyed by
+    name and model id. ``missing_trials`` are expected model ids with no results at all.
+    """
+
+    run_dir: Path
+    rows: pd.DataFrame
+    groups: dict[str, Group]
+    models: dict[str, ModelInfo]
+    run: dict[str, Any] = field(default_factory=dict)
+    grid_text: str | None = None
+    manifest: dict[str, Any] | None = None
+    skipped_files: list[SkippedFile] = field(default_factory=list)
+    missing_shards: list[MissingShard] = field(default_factory=list)
+    missing_trials: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def models_in(self, group: str) -> list[ModelInfo]:
+        """The group's models that have results, in the paper's row order."""
+        ids = self.groups[group].models
+        found = [self.models[m] for m in ids if m in self.models and self.models[m].has_results]
+        return sorted(found, key=model_sort_key)
+
+    @property
+    def failed_trials(self) -> list[ModelInfo]:
+        return [m for m in self.models.values() if m.failed]
+
+    def incomplete_models(self) -> set[str]:
+        """Model ids with missing shards (their worst case may be optimistic)."""
+        return {s.model_id for s in self.missing_shards}
+
+
+def model_sort_key(model: ModelInfo) -> tuple:
+    try:
+        rank = LABEL_ORDER.index(model.label)
+    except ValueError:
+        rank = len(LABEL_ORDER)
+    return (rank, model.label, model.seed if model.seed is not None else -1, model.model_id)
+
+
+def _read_json(path: Path, warnings: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        warnings.append(f"could not read {path}: {exc}")
+        return None
+
+
+def _json_list(text: Any) -> tuple[str, ...]:
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ()
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return (str(text),)
+    if isinstance(value, str):
+        return (value,)
+    out = []
+    for item in value or ():
+        if isinstance(item, dict):
+            out.append(str(item.get("family", item.get("name", ""))))
+        else:
+            out.append(str(item))
+    return tuple(out)
+
+
+def _suite_groups(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Normalise ``mpo.suite['groups']``: either {group: [families]} or {group: {families, affine}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, spec in (suite.get("groups") or {}).items():
+        if isinstance(spec, dict):
+            out[name] = {
+                "families": list(spec.get("families", [])),
+                "affine": list(spec.get("affine", [])),
+            }
+        else:
+            out[name] = {"families": list(spec), "affine": []}
+    return out
+
+
+def _read_shard(path: Path, run_dir: Path) -> tuple[pa.Table | None, dict[str, Any], str | None]:
+    """Read one results file; return (table, metadata dict, reason it was skipped or None)."""
+    rel = str(path.relative_to(run_dir))
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        return None, {}, f"unreadable parquet file ({exc})"
+    try:
+        check_schema_version(schema.metadata, path=rel)
+    except SchemaVersionError as exc:
+        return None, {}, str(exc).removeprefix(f"{rel}: ")
+    except ValueError as exc:
+        return None, {}, f"bad schema version metadata ({exc})"
+    missing = [name for name in COLUMNS if name not in schema.names]
+    if missing:
+        return None, {}, f"missing columns {missing}"
+    meta: dict[str, Any] = {}
+    for key, name in ((META_MODEL, "model"), (META_SUITE, "suite"), (META_SHARD, "shard")):
+        raw = schema.metadata.get(key)
+        try:
+            meta[name] = json.loads(raw.decode()) if raw else {}
+        except json.JSONDecodeError:
+            meta[name] = {}
+    try:
+        table = pq.read_table(path, columns=list(COLUMNS))
+    except (OSError, pa.ArrowException) as exc:
+        return None, {}, f"unreadable parquet file ({exc})"
+    return table, meta, None
+
+
+def load_results(run_dir: str | Path) -> ResultSet:
+    """Load every results file of ``run_dir`` (see the module docstring for the layout).
+
+    Raises ``RunFolderError`` when the folder does not exist, is empty, or has no readable
+    results; files of another schema version are skipped and listed in ``skipped_files``.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} is not a directory")
+    warnings: list[str] = []
+    manifest_path = run_dir / "manifest.json"
+    manifest = _read_json(manifest_path, warnings) if manifest_path.exists() else None
+    files = sorted((run_dir / "results").glob("**/*.parquet"))
+    if not files and manifest is None:
+        raise RunFolderError(
+            f"run folder {run_dir} has no results: expected results/<model_id>/*.parquet "
+            "(written by `mpo sweep` or `mpo eval --out`) and found none, and no manifest.json"
+        )
+
+    tables: list[pa.Table] = []
+    skipped: list[SkippedFile] = []
+    model_meta: dict[str, dict[str, Any]] = {}
+    suite_groups: dict[str, dict[str, list[str]]] = {}
+    loaded_shards: set[tuple[str, str, int, int]] = set()
+    skipped_names: dict[tuple[str, str], str] = {}
+    for path in files:
+        table, meta, reason = _read_shard(path, run_dir)
+        if reason is not None:
+            skipped.append(SkippedFile(path, reason))
+            skipped_names[(path.parent.name, path.stem)] = reason
+            continue
+        assert table is not None
+        if table.num_rows == 0:
+            warnings.append(f"{path.relative_to(run_dir)}: no rows")
+        tables.append(table)
+        ids = set(table.column("model_id").to_pylist()) or {path.parent.name}
+        for model_id in ids:
+            model_meta.setdefault(model_id, meta.get("model") or {})
+            shard = meta.get("shard") or {}
+            if {"attack", "start", "stop"} <= shard.keys():
+                loaded_shards.add(
+                    (model_id, str(shard["attack"]), int(shard["start"]), int(shard["stop"]))
+                )
+        for name, spec in _suite_groups(meta.get("suite") or {}).items():
+            known = suite_groups.setdefault(name, {"families": [], "affine": []})
+            for key in ("families", "affine"):
+                known[key] += [f for f in spec[key] if f not in known[key]]
+
+    if not tables and manifest is None:
+        listing = "; ".join(f"{s.path.relative_to(run_dir)}: {s.reason}" for s in skipped)
+        raise RunFolderError(f"run folder {run_dir} has no readable results: {listing}")
+
+    if tables:
+        rows = pa.concat_tables(tables).to_pandas()
+    else:
+        rows = pa.Table.from_pylist([], schema=pa.schema([(n, t) for n, (t, _) in COLUMNS.items()]))
+        rows = rows.to_pandas()
+    before = len(rows)
+    rows = rows.drop_duplicates(["model_id", "attack", "budget", "index"], keep="last")
+    if len(rows) < before:
+        warnings.append(
+            f"{before - len(rows)} duplicate rows (same model, attack, budget and input) "
+            "were dropped, keeping the last file read"
+        )
+    rows = rows.reset_index(drop=True)
+
+    models = _collect_models(rows, model_meta, manifest, run_dir, warnings)
+    groups = _collect_groups(rows, suite_groups, manifest, models)
+
+    missing_shards: list[MissingShard] = []
+    missing_trials: list[str] = []
+    if manifest is not None:
+        for model_id in manifest.get("trials", {}):
+            if not models.get(model_id, ModelInfo(model_id, "")).has_results:
+                missing_trials.append(model_id)
+        for shard in manifest.get("shards", []):
+            key = (str(shard["model_id"]), str(shard["attack"]), int(shard["start"]),
+                   int(shard["stop"]))
+            # A trial with no results at all is listed once, as a missing trial.
+            if key in loaded_shards or key[0] in missing_trials:
+                continue
+            stem = f"{key[1]}__{key[2]}-{key[3]}"
+            reason = skipped_names.get((key[0], stem), "no results file")
+            missing_shards.append(MissingShard(*key, reason=reason))
+
+    run_json = run_dir / "run.json"
+    run = (_read_json(run_json, warnings) or {}) if run_json.exists() else {}
+    grid_path = run_dir / "grid.yaml"
+    grid_text = grid_path.read_text() if grid_path.exists() else None
+    if not tables:
+        warnings.append(f"no readable results in {run_dir / 'results'}; every expected shard is missing")
+    return ResultSet(
+        run_dir=run_dir,
+        rows=rows,
+        groups=groups,
+        models=models,
+        run=run if isinstance(run, dict) else {},
+        grid_text=grid_text,
+        manifest=manifest,
+        skipped_files=skipped,
+        missing_shards=missing_shards,
+        missing_trials=missing_trials,
+        warnings=warnings,
+    )
+
+
+def _collect_models(
+    rows: pd.DataFrame,
+    model_meta: dict[str, dict[str, Any]],
+    manifest: dict[str, Any] | None,
+    run_dir: Path,
+    warnings: list[str],
+) -> dict[str, ModelInfo]:
+    models: dict[str, ModelInfo] = {}
+    if len(rows):
+        first = rows.groupby("model_id", sort=False).first()
+        for model_id, row in first.iterrows():
+            models[str(model_id)] = ModelInfo(
+                model_id=str(model_id),
+                label=str(row["model_label"]),
+                dataset=str(row["dataset"]),
+                strategy=str(row["strategy"]),
+                train_families=_json_list(row["train_attacks"]),
+                groups=_json_list(row["groups"]),
+                seed=int(row["seed"]) if pd.notna(row["seed"]) else None,
+                config=model_meta.get(str(model_id), {}),
+                has_results=True,
+            )
+    for model_id, trial in ((manifest or {}).get("trials") or {}).items():
+        info = models.get(model_id)
+        if info is None:
+            info = models[model_id] = ModelInfo(
+                model_id=model_id,
+                label=str(trial.get("label", model_id)),
+                dataset=str(trial.get("dataset", "")),
+                strategy=str(trial.get("strategy", "")),
+                groups=tuple(trial.get("groups", ())),
+            )
+        if not info.config and isinstance(trial.get("config"), dict):
+            info.config = trial["config"]
+    trials_dir = run_dir / "trials"
+    if trials_dir.is_dir():
+        for trial_dir in sorted(p for p in trials_dir.iterdir() if p.is_dir()):
+            info = models.get(trial_dir.name)
+            if info is None:
+                info = models[trial_dir.name] = ModelInfo(trial_dir.name, trial_dir.name)
+            trial_json = trial_dir / "trial.json"
+            if trial_json.exists():
+                data = _read_json(trial_json, warnings) or {}
+                info.state = None if data.get("state") is None else str(data["state"])
+                wall = data.get("wall_seconds")
+                info.wall_seconds = float(wall) if isinstance(wall, (int, float)) else None
+            config_json = trial_dir / "config.json"
+            if not info.config and config_json.exists():
+                info.config = _read_json(config_json, warnings) or {}
+    return models
+
+
+def _collect_groups(
+    rows: pd.DataFrame,
+    suite_groups: dict[str, dict[str, list[str]]],
+    manifest: dict[str, Any] | None,
+    models: dict[str, ModelInfo],
+) -> dict[str, Group]:
+    groups: dict[str, Group] = {}
+    if manifest is not None and manifest.get("groups"):
+        for name, spec in manifest["groups"].items():
+            groups[name] = Group(
+                name=name,
+                dataset=str(spec.get("dataset", "")),
+                families=tuple(spec.get("families", ())),
+                affine=tuple(spec.get("affine", ())),
+                models=tuple(spec.get("models", ())),
+            )
+        return groups
+    members: dict[str, list[str]] = {}
+    for info in models.values():
+        for g in info.groups:
+            members.setdefault(g, []).append(info.model_id)
+    for name in sorted(set(suite_groups) | set(members)):
+        ids = tuple(members.get(name, ()))
+        spec = suite_groups.get(name)
+        sub = rows[rows["model_id"].isin(ids)]
+        if spec is None or not spec["families"]:
+            present = sorted(set(sub.loc[sub["budget"] == 1.0, "family"]))
+            spec = {"families": [f for f in present if "+" not in f], "affine": []}
+        affine = list(spec["affine"])
+        if not affine:
+            fams = set(spec["families"])
+            affine = sorted(
+                f for f in set(sub["family"]) if "+" in f and set(f.split("+")) <= fams
+            )
+        datasets = sorted({models[m].dataset for m in ids if models[m].dataset})
+        groups[name] = Group(
+            name=name,
+            dataset=datasets[0] if datasets else "",
+            families=tuple(spec["families"]),
+            affine=tuple(affine),
+            models=ids,
+        )
+    return groups
