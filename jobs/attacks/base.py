@@ -1,0 +1,199 @@
+"""The result type, the attack base class and the shared pieces of every gradient loop.
+
+``Attack.__call__`` does the shared work once: checks the inputs, puts the model in eval mode
+(and restores its mode), runs the subclass's ``_run``, and builds the ``AttackResult``, where
+the constraints are asserted: a perturbation outside the budget or an input outside the box is
+a bug and raises ``AttackConstraintError``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Bounds = tuple[float, float] | None
+
+#: Relative tolerance of the budget check (float rounding of x0 + delta - x0).
+BUDGET_RTOL = 1e-5
+
+
+class AttackConstraintError(AssertionError):
+    """An attack produced an input outside its budget or the box (a bug, never expected)."""
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What every attack returns, per input of a batch of B.
+
+    x_adv [B, ...]; success bool [B] (model misclassifies x_adv); loss float [B] (cross-entropy
+    at x_adv); pred long [B]; norm float [B] (size in the attack's own measure: the l_p norm for
+    linf/l2/l1, a fraction of the budget for rt and the affine attacks); transform float [B, 3]
+    (tx px, ty px, angle degrees) for attacks with a spatial part, else None.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    loss: Tensor
+    pred: Tensor
+    norm: Tensor
+    transform: Tensor | None = None
+
+
+@dataclass
+class RunOutput:
+    """What a subclass's ``_run`` hands back to ``Attack.__call__``."""
+
+    x_adv: Tensor
+    loss: Tensor
+    pred: Tensor
+    transform: Tensor | None = None
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """[B, K], [B] -> [B]: max_{j != y} z_j - z_y (the CW margin; > 0 means misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return others.amax(1) - z_y
+
+
+def input_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """One forward + backward: (gradient of the summed margin loss w.r.t. x, detached logits).
+
+    Only the input gradient is requested, so autograd skips the weight gradients.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(margin_loss(logits, y).sum(), x)
+    return grad, logits.detach()
+
+
+class Best:
+    """Per-input best candidate: a misclassified one wins, else the higher cross-entropy."""
+
+    def __init__(self, x: Tensor, num: int | None = None):
+        n = x.shape[0] if num is None else num
+        self.x = x.detach().clone()
+        self.loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+        self.pred = torch.full((n,), -1, device=x.device, dtype=torch.long)
+        self.success = torch.zeros(n, device=x.device, dtype=torch.bool)
+
+    @staticmethod
+    def better(success: Tensor, loss: Tensor, than_success: Tensor, than_loss: Tensor) -> Tensor:
+        return (success & ~than_success) | ((success == than_success) & (loss > than_loss))
+
+    def update(self, x: Tensor, logits: Tensor, y: Tensor) -> None:
+        """Offer candidates x [B, ...] whose logits [B, K] are already known (no forward here)."""
+        loss = F.cross_entropy(logits, y, reduction="none")
+        pred = logits.argmax(1)
+        self.offer(x, loss, pred, pred != y)
+
+    def offer(self, x: Tensor, loss: Tensor, pred: Tensor, success: Tensor) -> Tensor:
+        take = self.better(success, loss, self.success, self.loss)
+        self.x = torch.where(take.reshape(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
+        self.loss = torch.where(take, loss, self.loss)
+        self.pred = torch.where(take, pred, self.pred)
+        self.success = self.success | success
+        return take
+
+    def merge(self, idx: Tensor, other: Best) -> Tensor:
+        """Merge a tracker over the subset idx (distinct) of this tracker's inputs.
+
+        Returns the mask over idx of the candidates taken."""
+        take = self.better(other.success, other.loss, self.success[idx], self.loss[idx])
+        sel = idx[take]
+        self.x[sel] = other.x[take]
+        self.loss[sel] = other.loss[take]
+        self.pred[sel] = other.pred[take]
+        self.success[sel] = other.success[take]
+        return take
+
+
+class Attack(ABC):
+    """Base class: ``attack(model, x, y, generator=...) -> AttackResult``.
+
+    Attributes: ``family`` (str), ``epsilon`` (float; nan for rt, 1.0 for the affine attacks,
+    whose norm is a fraction of the combined budget), ``spec`` (canonical JSON-able dict),
+    ``total_steps`` (forward-backward passes per input; forward passes for rt), ``bounds``.
+    """
+
+    family: str
+    epsilon: float
+    spec: dict[str, Any]
+    total_steps: int
+    bounds: Bounds
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec})"
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None
+    ) -> AttackResult:
+        """x [B, ...] float inputs inside bounds, y [B] long labels -> AttackResult."""
+        self._check_inputs(x, y, generator)
+        was_training = model.training
+        model.eval()
+        try:
+            out = self._run(model, x.detach(), y, generator)
+        finally:
+            model.train(was_training)
+        x_adv = out.x_adv.detach()
+        if self.bounds is not None:
+            x_adv = x_adv.clamp(*self.bounds)  # removes float rounding of x0 + delta only
+        norm = self._measure(x, x_adv, out.transform)
+        result = AttackResult(
+            x_adv=x_adv,
+            success=out.pred != y,
+            loss=out.loss.detach(),
+            pred=out.pred,
+            norm=norm,
+            transform=out.transform,
+        )
+        self._assert_constraints(result)
+        return result
+
+    def _check_inputs(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> None:
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if y.dtype != torch.long or y.shape != (x.shape[0],):
+            raise ValueError(f"y must be a long tensor of shape [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+        if generator is not None and generator.device.type != x.device.type:
+            raise ValueError(
+                f"generator is on {generator.device}, inputs on {x.device}: make the generator "
+                "on the inputs' device"
+            )
+        if self.bounds is not None and x.numel():
+            lo, hi = self.bounds
+            if float(x.min()) < lo or float(x.max()) > hi:
+                raise ValueError(
+                    f"inputs lie outside bounds {self.bounds} (min {float(x.min())}, max {float(x.max())})"
+                )
+
+    def _budget(self) -> float:
+        return self.epsilon
+
+    def _assert_constraints(self, r: AttackResult) -> None:
+        budget = self._budget()
+        limit = budget * (1 + BUDGET_RTOL) + (0.0 if budget > 0 else 1e-12)
+        if r.norm.numel() and not math.isnan(budget) and float(r.norm.max()) > limit:
+            raise AttackConstraintError(
+                f"{self!r}: perturbation of size {float(r.norm.max())} exceeds the budget {budget}"
+            )
+        if self.bounds is not None and r.x_adv.numel():
+            lo, hi = self.bounds
+            if float(r.x_adv.min()) < lo or float(r.x_adv.max()) > hi:
+                raise AttackConstraintError(f"{self!r}: adversarial input outside the box {self.bounds}")
+
+    @abstractmethod
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
+        """The attack proper, on a model already in eval mode."""
+
+    @abstractmethod
+    def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
+        """[B] size of x_adv - x in this attack's measure (computed from the outputs only)."""

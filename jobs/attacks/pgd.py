@@ -1,0 +1,111 @@
+"""The generic batched PGD loop and the l_p attacks built on it (PGD l_inf / l_2, SLIDE l_1).
+
+Cost per restart: k forward+backward passes plus one forward pass (to score the last iterate).
+Every iterate x_0 .. x_k is a candidate; the candidates x_0 .. x_{k-1} are scored with the
+logits of the forward pass that computed their gradient, so the bookkeeping needs no extra
+forward. Restarts after the first run only on the inputs not yet misclassified (a cascade).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from jobs.attacks.base import Attack, Best, RunOutput, input_grad
+from jobs.attacks.norms import perturbation_norm
+from jobs.attacks.spec import LpSpec
+from jobs.attacks.threats import THREATS, L1Threat, Threat
+
+
+def _apply(x0: Tensor, delta: Tensor, bounds) -> Tensor:
+    x = x0 + delta
+    return x.clamp(*bounds) if bounds is not None else x
+
+
+def pgd_run(
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    threat: Threat,
+    *,
+    steps: int,
+    random_start: bool,
+    generator: torch.Generator | None,
+) -> Best:
+    """One PGD run from one start: returns the per-input best of x_0 .. x_k (Best tracker)."""
+    if isinstance(threat, L1Threat):
+        threat = threat.for_run(generator, x0.device)
+    if random_start:
+        delta = threat.random_init(x0, generator)
+    else:
+        delta = torch.zeros_like(x0)
+    best = Best(x0)
+    for _ in range(steps):
+        x = _apply(x0, delta, threat.bounds)
+        grad, logits = input_grad(model, x, y)
+        best.update(x, logits, y)
+        delta = threat.project(threat.step(delta, grad, x0), x0)
+    x = _apply(x0, delta, threat.bounds)
+    with torch.no_grad():
+        best.update(x, model(x), y)
+    return best
+
+
+def pgd(
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    threat: Threat,
+    *,
+    steps: int,
+    restarts: int = 1,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> Best:
+    """PGD with restarts: x0 [B, ...], y [B] -> per-input best over all restarts and iterates."""
+    best = pgd_run(model, x0, y, threat, steps=steps, random_start=random_start, generator=generator)
+    for _ in range(restarts - 1):
+        idx = (~best.success).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        run = pgd_run(
+            model, x0[idx], y[idx], threat.subset(idx),
+            steps=steps, random_start=random_start, generator=generator,
+        )
+        best.merge(idx, run)
+    return best
+
+
+class PGDAttack(Attack):
+    """PGD on an l_p ball ∩ box: l_inf and l_2 (steepest ascent) and l_1 (SLIDE)."""
+
+    def __init__(self, spec: LpSpec, *, bounds=(0.0, 1.0)):
+        self._spec = spec
+        self.family = spec.type
+        self.epsilon = spec.epsilon
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.spec = spec.to_dict()
+        self.total_steps = spec.k * spec.reps
+        kwargs = {"perc": spec.perc} if spec.type == "l1" else {}
+        self.threat: Threat = THREATS[spec.type](
+            eps=spec.epsilon, step_size=spec.a, bounds=self.bounds, **kwargs
+        )
+
+    def with_epsilon(self, epsilon: float) -> PGDAttack:
+        """The same attack with another radius (step size scaled in proportion)."""
+        s = self._spec
+        a = s.a * epsilon / s.epsilon if s.epsilon > 0 else 2.5 * epsilon / s.k
+        return PGDAttack(dataclasses.replace(s, epsilon=float(epsilon), a=a), bounds=self.bounds)
+
+    def _run(self, model, x, y, generator) -> RunOutput:
+        s = self._spec
+        best = pgd(
+            model, x, y, self.threat,
+            steps=s.k, restarts=s.reps, random_start=s.random_start, generator=generator,
+        )
+        return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred)
+
+    def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
+        return perturbation_norm(x_adv - x, self.family)
