@@ -1,0 +1,91 @@
+"""Attack library: PGD l_inf / l_2, SLIDE l_1, rotation-translation, affine combinations.
+
+    from jobs.attacks import make_attack
+    attack = make_attack({"type": "l1", "epsilon": 10.0, "k": 100, "a": 0.5, "perc": 99})
+    result = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    result.x_adv, result.success, result.loss, result.pred, result.norm, result.transform
+
+Spec keys are those of the paper's public config files (see ``jobs.attacks.spec``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.attacks.affine import AffineLinfL1, AffineLinfRT
+from jobs.attacks.base import Attack, AttackConstraintError, AttackResult, margin_loss
+from jobs.attacks.norms import (
+    linf_l1_gauge,
+    perturbation_norm,
+    project,
+    project_l1,
+    project_l2,
+    project_linf,
+)
+from jobs.attacks.pgd import PGDAttack, pgd
+from jobs.attacks.spatial import DEFAULT_EVAL_BATCH, RTAttack, rt_grid, rt_transform
+from jobs.attacks.spec import AffineSpec, AttackSpecError, LpSpec, RTSpec, parse_spec
+from jobs.attacks.threats import L1Threat, L2Threat, LinfThreat, Threat
+
+__all__ = [
+    "DEFAULT_EVAL_BATCH",
+    "AffineLinfL1",
+    "AffineLinfRT",
+    "Attack",
+    "AttackConstraintError",
+    "AttackResult",
+    "AttackSpecError",
+    "L1Threat",
+    "L2Threat",
+    "LinfThreat",
+    "PGDAttack",
+    "RTAttack",
+    "Threat",
+    "linf_l1_gauge",
+    "make_attack",
+    "margin_loss",
+    "parse_spec",
+    "perturbation_norm",
+    "pgd",
+    "project",
+    "project_l1",
+    "project_l2",
+    "project_linf",
+    "rt_grid",
+    "rt_transform",
+]
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float] | None:
+    if bounds is None:
+        return None
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be None or a pair (lo, hi), got {bounds!r}") from None
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy lo < hi, got {bounds!r}")
+    return (lo, hi)
+
+
+def make_attack(
+    spec: dict[str, Any], *, bounds: tuple[float, float] | None = (0.0, 1.0),
+    eval_batch: int = DEFAULT_EVAL_BATCH,
+) -> Attack:
+    """Build an attack from a paper-style spec dict; bounds=None for unbounded inputs.
+
+    eval_batch: images per forward pass when the attack scores many transforms (rt, affine
+    linf+rt). Raises AttackSpecError (naming the key) for an invalid spec.
+    """
+    b = _check_bounds(bounds)
+    if not isinstance(eval_batch, int) or eval_batch < 1:
+        raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
+    parsed = parse_spec(spec)
+    if isinstance(parsed, LpSpec):
+        return PGDAttack(parsed, bounds=b)
+    if isinstance(parsed, RTSpec):
+        return RTAttack(parsed, bounds=b, eval_batch=eval_batch)
+    assert isinstance(parsed, AffineSpec)
+    if parsed.family == "linf+rt":
+        return AffineLinfRT(parsed, bounds=b, eval_batch=eval_batch)
+    return AffineLinfL1(parsed, bounds=b, eval_batch=eval_batch)

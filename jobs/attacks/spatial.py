@@ -1,0 +1,172 @@
+"""Rotation-translation (RT): the batched transform and the grid / random-search attack.
+
+Transform convention (per image): rotate about the image centre by ``angle`` degrees
+(positive = counter-clockwise as displayed), bilinear, then translate by (tx, ty) pixels
+(positive tx moves the content right, positive ty moves it down); pixels from outside are 0.
+CIFAR-sized inputs (32x32) are zero-padded by 16 px, transformed and centre-cropped, as the
+paper's code does. (With zero fill this gives the same pixels as transforming unpadded; the
+padding is kept so the behaviour matches the reference exactly, borders included.)
+
+The attack scores many (input, transform) pairs per forward pass: pairs are laid out
+transform-major and sent through the model in chunks of ``eval_batch`` images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jobs.attacks.base import Attack, AttackConstraintError, Best, RunOutput
+from jobs.attacks.spec import RTSpec
+
+#: Images per forward pass when scoring transforms (no gradient is kept).
+DEFAULT_EVAL_BATCH = 2048
+
+
+def pad_for(shape: torch.Size | tuple[int, ...]) -> int:
+    """Padding the paper uses before transforming: 16 px for 32x32 (CIFAR-sized) inputs."""
+    return 16 if tuple(shape[-2:]) == (32, 32) else 0
+
+
+def rt_transform(x: Tensor, transform: Tensor, *, pad: int | None = None) -> Tensor:
+    """Rotate then translate each image: x [N, C, H, W], transform [N, 3] (tx, ty, deg) -> [N, C, H, W]."""
+    if pad is None:
+        pad = pad_for(x.shape)
+    h0, w0 = x.shape[-2:]
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+    n, _, h, w = x.shape
+    t = transform.to(device=x.device, dtype=x.dtype)
+    theta = t[:, 2] * (math.pi / 180.0)
+    c, s = theta.cos(), theta.sin()
+    sx, sy = w / 2.0, h / 2.0
+    tx, ty = t[:, 0], t[:, 1]
+    # affine_grid maps output to input coordinates (normalised). In pixel units about the centre,
+    # input = R^-1 (output - t) with R^-1 = [[c, -s], [s, c]]; convert with S = diag(sx, sy).
+    row0 = torch.stack([c, -s * sy / sx, -(c * tx - s * ty) / sx], dim=1)
+    row1 = torch.stack([s * sx / sy, c, -(s * tx + c * ty) / sy], dim=1)
+    mat = torch.stack([row0, row1], dim=1)
+    grid = F.affine_grid(mat, [n, x.shape[1], h, w], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if pad:
+        out = out[..., pad : pad + h0, pad : pad + w0]
+    return out
+
+
+def rt_grid(limits: tuple[float, float, float], granularity: tuple[int, int, int], *,
+            device=None, dtype=torch.float32) -> Tensor:
+    """All grid transforms [gx*gy*ga, 3] (tx, ty, deg): linspace(-lim, lim, g) per axis."""
+    axes = [torch.linspace(-lim, lim, g, device=device, dtype=dtype) if g > 1
+            else torch.zeros(1, device=device, dtype=dtype) for lim, g in zip(limits, granularity, strict=True)]
+    tx, ty, ang = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([tx.reshape(-1), ty.reshape(-1), ang.reshape(-1)], dim=1)
+
+
+def rt_fraction(transform: Tensor, limits: tuple[float, float, float]) -> Tensor:
+    """[B, 3] -> [B]: max_i |t_i| / limit_i (a zero limit allows only 0: then |t_i| / 0 = inf)."""
+    lim = torch.tensor(limits, device=transform.device, dtype=transform.dtype)
+    frac = torch.where(lim > 0, transform.abs() / lim.clamp_min(1e-30),
+                       torch.where(transform == 0, 0.0, float("inf")))
+    return frac.amax(1)
+
+
+def random_transforms(n: int, tries: int, limits: tuple[float, float, float], *,
+                      generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
+    """[n, tries, 3] uniform transforms in [-limit, limit] per axis."""
+    u = torch.rand((n, tries, 3), generator=generator, device=device, dtype=dtype)
+    lim = torch.tensor(limits, device=device, dtype=dtype)
+    return (2 * u - 1) * lim
+
+
+def worst_transform(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    transforms: Tensor,
+    *,
+    bounds,
+    eval_batch: int = DEFAULT_EVAL_BATCH,
+) -> tuple[Best, Tensor]:
+    """Score every (input, transform) pair; keep the worst per input.
+
+    x [B, ...], y [B]; transforms [T, 3] (the same for every input) or [B, T, 3] (per input).
+    Returns (Best over the pairs, chosen transform [B, 3]).
+    """
+    b = x.shape[0]
+    shared = transforms.dim() == 2
+    t_count = transforms.shape[0] if shared else transforms.shape[1]
+    total = b * t_count
+    loss = torch.empty(total, device=x.device, dtype=x.dtype)
+    pred = torch.empty(total, device=x.device, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, total, eval_batch):
+            p = torch.arange(start, min(start + eval_batch, total), device=x.device)
+            bi, ti = p % b, p // b  # transform-major layout
+            t = transforms[ti] if shared else transforms[bi, ti]
+            xt = rt_transform(x[bi], t)
+            if bounds is not None:
+                xt = xt.clamp(*bounds)
+            logits = model(xt)
+            loss[p] = F.cross_entropy(logits, y[bi], reduction="none")
+            pred[p] = logits.argmax(1)
+    loss = loss.view(t_count, b)
+    pred = pred.view(t_count, b)
+    succ = pred != y[None]
+    # Per input: the highest-loss misclassified transform if any, else the highest loss.
+    masked = torch.where(succ, loss, torch.full_like(loss, float("-inf")))
+    pick = torch.where(succ.any(0), masked.argmax(0), loss.argmax(0))
+    cols = torch.arange(b, device=x.device)
+    chosen = transforms[pick] if shared else transforms[cols, pick]
+    x_adv = rt_transform(x, chosen)
+    if bounds is not None:
+        x_adv = x_adv.clamp(*bounds)
+    best = Best(x_adv)
+    best.offer(x_adv, loss[pick, cols], pred[pick, cols], succ[pick, cols])
+    return best, chosen
+
+
+class RTAttack(Attack):
+    """Worst rotation-translation over the full grid, or over ``random_tries`` random draws."""
+
+    family = "rt"
+    epsilon = float("nan")
+
+    def __init__(self, spec: RTSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
+        self._spec = spec
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.spec = spec.to_dict()
+        self.eval_batch = eval_batch
+        g = spec.grid_granularity
+        self.total_steps = g[0] * g[1] * g[2] if spec.grid_mode else spec.random_tries
+
+    def grid(self, *, device=None, dtype=torch.float32) -> Tensor:
+        """The grid transforms [T, 3] this attack enumerates in grid mode."""
+        return rt_grid(self._spec.spatial_limits, self._spec.grid_granularity, device=device, dtype=dtype)
+
+    def transforms_for(self, n: int, *, generator, device, dtype) -> Tensor:
+        """[T, 3] (grid mode) or [n, tries, 3] (random mode) candidate transforms."""
+        s = self._spec
+        if s.grid_mode:
+            return self.grid(device=device, dtype=dtype)
+        return random_transforms(n, s.random_tries, s.spatial_limits, generator=generator,
+                                 device=device, dtype=dtype)
+
+    def _run(self, model, x, y, generator) -> RunOutput:
+        ts = self.transforms_for(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        best, chosen = worst_transform(model, x, y, ts, bounds=self.bounds, eval_batch=self.eval_batch)
+        return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred, transform=chosen)
+
+    def _budget(self) -> float:
+        return 1.0
+
+    def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
+        assert transform is not None
+        expect = rt_transform(x, transform)
+        if self.bounds is not None:
+            expect = expect.clamp(*self.bounds)
+        if not torch.allclose(expect, x_adv, atol=1e-5, rtol=0):
+            raise AttackConstraintError(f"{self!r}: x_adv is not the reported transform of x")
+        return rt_fraction(transform, self._spec.spatial_limits)
