@@ -1,0 +1,292 @@
+"""Training configurations: validated, immutable, and hashed into a stable model id.
+
+A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complete examples)::
+
+    label: Adv_max                   # display name; not part of the model id
+    dataset: {name: mnist, params: {}, n_train: null}   # params only for toy; n_train = subset
+    model: {name: mnist_cnn, kwargs: {}}
+    optimizer: {name: adam, lr: 1.0e-3, momentum: 0.0, weight_decay: 0.0,
+                milestones: [0.5], gamma: 0.1}          # milestones: fractions of all steps
+    strategy: max                    # nat | single | avg | max
+    attacks:                         # attack specs, as jobs.attacks.make_attack takes them
+      - {type: pgd_linf, eps: 0.3, steps: 20}
+    start_small: true                # first epoch: every eps and RT limit divided by 3
+    epochs: 10
+    steps_per_epoch: null            # optional cap on the batches of an epoch
+    batch_size: 100
+    seed: 0
+    augment: null                    # null = the dataset's default (crop+flip on CIFAR10)
+
+Attack specs are validated by ``jobs.attacks.make_attack`` when the config is built and stored in
+their normalised form (``Attack.spec``), so ``config.json`` holds every hyperparameter explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Strategy = Literal["nat", "single", "avg", "max"]
+STRATEGIES: tuple[str, ...] = ("nat", "single", "avg", "max")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: names the file (when there is one), the field and the value."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Frozen):
+    name: str = Field(description="dataset name: mnist, cifar10 or toy")
+    params: dict[str, Any] = Field(default_factory=dict, description="toy parameters (d, alpha, ...)")
+    n_train: int | None = Field(None, ge=1, description="train on a deterministic subset of this size")
+
+    @model_validator(mode="after")
+    def _known(self) -> DatasetConfig:
+        from jobs.data import DataError, dataset_info
+
+        try:
+            dataset_info(self.name, self.params or None)
+        except DataError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class ModelConfig(_Frozen):
+    name: str = Field(description="a name from jobs.models.MODELS")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from jobs.models import MODELS
+
+        if name not in MODELS:
+            raise ValueError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}")
+        return name
+
+
+class OptimizerConfig(_Frozen):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    milestones: list[float] = Field(
+        default_factory=list, description="fractions of all training steps where lr *= gamma"
+    )
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        for v in values:
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"milestone {v} is not a fraction of training in (0, 1)")
+        if values != sorted(values):
+            raise ValueError(f"milestones {values} must be increasing")
+        return values
+
+
+class TrainConfig(_Frozen):
+    label: str = Field("", description="display name, e.g. Adv_max (not part of the model id)")
+    dataset: DatasetConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    strategy: Strategy
+    attacks: list[dict[str, Any]] = Field(default_factory=list)
+    start_small: bool = False
+    epochs: int = Field(ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    augment: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        n = len(self.attacks)
+        if self.strategy == "nat" and n:
+            raise ValueError(f"strategy 'nat' trains on clean inputs and takes no attacks, got {n}")
+        if self.strategy == "single" and n != 1:
+            raise ValueError(f"strategy 'single' needs exactly one attack, got {n}")
+        if self.strategy in ("avg", "max") and n == 0:
+            raise ValueError(f"strategy '{self.strategy}' needs at least one attack, got none")
+        info = self.dataset_info()
+        if self.augment and info.augmentation is None:
+            raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")
+        normalised = [_normalise_attack(spec, i, info.bounds) for i, spec in enumerate(self.attacks)]
+        # frozen model: set the normalised specs once, during validation
+        object.__setattr__(self, "attacks", normalised)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+
+    def dataset_info(self):
+        from jobs.data import dataset_info
+
+        return dataset_info(self.dataset.name, self.dataset.params or None)
+
+    def families(self) -> list[str]:
+        """The training attacks' perturbation families, in config order."""
+        from jobs.attacks import make_attack
+
+        bounds = self.dataset_info().bounds
+        return [make_attack(spec, bounds=bounds).family for spec in self.attacks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def model_id(self) -> str:
+        """Stable id: ``<dataset>-<strategy>[-<families>]-<hash8>``, hash of the config minus label."""
+        body = self.to_dict()
+        body.pop("label")
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+        parts = [self.dataset.name, self.strategy]
+        if self.attacks:
+            parts.append("_".join(f.replace("+", "") for f in self.families()))
+        parts.append(digest)
+        return "-".join(parts)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some top-level fields changed (nested ones as dicts)."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                value = {**data[key], **value}
+            data[key] = value
+        return make_train_config(data)
+
+
+def scale_spec(spec: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of an attack spec with its radius scaled by ``factor``.
+
+    l_p: ``epsilon`` and the step ``a`` (the step/radius ratio is kept); rt: ``spatial_limits``;
+    affine: both sub-attacks. Used by ``start_small`` (factor 1/3) and by budget sweeps.
+    """
+    if not factor > 0:
+        raise ValueError(f"scale factor = {factor}: must be > 0")
+    out = dict(spec)
+    typ = spec.get("type")
+    if typ in ("linf", "l2", "l1"):
+        out["epsilon"] = float(spec["epsilon"]) * factor
+        if spec.get("a") is not None:
+            out["a"] = float(spec["a"]) * factor
+    elif typ == "rt":
+        limits = spec.get("spatial_limits", [3.0, 3.0, 30.0])
+        out["spatial_limits"] = [float(v) * factor for v in limits]
+    elif typ == "affine":
+        out["attacks"] = [scale_spec(s, factor) for s in spec["attacks"]]
+    else:
+        raise ValueError(f"attack spec type {typ!r}: no radius to scale")
+    return out
+
+
+def _normalise_attack(spec: Any, index: int, bounds: tuple[float, float] | None) -> dict[str, Any]:
+    from jobs.attacks import AttackSpecError, make_attack
+
+    if not isinstance(spec, dict):
+        raise ValueError(f"attacks[{index}]: an attack spec must be a mapping, got {spec!r}")
+    try:
+        return make_attack(spec, bounds=bounds).spec
+    except AttackSpecError as err:
+        raise ValueError(f"attacks[{index}]: {err}") from None
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("missing", "extra_forbidden"):
+            parts.append(f"field '{loc}': {msg}")
+        else:
+            parts.append(f"field '{loc}' = {e.get('input')!r}: {msg}")
+    return "; ".join(parts)
+
+
+def make_train_config(data: Mapping[str, Any], *, source: str | None = None) -> TrainConfig:
+    """Validate a mapping into a TrainConfig; ``ConfigError`` names ``source`` and the field."""
+    prefix = f"{source}: " if source else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}a training config must be a mapping, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(f"{prefix}invalid training config: {_format_errors(err)}") from None
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read and validate a YAML (or JSON) training config. Errors name the file and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return make_train_config(data if data is not None else {}, source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipes: ready configs shipped in jobs/recipes/*.yaml
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("jobs") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(str(resources.files("jobs") / "recipes" / f"{name}.yaml"))
+    if not path.exists():
+        raise ConfigError(f"unknown recipe '{name}'; valid recipes: {', '.join(recipe_names())}")
+    return path
+
+
+class _Recipes(Mapping[str, TrainConfig]):
+    """``RECIPES[name]`` loads and validates ``jobs/recipes/<name>.yaml`` on first access."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, TrainConfig] = {}
+
+    def __getitem__(self, name: str) -> TrainConfig:
+        if name not in self._cache:
+            if name not in recipe_names():
+                raise KeyError(name)
+            self._cache[name] = load_train_config(recipe_path(name))
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(recipe_names())
+
+    def __len__(self) -> int:
+        return len(recipe_names())
+
+
+RECIPES: Mapping[str, TrainConfig] = _Recipes()
+
+
+def resolve_train_config(path_or_recipe: str | os.PathLike[str]) -> TrainConfig:
+    """A config file path, or the name of a shipped recipe."""
+    path = Path(path_or_recipe)
+    if path.exists() or path.suffix in (".yaml", ".yml", ".json"):
+        return load_train_config(path)
+    if str(path_or_recipe) in recipe_names():
+        return RECIPES[str(path_or_recipe)]
+    raise ConfigError(
+        f"{path_or_recipe}: no such config file, and not a recipe name "
+        f"(recipes: {', '.join(recipe_names())})"
+    )
