@@ -241,7 +241,7 @@ def build_run_folder(
             rate = _robust_rate(model, attack.family)
             u = latent[attack.family]
             if "+" in attack.family:  # the affine attack is at least as strong as the union
-                u = np.maximum(u, *(latent[c] for c in attack.family.split("+")))
+                u = np.maximum.reduce([u, *(latent[c] for c in attack.family.split("+"))])
             fooled = u >= rate
             if attack.budget < 1.0:
                 fooled = u >= rate + (1 - rate) * (1 - attack.budget)
