@@ -103,6 +103,7 @@ class ResultSet:
     missing_shards: list[MissingShard] = field(default_factory=list)
     missing_trials: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def models_in(self, group: str) -> list[ModelInfo]:
         """The group's models that have results, in the paper's row order."""
@@ -154,8 +155,11 @@ def _json_list(text: Any) -> tuple[str, ...]:
 
 
 def _suite_groups(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
-    """Normalise ``mpo.suite['groups']``: either {group: [families]} or {group: {families, affine}}."""
+    """Normalise ``mpo.suite``'s groups: {group: [families]} with an optional top-level
+    ``affine`` {group: [affine families]} (what jobs.evaluation writes), or
+    {group: {"families": [...], "affine": [...]}}."""
     out: dict[str, dict[str, list[str]]] = {}
+    affine = suite.get("affine") if isinstance(suite.get("affine"), dict) else {}
     for name, spec in (suite.get("groups") or {}).items():
         if isinstance(spec, dict):
             out[name] = {
@@ -163,7 +167,7 @@ def _suite_groups(suite: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
                 "affine": list(spec.get("affine", [])),
             }
         else:
-            out[name] = {"families": list(spec), "affine": []}
+            out[name] = {"families": list(spec), "affine": list(affine.get(name, []))}
     return out
 
 
@@ -222,6 +226,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
     skipped: list[SkippedFile] = []
     model_meta: dict[str, dict[str, Any]] = {}
     suite_groups: dict[str, dict[str, list[str]]] = {}
+    suites: dict[str, dict[str, Any]] = {}
     loaded_shards: set[tuple[str, str, int, int]] = set()
     skipped_names: dict[tuple[str, str], str] = {}
     for path in files:
@@ -242,7 +247,9 @@ def load_results(run_dir: str | Path) -> ResultSet:
                 loaded_shards.add(
                     (model_id, str(shard["attack"]), int(shard["start"]), int(shard["stop"]))
                 )
-        for name, spec in _suite_groups(meta.get("suite") or {}).items():
+        suite = meta.get("suite") or {}
+        suites.setdefault(str(suite.get("name", "")), suite)
+        for name, spec in _suite_groups(suite).items():
             known = suite_groups.setdefault(name, {"families": [], "affine": []})
             for key in ("families", "affine"):
                 known[key] += [f for f in spec[key] if f not in known[key]]
@@ -302,6 +309,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
         missing_shards=missing_shards,
         missing_trials=missing_trials,
         warnings=warnings,
+        suites=suites,
     )
 
 

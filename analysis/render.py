@@ -370,7 +370,7 @@ def write_html(report: Report, out_dir: Path) -> list[Path]:
 
 
 def _num(x: float | None) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.12g}"
 
 
 def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:

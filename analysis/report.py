@@ -114,9 +114,14 @@ def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
         params: dict[str, Any] = {}
         for row in table.rows:
             p = (row.model.config.get("dataset") or {}).get("params")
-            if isinstance(p, dict):
+            if isinstance(p, dict) and p:
                 params = p
                 break
+        else:  # the evaluation suite snapshot also records the toy parameters
+            for suite in report.rs.suites.values():
+                if suite.get("dataset") == "toy" and isinstance(suite.get("dataset_params"), dict):
+                    params = suite["dataset_params"]
+                    break
         models = []
         for row in table.rows:
             ests = [row.cells[c].estimate for c in ("linf", "l1", "union")]

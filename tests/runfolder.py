@@ -80,6 +80,7 @@ def shard_table(
     fooled: Sequence[bool],
     start: int = 0,
     suite_groups: dict[str, Any] | None = None,
+    suite_extra: dict[str, Any] | None = None,
     schema_version: int | None = None,
 ) -> pa.Table:
     """One shard's rows; input ``start + i`` has outcome (clean_correct[i], fooled[i])."""
@@ -123,7 +124,7 @@ def shard_table(
     }
     meta = make_metadata(
         model=model.snapshot(),
-        suite={"name": "synthetic", "groups": suite_groups or {}},
+        suite={"name": "synthetic", "groups": suite_groups or {}, **(suite_extra or {})},
         shard={"attack": attack.name, "start": start, "stop": start + n, "content_key": "x"},
     )
     if schema_version is not None:

@@ -94,6 +94,13 @@ def test_groups_without_manifest(tmp_path, suite_groups):
     assert sorted(group.families) == ["l1", "linf"]
 
 
+def test_affine_from_suite_snapshot(tmp_path):
+    """jobs.evaluation writes groups as {group: [families]} plus a top-level affine mapping."""
+    write_shard(tmp_path, MODEL, PGD, clean_correct=[True] * 4, fooled=[False] * 4,
+                suite_groups={"g": ["linf", "l1"]}, suite_extra={"affine": {"g": ["linf+l1"]}})
+    assert load_results(tmp_path).groups["g"].affine == ("linf+l1",)
+
+
 def test_affine_inferred_without_manifest(tmp_path):
     affine = AttackSpec("aff", "linf+l1", "first-order", 0.3)
     for attack in (PGD, PGD1, affine):
