@@ -1,0 +1,179 @@
+"""Plots of the Section 2 theory (``mpo theory``) and the toy panel of ``mpo report``.
+
+matplotlib with the Agg backend; every figure is written as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from analysis.theory import Section2, TheoryError, interpolating_classifier, linear_risk
+
+SUFFIXES = (".png", ".svg")
+
+
+def _save(fig: Any, path_without_suffix: str | Path) -> list[Path]:
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix in SUFFIXES:
+        p = base.with_name(base.name + suffix)
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def family_curve(dist: Section2, n: int = 181) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(theta, R_inf(2 eta), R_1(2)) of the classifiers sign(cos t x0 + sin t sum x_i / sqrt d)."""
+    thetas = np.linspace(0.0, math.pi / 2, n)
+    r_inf, r_1 = [], []
+    for t in thetas:
+        clf = interpolating_classifier(dist, float(t))
+        r_inf.append(linear_risk(dist, clf, "linf", dist.eps_linf))
+        r_1.append(linear_risk(dist, clf, "l1", dist.eps_l1))
+    return thetas, np.array(r_inf), np.array(r_1)
+
+
+def _risk_plane(ax: Any, dist: Section2) -> None:
+    """The (R_1, R_inf) plane: the classifier family, the constant classifier, and Theorem 1's bound."""
+    _, r_inf, r_1 = family_curve(dist)
+    grid = np.linspace(0, 1, 2)
+    ax.fill_between(grid, 0, 1 - grid, color="0.9", label="R_avg < 1/2 (impossible, Thm 1)")
+    ax.plot(grid, 1 - grid, "k--", lw=1, label="R_avg = 1/2")
+    ax.plot(r_1, r_inf, "-", color="C0", lw=2, label="sign(x0) -> sign(sum x_i)")
+    ax.plot([r_1[0]], [r_inf[0]], "o", color="C0")
+    ax.annotate(
+        "sign(x0)", (r_1[0], r_inf[0]), textcoords="offset points", xytext=(-50, 6), fontsize=8
+    )
+    ax.plot([r_1[-1]], [r_inf[-1]], "s", color="C0")
+    ax.annotate(
+        "sign(sum x_i)",
+        (r_1[-1], r_inf[-1]),
+        textcoords="offset points",
+        xytext=(6, -4),
+        fontsize=8,
+    )
+    ax.plot([0.5], [0.5], "D", color="0.4")
+    ax.annotate("constant", (0.5, 0.5), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"R_adv, l_1 (eps = {dist.eps_l1:g})")
+    ax.set_ylabel(f"R_adv, l_inf (eps = 2 eta = {dist.eps_linf:.3g})")
+    ax.set_aspect("equal")
+
+
+def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) -> list[Path]:
+    """Four panels from ``theory_report``: Theorem 1 (risks against theta, and the risk plane),
+    Theorem 2 (best linear R_avg against N) and Theorem 4 (affine risk against beta)."""
+    p = report["params"]
+    dist = Section2(p["d"], p["alpha"], p["p0"], p["x0"])
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
+    rows = [r for r in report["theorem1"]["rows"] if r["theta_deg"] is not None]
+    th = [r["theta_deg"] for r in rows]
+    ax = axes[0, 0]
+    for key, label in (
+        ("nat", "natural"),
+        ("linf", "l_inf"),
+        ("l1", "l_1"),
+        ("union", "union (max)"),
+        ("avg", "average"),
+    ):
+        ax.plot(th, [r[key] for r in rows], label=label, lw=2.5 if key == "avg" else 1.3)
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="Thm 1 bound on R_avg")
+    ax.set_xlabel("theta (deg): 0 = sign(x0), 90 = sign(sum x_i)")
+    ax.set_ylabel("risk")
+    ax.set_title(f"Theorem 1 (d={dist.d}, alpha={dist.alpha:g}, p0={dist.p0:g})")
+    ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    _risk_plane(ax, dist)
+    ax.set_title("Theorem 1: no classifier below the line")
+    ax.legend(fontsize=7, loc="upper right")
+    ax = axes[1, 0]
+    t2 = report["theorem2"]
+    ns = [r["n_positions"] for r in t2]
+    ax.errorbar(
+        ns,
+        [r["avg"] for r in t2],
+        yerr=[2 * r["avg_stderr"] for r in t2],
+        marker="o",
+        label="best linear R_avg(l_inf, RT)",
+    )
+    ax.plot(ns, [r["linf"] for r in t2], ":", marker=".", label="its l_inf risk")
+    ax.plot(ns, [r["rt"] for r in t2], ":", marker=".", label="its RT risk")
+    ax.axhline(0.5, color="k", ls="--", lw=1, label="1/2")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (positions RT can move x0 to)")
+    ax.set_ylabel("risk")
+    ax.set_title("Theorem 2: R_avg >= 1/2 - O(1/sqrt N)  (x0 ~ N(y, alpha^-2))")
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    t4 = report["theorem4"]
+    ax.plot(
+        t4["betas"], [e["risk"] for e in t4["per_beta"]], marker="o", label="affine at fixed beta"
+    )
+    ax.axhline(t4["union"]["risk"], color="C3", ls="--", label=f"union = {t4['union']['risk']:.3f}")
+    ax.axhline(
+        t4["affine"]["risk"],
+        color="C2",
+        ls=":",
+        label=f"affine (worst beta per input) = {t4['affine']['risk']:.3f}",
+    )
+    ax.set_xlabel("beta (share of the RT range; 1 - beta of the l_inf radius)")
+    ax.set_ylabel("risk")
+    ax.set_title(
+        f"Theorem 4: affine l_inf+RT > union (N={t4['n_positions']}, theta={t4['theta_deg']:.0f}deg)"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path_without_suffix)
+
+
+def toy_panel(
+    params: Mapping[str, Any] | None,
+    models: Sequence[Mapping[str, Any]],
+    path_without_suffix: str | Path,
+) -> list[Path]:
+    """Trained toy models on the theory's axes: the (R_1, R_inf) plane with the linear family, the
+    constant classifier and Theorem 1's bound R_avg >= 1/2. Writes PNG and SVG; returns their paths.
+
+    ``params``: the toy dataset's parameters (``ToyParams`` fields). ``models``: dicts with
+    ``label``, ``risk_linf``, ``risk_l1`` (adversarial risks at eps 2 eta and 2, in [0, 1]) and
+    optionally ``risk_union``.
+    """
+    dist = Section2.from_params(params)
+    for m in models:
+        for key in ("label", "risk_linf", "risk_l1"):
+            if key not in m:
+                raise TheoryError(
+                    f"model {m.get('label', '?')!r}: missing '{key}' (need label, risk_linf, risk_l1)"
+                )
+        for key in ("risk_linf", "risk_l1", "risk_union"):
+            v = m.get(key)
+            if v is not None and not (0.0 <= float(v) <= 1.0):
+                raise TheoryError(f"model {m['label']!r}: {key} = {v}: must be a risk in [0, 1]")
+    fig, ax = plt.subplots(figsize=(6.2, 6))
+    _risk_plane(ax, dist)
+    for i, m in enumerate(models):
+        x, y = float(m["risk_l1"]), float(m["risk_linf"])
+        ax.plot([x], [y], "*", ms=13, color=f"C{(i + 1) % 10}", mec="k", mew=0.5)
+        text = m["label"]
+        if m.get("risk_union") is not None:
+            text += f" (union {float(m['risk_union']):.2f})"
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    bound = "" if dist.x0 == "sign" else " (bound proven for sign x0)"
+    ax.set_title(
+        f"toy: trained models vs theory (d={dist.d}, alpha={dist.alpha:g}, p0={dist.p0:g}){bound}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path_without_suffix)
