@@ -17,7 +17,7 @@ _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 
 def _family_label(family: str, eps: float) -> str:
-    return family if eps is None or math.isnan(eps) else f"{family} (ε={eps:g})"
+    return family if eps is None or math.isnan(eps) else f"{family} (ε={eps:.3g})"
 
 
 def plot_sweep(curves: SweepCurves, path_without_suffix: Path) -> list[Path]:

@@ -179,11 +179,13 @@ def build_document(report: Report, figure_root: Path) -> Document:
         items.append(f"missing shard {s.model_id} {s.attack} [{s.start}, {s.stop}): {s.reason}")
     for s in rs.skipped_files:
         items.append(f"skipped file {s.path.relative_to(rs.run_dir)}: {s.reason}")
+    if rs.manifest is not None and not items:
+        items.append("every expected trial and shard is present")
     if rs.manifest is None:
         items.append("no manifest.json: expected trials and shards unknown; groups inferred "
                      "from the results files")
     items += rs.warnings + report.notes
-    b.append(Bullets(tuple(items) if items else ("every expected trial and shard is present",)))
+    b.append(Bullets(tuple(items)))
     trials = sorted(rs.models.values(), key=lambda m: (m.label, m.model_id))
     if trials:
         b.append(Heading(2, "Trials"))
