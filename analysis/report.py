@@ -29,6 +29,8 @@ from analysis.metrics import (
 from analysis.paper import Comparison, budget_notes, compare, paper_results
 
 FORMATS = ("md", "tex", "html", "csv")
+#: Where the toy theory panel may live (the first module that provides ``toy_panel`` is used).
+THEORY_MODULES = ("analysis.theory", "analysis.theory_plot")
 
 METHODS = (
     "Accuracies are computed from the per-example results: an input counts as robust to a "
@@ -104,12 +106,16 @@ def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
     for table in report.tables:
         if table.dataset != "toy" or not {"linf", "l1"} <= set(table.families):
             continue
-        try:
-            theory = importlib.import_module("analysis.theory")
-            toy_panel = theory.toy_panel
-        except (ImportError, AttributeError) as exc:
-            report.notes.append(f"group {table.group}: theory panel skipped (analysis.theory."
-                                f"toy_panel unavailable: {exc})")
+        toy_panel, problems = None, []
+        for module_name in THEORY_MODULES:
+            try:
+                toy_panel = importlib.import_module(module_name).toy_panel
+                break
+            except (ImportError, AttributeError) as exc:
+                problems.append(f"{module_name}: {exc}")
+        if toy_panel is None:
+            report.notes.append(f"group {table.group}: theory panel skipped (no toy_panel: "
+                                + "; ".join(problems) + ")")
             continue
         params: dict[str, Any] = {}
         for row in table.rows:

@@ -65,8 +65,13 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_report(toy_run):
+    """The default report (every format, RUN_DIR/report), without the theory panel (tested
+    separately with a stand-in) so the expected file set does not depend on analysis.theory*."""
     out = toy_run / "report"
-    written = make_report(toy_run, None, None)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("analysis.theory", "analysis.theory_plot"):
+            mp.setitem(sys.modules, name, types.SimpleNamespace())
+        written = make_report(toy_run, None, None)
     return out, written
 
 
@@ -166,11 +171,12 @@ def test_theory_panel_is_called_for_toy(toy_run, tmp_path, monkeypatch):
     def toy_panel(params, models, path_without_suffix):
         calls.append((params, models))
         path = Path(str(path_without_suffix) + ".png")
-        shutil.copy(toy_run / "report" / "figures" / "fig1_toy.png", path)
+        shutil.copy(path.parent / "fig1_toy.png", path)  # any PNG will do; Figure 1 is drawn first
         return [path]
 
     monkeypatch.setitem(sys.modules, "analysis.theory",
                         types.SimpleNamespace(toy_panel=toy_panel))
+    monkeypatch.setitem(sys.modules, "analysis.theory_plot", types.SimpleNamespace())
     written = make_report(toy_run, tmp_path / "out", "html")
     (params, models), = calls
     assert params == {"d": 99, "alpha": 2.0, "p0": 0.9, "x0": "sign"}
@@ -191,6 +197,7 @@ def test_theory_panel_is_called_for_toy(toy_run, tmp_path, monkeypatch):
 )
 def test_theory_panel_problems_become_notes(toy_run, tmp_path, monkeypatch, module, note):
     monkeypatch.setitem(sys.modules, "analysis.theory", module)
+    monkeypatch.setitem(sys.modules, "analysis.theory_plot", module)
     make_report(toy_run, tmp_path, "md")
     assert note in (tmp_path / "report.md").read_text(encoding="utf-8")
 
