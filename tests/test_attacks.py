@@ -1,0 +1,223 @@
+"""PGD l_inf / l_2, SLIDE l_1, RT and the affine attacks: constraints, strength, seeds, specs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jobs.attacks import (
+    AttackConstraintError,
+    AttackSpecError,
+    L1Threat,
+    LinfThreat,
+    make_attack,
+    perturbation_norm,
+)
+
+SPECS = {
+    "linf": {"type": "linf", "epsilon": 0.3, "k": 8},
+    "linf-reps": {"type": "linf", "epsilon": 0.3, "k": 4, "reps": 3},
+    "linf-nostart": {"type": "linf", "epsilon": 0.2, "k": 6, "random_start": False},
+    "l2": {"type": "l2", "epsilon": 2.0, "k": 8},
+    "l2-reps": {"type": "l2", "epsilon": 2.0, "k": 4, "reps": 2, "a": 0.5},
+    "l1": {"type": "l1", "epsilon": 10.0, "k": 8, "a": 1.0, "perc": 99},
+    "l1-range-reps": {"type": "l1", "epsilon": 10.0, "k": 4, "a": 1.0, "perc": [80, 99], "reps": 2},
+    "affine-linf-l1": {"type": "affine", "weight": 0.5, "attacks": [
+        {"type": "linf", "epsilon": 0.3, "k": 4}, {"type": "l1", "epsilon": 10.0, "k": 4, "a": 1.0}]},
+    "affine-linf-l1-dirichlet": {"type": "affine", "reps": 2, "attacks": [
+        {"type": "l1", "epsilon": 10.0, "k": 3, "a": 1.0}, {"type": "linf", "epsilon": 0.3, "k": 3}]},
+    "rt-grid": {"type": "rt", "grid_granularity": [3, 3, 7]},
+    "rt-random": {"type": "rt", "random_tries": 10},
+    "affine-linf-rt": {"type": "affine", "attacks": [
+        {"type": "linf", "epsilon": 0.3, "k": 3}, {"type": "rt", "random_tries": 2}]},
+}
+N = 64  # inputs of the shared trained model used per test
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_model):
+    model, x, y = mnist_model
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    return model, x[keep][:N], y[keep][:N]
+
+
+def _budget(attack):
+    return 1.0 if attack.family in ("linf+l1", "linf+rt", "rt") else attack.epsilon
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_attack_holds_constraints_lowers_accuracy_and_reproduces(name, trained):
+    model, x, y = trained
+    attack = make_attack(SPECS[name])
+    model.train()
+    r1 = attack(model, x, y, generator=torch.Generator().manual_seed(3))
+    assert model.training, "the model's mode must be restored"
+    model.eval()
+    r2 = attack(model, x, y, generator=torch.Generator().manual_seed(3))
+    assert not model.training
+    # constraints (also asserted inside the attack)
+    assert r1.x_adv.shape == x.shape and r1.x_adv.min() >= 0 and r1.x_adv.max() <= 1
+    assert (r1.norm <= _budget(attack) * (1 + 1e-5)).all()
+    if attack.family in ("linf", "l2", "l1"):
+        assert torch.allclose(r1.norm, perturbation_norm(r1.x_adv - x, attack.family))
+    # the reported loss / prediction are those of the model at x_adv
+    with torch.no_grad():
+        logits = model(r1.x_adv)
+    assert torch.allclose(r1.loss, F.cross_entropy(logits, y, reduction="none"), atol=1e-4)
+    assert torch.equal(r1.success, r1.pred != y)
+    # x was all correctly classified: the attack must fool some of it
+    assert r1.success.float().mean() > 0
+    # same seed, same result
+    for field in ("x_adv", "success", "loss", "pred", "norm"):
+        assert torch.equal(getattr(r1, field), getattr(r2, field)), field
+
+
+@pytest.mark.parametrize(("name", "steps"), [
+    ("linf", 8), ("linf-reps", 12), ("l1-range-reps", 8), ("affine-linf-l1", 8),
+    ("affine-linf-l1-dirichlet", 12), ("affine-linf-rt", 6),
+])
+def test_total_steps(name, steps):
+    assert make_attack(SPECS[name]).total_steps == steps
+
+
+def test_restarts_only_add_successes(trained):
+    model, x, y = trained
+    one = make_attack({"type": "linf", "epsilon": 0.15, "k": 4})(model, x, y, generator=torch.Generator().manual_seed(0))
+    three = make_attack({"type": "linf", "epsilon": 0.15, "k": 4, "reps": 3})(
+        model, x, y, generator=torch.Generator().manual_seed(0))
+    assert (three.success | ~one.success).all()
+    assert (three.loss[~one.success] >= one.loss[~one.success] - 1e-6).all()
+
+
+class Linear2(nn.Module):
+    """Two-class linear model on flat unbounded inputs: logits (0, w.x + b)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.w
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+@pytest.mark.parametrize(("family", "extra", "optimum"), [
+    ("linf", {}, lambda w: w.abs().sum()),
+    ("l2", {}, lambda w: w.norm()),
+    ("l1", {"perc": 99.0, "a": 0.5}, lambda w: w.abs().max()),
+])
+def test_linear_model_reaches_the_optimal_margin_drop(family, extra, optimum):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(100, generator=gen)
+    model = Linear2(w)
+    x = torch.randn(8, 1, 10, 10, generator=gen) * 0.01
+    y = torch.ones(8, dtype=torch.long)  # class 1: margin = -(w.x); the attack lowers w.x
+    eps = 0.05 if family == "linf" else 1.0
+    spec = {"type": family, "epsilon": eps, "k": 20, "random_start": False, **extra}
+    r = make_attack(spec, bounds=None)(model, x, y)
+    drop = (x.flatten(1) @ w) - (r.x_adv.flatten(1) @ w)
+    assert torch.allclose(drop, eps * optimum(w).expand(8), rtol=1e-2)
+
+
+def test_slide_mask_matches_numpy_percentile_and_skips_blocked_coordinates():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(4, 50, generator=gen)
+    for q in (0.0, 37.3, 50.0, 90.0, 99.0, 100.0):
+        t = L1Threat(eps=5.0, step_size=1.0, bounds=None, perc=q)
+        step = t.step(torch.zeros_like(g), g, torch.zeros_like(g))
+        for row in range(4):
+            mask = np.abs(g[row].numpy()) >= np.percentile(np.abs(g[row].numpy()), q)
+            assert np.array_equal(step[row].numpy() != 0, mask), q
+        assert torch.allclose(step.abs().sum(1), torch.ones(4))  # a = total l1 mass
+    # a pixel at the top of the box whose gradient points up cannot move
+    x0 = torch.zeros(1, 4)
+    x0[0, 0] = 1.0
+    grad = torch.tensor([[10.0, 1.0, 0.5, 0.1]])
+    t = L1Threat(eps=5.0, step_size=1.0, bounds=(0.0, 1.0), perc=70.0)
+    step = t.step(torch.zeros_like(x0), grad, x0)
+    assert step[0, 0] == 0 and step[0, 1] > 0
+
+
+def test_zero_gradient_gives_no_nan():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    nn.init.zeros_(model[1].weight)
+    x = torch.rand(3, 1, 4, 4)
+    y = torch.zeros(3, dtype=torch.long)
+    for family in ("linf", "l2", "l1"):
+        r = make_attack({"type": family, "epsilon": 1.0, "k": 3, "random_start": False})(model, x, y)
+        assert torch.isfinite(r.x_adv).all() and torch.equal(r.x_adv, x)
+
+
+def test_a_perturbation_outside_the_budget_raises():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    attack = make_attack({"type": "linf", "epsilon": 0.1, "k": 2})
+    attack.threat = LinfThreat(eps=0.5, step_size=0.5, bounds=(0.0, 1.0))  # a bug: wrong radius
+    with pytest.raises(AttackConstraintError, match=r"exceeds the budget 0\.1"):
+        attack(model, torch.full((2, 1, 4, 4), 0.5), torch.zeros(2, dtype=torch.long))
+
+
+def test_bad_inputs_raise():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    attack = make_attack({"type": "linf", "epsilon": 0.1, "k": 1})
+    x, y = torch.rand(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="outside bounds"):
+        attack(model, x + 2, y)
+    with pytest.raises(ValueError, match="y must be a long tensor"):
+        attack(model, x, y.float())
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="generator is on"):
+            attack(model, x, y, generator=torch.Generator(device="cuda"))
+
+
+BAD_SPECS = [
+    ({"type": "l3", "epsilon": 1}, "'type'.*linf"),
+    ({"epsilon": 1}, "'type'"),
+    ({"type": "linf"}, "'epsilon': required"),
+    ({"type": "linf", "epsilon": -0.1}, "'epsilon': must be >= 0"),
+    ({"type": "linf", "epsilon": float("nan")}, "'epsilon'"),
+    ({"type": "l2", "epsilon": 1, "k": 0}, "'k': must be an integer >= 1"),
+    ({"type": "l2", "epsilon": 1, "k": 2.5}, "'k'"),
+    ({"type": "l1", "epsilon": 1, "perc": 101}, "'perc'.*\\[0, 100\\]"),
+    ({"type": "l1", "epsilon": 1, "perc": [90, 80]}, "'perc'.*range"),
+    ({"type": "l1", "epsilon": 1, "perc": [90]}, "'perc'"),
+    ({"type": "linf", "epsilon": 1, "perc": 99}, "'perc': unknown key.*allowed keys"),
+    ({"type": "linf", "epsilon": 1, "epsilion": 2}, "'epsilion': unknown key"),
+    ({"type": "linf", "epsilon": 1, "random_start": "yes"}, "'random_start'"),
+    ({"type": "linf", "epsilon": 1, "reps": 0}, "'reps'"),
+    ({"type": "linf", "epsilon": 1, "a": -1}, "'a'"),
+    ({"type": "rt", "spatial_limits": [3, 3]}, "'spatial_limits'"),
+    ({"type": "rt", "grid_granularity": [5, 0, 31]}, "'grid_granularity'"),
+    ({"type": "rt", "random_tries": 0}, "'random_tries'"),
+    ({"type": "affine", "attacks": [{"type": "linf", "epsilon": 1}]}, "'attacks'.*exactly two"),
+    ({"type": "affine", "attacks": [{"type": "l2", "epsilon": 1}, {"type": "l1", "epsilon": 1}]}, "'attacks'"),
+    ({"type": "affine", "weight": 1.5, "attacks": [{"type": "linf", "epsilon": 1}, {"type": "rt"}]}, "'weight'"),
+    ({"type": "affine", "attacks": [{"type": "linf", "epsilon": 1, "k": 0}, {"type": "rt"}]}, "'attacks\\[0\\].k'"),
+    ({"type": "affine", "attacks": [{"type": "linf", "epsilon": 1}, {"type": "rt", "bogus": 1}]}, "'attacks\\[1\\].bogus'"),
+]
+
+
+@pytest.mark.parametrize(("spec", "match"), BAD_SPECS, ids=[str(i) for i in range(len(BAD_SPECS))])
+def test_bad_specs_raise_naming_the_key(spec, match):
+    with pytest.raises(AttackSpecError, match=match):
+        make_attack(spec)
+
+
+def test_spec_defaults_are_filled_and_json_able():
+    import json
+
+    a = make_attack({"type": "linf", "epsilon": 0.3, "k": 40})
+    assert a.spec == {"type": "linf", "epsilon": 0.3, "k": 40, "a": 2.5 * 0.3 / 40,
+                      "random_start": True, "reps": 1}
+    rt = make_attack({"type": "rt"})
+    assert rt.spec["spatial_limits"] == [3.0, 3.0, 30.0] and rt.spec["grid_granularity"] == [5, 5, 31]
+    assert np.isnan(rt.epsilon) and rt.family == "rt"
+    aff = make_attack({"type": "affine", "attacks": [{"type": "linf", "epsilon": 0.3}, {"type": "rt"}]})
+    assert aff.family == "linf+rt" and aff.spec["weight"] is None
+    for attack in (a, rt, aff):
+        assert json.loads(json.dumps(attack.spec)) == attack.spec
+    with pytest.raises(ValueError, match="bounds"):
+        make_attack({"type": "linf", "epsilon": 0.3}, bounds=(1.0, 0.0))

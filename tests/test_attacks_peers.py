@@ -1,0 +1,50 @@
+"""Our attacks against peer implementations on the same trained model and the same budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jobs.attacks import make_attack
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_model):
+    model, x, y = mnist_model
+    return model, x[:N], y[:N]
+
+
+@pytest.mark.peer
+def test_slide_at_least_as_strong_as_foolbox_sparse_l1_descent(trained):
+    fb = pytest.importorskip("foolbox", reason="foolbox not installed (pip install -e .[attacks])")
+    model, x, y = trained
+    eps, k, a, q = 4.0, 10, 1.0, 99.0
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))
+    peer = fb.attacks.SparseL1DescentAttack(quantile=q / 100, abs_stepsize=a, steps=k, random_start=False)
+    _, clipped, peer_success = peer(fmodel, x, y, epsilons=eps)
+    assert (clipped - x).abs().flatten(1).sum(1).max() <= eps * (1 + 1e-4)
+    ours = make_attack({"type": "l1", "epsilon": eps, "k": k, "a": a, "perc": q, "random_start": False})
+    r = ours(model, x, y, generator=torch.Generator().manual_seed(0))
+    peer_rate, our_rate = peer_success.float().mean().item(), r.success.float().mean().item()
+    assert 0 < peer_rate < 1, "the budget should make the comparison informative"
+    assert our_rate >= peer_rate, (our_rate, peer_rate)
+
+
+@pytest.mark.peer
+def test_linf_pgd_at_least_as_strong_as_torchattacks_pgd(trained):
+    torchattacks = pytest.importorskip("torchattacks", reason="torchattacks not installed (pip install -e .[peers])")
+    model, x, y = trained
+    eps, k, a = 0.1, 10, 0.025
+    torch.manual_seed(0)  # torchattacks draws its random start from the global generator
+    peer = torchattacks.PGD(model, eps=eps, alpha=a, steps=k, random_start=True)
+    x_peer = peer(x, y)
+    assert (x_peer - x).abs().max() <= eps + 1e-6
+    with torch.no_grad():
+        peer_rate = (model(x_peer).argmax(1) != y).float().mean().item()
+    r = make_attack({"type": "linf", "epsilon": eps, "k": k, "a": a})(
+        model, x, y, generator=torch.Generator().manual_seed(0))
+    our_rate = r.success.float().mean().item()
+    assert 0 < peer_rate < 1, "the budget should make the comparison informative"
+    assert our_rate >= peer_rate, (our_rate, peer_rate)
