@@ -100,10 +100,10 @@ def l1_ball_box(v: Tensor, eps: Tensor, lo: Tensor | None, hi: Tensor | None) ->
     f0 = m.sum(1, keepdim=True)
     start = (a - u).clamp_min(0)  # lam where coordinate i leaves its cap and starts shrinking
     bp = torch.cat([start, a], dim=1)  # ... and where it reaches 0
-    ones = torch.ones_like(a)
-    dslope = torch.cat([ones, -ones], dim=1)
     bp_s, order = bp.sort(dim=1)
-    slope = dslope.gather(1, order).cumsum(1)  # number of shrinking coordinates after bp_s[j]
+    # +1 at a start breakpoint (index < D), -1 at an end breakpoint: the running count is the
+    # number of shrinking coordinates after bp_s[j] (the slope of f there, negated).
+    slope = torch.where(order < a.shape[1], 1.0, -1.0).to(a.dtype).cumsum(1)
     drop = (slope[:, :-1] * bp_s.diff(dim=1)).cumsum(1)
     f = f0 - torch.cat([torch.zeros_like(f0), drop], dim=1)  # f(lam) at each sorted breakpoint
     j = ((f >= eps).sum(1, keepdim=True) - 1).clamp_min(0)  # last breakpoint with f >= eps
