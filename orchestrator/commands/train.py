@@ -1,0 +1,102 @@
+"""``mpo train CONFIG.yaml``: train one model in this process (no Ray), with progress bars."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.commands.data import DATA_DIR_OPTION
+
+
+@click.command()
+@click.argument("config", metavar="CONFIG")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder (checkpoint.pt, state.pt, metrics.jsonl). Default: runs/train/<model_id>.",
+)
+@DATA_DIR_OPTION
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Download the dataset when it is missing.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda when available), cpu, cuda or cuda:N.")
+@click.option("--fresh", is_flag=True, help="Start over even if the folder holds a resumable state.")
+def train(
+    config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool
+) -> None:
+    """Train the model described by CONFIG (a YAML file, or a recipe name such as `toy`).
+
+    Resumes from OUT/state.pt when present (the same config is required). Recipes:
+    jobs/recipes/*.yaml (toy, mnist-small, mnist-paper, mnist-rt-paper, cifar10-paper, ...).
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from jobs.attacks import AttackSpecError
+    from jobs.config import ConfigError, resolve_train_config
+    from jobs.data import DataError
+    from jobs.models import ModelError
+    from jobs.training import ResumeError, TrainingDivergedError, resolve_device
+    from jobs.training import train as run_training
+
+    console = Console()
+    try:
+        cfg = resolve_train_config(config)
+        dev = resolve_device(device)
+    except (ConfigError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    model_id = cfg.model_id()
+    out = Path(out_dir) if out_dir else Path("runs") / "train" / model_id
+    console.print(
+        f"[bold]{cfg.label or model_id}[/bold]  model id [cyan]{model_id}[/cyan]  "
+        f"{cfg.dataset.name} / {cfg.model.name} / strategy {cfg.strategy} "
+        f"[{', '.join(cfg.families()) or 'clean'}]  device {dev}  -> {out}"
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+    )
+    epochs_task = progress.add_task("epochs", total=cfg.epochs, info="")
+    batch_task = progress.add_task("batches", total=1, info="")
+
+    def on_step(info: dict) -> None:
+        progress.update(
+            batch_task, completed=info["step"], total=info["steps_per_epoch"],
+            description=f"epoch {info['epoch']}", info=f"loss {info['loss']:.4f}",
+        )
+
+    def on_epoch(m: dict) -> None:
+        adv = "  ".join(f"{k[8:]} {v:.3f}" for k, v in m.items() if k.startswith("adv_acc/"))
+        progress.update(epochs_task, completed=m["epoch"],
+                        info=f"clean {m['clean_acc']:.3f}  {adv}")
+
+    try:
+        with progress:
+            result = run_training(
+                cfg, out, data_dir=data_dir, download=download, device=dev,
+                on_epoch=on_epoch, on_step=on_step, resume=not fresh,
+            )
+    except (ConfigError, DataError, ModelError, AttackSpecError, ResumeError,
+            TrainingDivergedError) as err:
+        raise click.ClickException(str(err)) from None
+
+    if result.resumed_from_epoch:
+        console.print(f"resumed after epoch {result.resumed_from_epoch}")
+    table = Table(title=f"training of {cfg.label or model_id}")
+    adv_keys = sorted({k for m in result.metrics for k in m if k.startswith("adv_acc/")})
+    for col in ("epoch", "loss", "clean", *[k[8:] for k in adv_keys], "lr", "ex/s", "s"):
+        table.add_column(col, justify="right")
+    for m in result.metrics[-12:]:
+        table.add_row(
+            str(m["epoch"]), f"{m['train_loss']:.4f}", f"{m['clean_acc']:.3f}",
+            *[f"{m.get(k, float('nan')):.3f}" for k in adv_keys],
+            f"{m['lr']:.2g}", f"{m['examples_per_s']:.0f}", f"{m['seconds']:.1f}",
+        )
+    console.print(table)
+    console.print(f"checkpoint: [green]{result.checkpoint}[/green]")
+    console.print(f"next: mpo eval {result.checkpoint} --suite <suite>", soft_wrap=True)
