@@ -679,7 +679,8 @@ def summarize(paths_or_df: Any, groups: Mapping[str, Any] | None = None) -> dict
         mdf = mdf[mdf["index"].isin(complete)]
         fam = mdf.pivot_table(index="index", columns="family", values="robust", aggfunc="all")
         clean = mdf.groupby("index")["clean_correct"].all()
-        fam_acc = {f: float(fam[f].mean()) for f in fam.columns}
+        order = [f for f in dict.fromkeys(mdf["family"]) if f in fam.columns]
+        fam_acc = {f: float(fam[f].mean()) for f in order}
         att_acc = {a: float(s.mean()) for a, s in mdf.groupby("attack")["robust"]}
         gsum = {}
         for g, spec in groups_n.items():
