@@ -24,6 +24,11 @@ name or a path)::
 Every attack of the suite is evaluated at ``budget`` 1.0; ``budgets`` adds copies of the attack
 whose radius (and RT limits) is scaled by each fraction, for the Figure-1 style sweeps.
 
+Cascades (``jobs.cascade``): a suite-level ``cascade: true`` or a per-attack
+``cascade: true | false | [names]`` runs an attack only on the inputs still robust after the
+earlier attacks of the same family ball (and, for ``true``, the same kind); skipped inputs keep
+complete rows recorded as fooled by the earlier attack (named in the file's metadata).
+
 The in-ball rule
 ----------------
 An attack result counts as fooling the model only if the perturbation lies inside the family's
@@ -83,9 +88,10 @@ class SuiteAttack:
     spec: dict[str, Any]
     budget: float = 1.0
     epsilon: float | None = None
+    after: tuple[str, ...] = ()  # cascade: attacked only where these left the input robust
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "family": self.family,
             "kind": self.kind,
@@ -93,6 +99,9 @@ class SuiteAttack:
             "budget": self.budget,
             "epsilon": self.epsilon,
         }
+        if self.after:
+            out["after"] = list(self.after)
+        return out
 
 
 @dataclass(frozen=True)
@@ -140,13 +149,21 @@ def suite_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _suite_path(name_or_path: str | os.PathLike[str]) -> Path:
+def _suite_path(name_or_path: str | os.PathLike[str], dataset: str | None = None) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise SuiteError(f"suite file {path} does not exist")
         return path
     builtin = Path(str(resources.files("jobs") / "suites" / f"{name_or_path}.yaml"))
+    per_dataset = [n for n in suite_names() if n.endswith(f"-{name_or_path}")]
+    if not builtin.exists() and dataset is not None and f"{dataset}-{name_or_path}" in per_dataset:
+        builtin = builtin.with_name(f"{dataset}-{name_or_path}.yaml")
+    if not builtin.exists() and per_dataset:
+        raise SuiteError(
+            f"suite '{name_or_path}' exists per dataset: {', '.join(per_dataset)}; name one of "
+            "them (or evaluate a checkpoint of one of these datasets)"
+        )
     if not builtin.exists():
         raise SuiteError(
             f"unknown suite '{name_or_path}'; built-in suites: {', '.join(suite_names())} "
@@ -155,11 +172,16 @@ def _suite_path(name_or_path: str | os.PathLike[str]) -> Path:
     return builtin
 
 
-def load_suite(name_or_path: str | os.PathLike[str] | EvalSuite) -> EvalSuite:
-    """A built-in suite by name, or a suite YAML file. Errors name the file and the field."""
+def load_suite(
+    name_or_path: str | os.PathLike[str] | EvalSuite, *, dataset: str | None = None
+) -> EvalSuite:
+    """A built-in suite by name, or a suite YAML file. Errors name the file and the field.
+
+    With ``dataset``, a per-dataset name like ``strong`` or ``paper`` resolves to the built-in
+    ``<dataset>-strong`` / ``<dataset>-paper``."""
     if isinstance(name_or_path, EvalSuite):
         return name_or_path
-    path = _suite_path(name_or_path)
+    path = _suite_path(name_or_path, dataset)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -167,13 +189,15 @@ def load_suite(name_or_path: str | os.PathLike[str] | EvalSuite) -> EvalSuite:
     return parse_suite(data, source=str(path), default_name=path.stem)
 
 
-_SUITE_KEYS = {"name", "dataset", "dataset_params", "seed", "n_test", "description", "groups", "attacks"}
-_ATTACK_KEYS = {"name", "kind", "spec", "family", "epsilon", "budgets"}
+_SUITE_KEYS = {"name", "dataset", "dataset_params", "seed", "n_test", "description", "groups", "attacks",
+               "cascade"}
+_ATTACK_KEYS = {"name", "kind", "spec", "family", "epsilon", "budgets", "cascade"}
 
 
 def parse_suite(data: Any, *, source: str = "suite", default_name: str = "") -> EvalSuite:
     """Validate a suite mapping (the YAML content) into an ``EvalSuite``."""
     from jobs.attacks import AttackSpecError, make_attack
+    from jobs.cascade import resolve_cascades
     from jobs.config import scale_spec
     from jobs.data import DataError, dataset_info
 
@@ -248,6 +272,14 @@ def parse_suite(data: Any, *, source: str = "suite", default_name: str = "") -> 
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise fail("attacks", f"duplicate attack names {dupes}")
+    cascade_all = data.get("cascade", False)
+    if not isinstance(cascade_all, bool):
+        raise fail("cascade", f"{cascade_all!r}: must be true or false")
+    attacks = resolve_cascades(
+        attacks,
+        {e["name"]: (f"attacks[{i}].cascade", e.get("cascade")) for i, e in enumerate(raw_attacks)},
+        default=cascade_all, fail=fail,
+    )
 
     groups_raw = data.get("groups") or {}
     if not isinstance(groups_raw, Mapping):
@@ -329,6 +361,12 @@ def check_compatible(config: Any, suite: EvalSuite, *, source: str = "checkpoint
             )
 
 
+def _test_params(suite: EvalSuite) -> dict[str, Any] | None:
+    """The test split's dataset parameters: the suite's own (toy), so that every model of a suite
+    sees the same test points whatever its training split sizes were (checked compatible)."""
+    return dict(suite.dataset_params) if suite.dataset == "toy" else None
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -373,6 +411,19 @@ def _content_key(
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _shard_key(
+    loaded: _Loaded, suite: EvalSuite, attack: SuiteAttack, start: int, stop: int,
+    label: str, groups: list[str],
+) -> str:
+    """The content key, chained with those of the shards a cascaded attack depends on."""
+    from jobs.cascade import chain_key
+
+    key = _content_key(loaded, suite, attack, start, stop, label, groups)
+    return chain_key(key, [
+        _shard_key(loaded, suite, suite.attack(a), start, stop, label, groups) for a in attack.after
+    ])
+
+
 def existing_content_key(path: str | os.PathLike[str]) -> str | None:
     """The content key in a results file's metadata, or None (absent or unreadable file)."""
     import pyarrow.parquet as pq
@@ -407,8 +458,14 @@ def _in_ball(attack_obj: Any, entry: SuiteAttack, x: Any, result: Any) -> tuple[
 
 
 def _attack_batches(
-    loaded: _Loaded, attack_obj: Any, entry: SuiteAttack, x: Any, y: Any, seed: int, batch_size: int
+    loaded: _Loaded, attack_obj: Any, entry: SuiteAttack, x: Any, y: Any, seed: int, batch_size: int,
+    prior: Any = None,
 ) -> dict[str, list[Any]]:
+    if prior is not None:
+        from jobs.cascade import attack_cascaded
+
+        return attack_cascaded(loaded.model, loaded.device, attack_obj, entry, x, y, seed,
+                               batch_size, prior, _in_ball)
     import torch
     import torch.nn.functional as F
 
@@ -478,7 +535,7 @@ def _evaluate_shard(
     config = loaded.config
     label = model_label or config.label or loaded.model_id
     group_list = list(groups) if groups is not None else list(suite.groups)
-    key = _content_key(loaded, suite, entry, start, stop, label, group_list)
+    key = _shard_key(loaded, suite, entry, start, stop, label, group_list)
     path = shard_path(out_dir, loaded.model_id, entry.name, start, stop)
     if path.exists() and existing_content_key(path) == key:
         return path
@@ -486,7 +543,7 @@ def _evaluate_shard(
     if data is None:
         data = load_split(
             suite.dataset, "test", data_dir=data_dir, download=download, n=stop, seed=suite.seed,
-            params=config.dataset.params or None,
+            params=_test_params(suite),
         )
     x_all, y_all = data
     if len(x_all) < stop:
@@ -495,7 +552,20 @@ def _evaluate_shard(
     attack_obj = make_attack(entry.spec, bounds=config.dataset_info().bounds)
     seed = shard_seed(suite, entry.name, start)
     t0 = time.perf_counter()
-    cols = _attack_batches(loaded, attack_obj, entry, x, y, seed, batch_size)
+    prior, cascade_meta = None, {}
+    if entry.after:
+        from jobs.cascade import prior_from_rows
+
+        frames = [
+            (name, read_results([_evaluate_shard(
+                loaded, suite, name, start, stop, out_dir, data=(x_all, y_all), data_dir=data_dir,
+                download=download, model_label=model_label, groups=groups, batch_size=batch_size,
+            )]).sort_values("index"))
+            for name in entry.after
+        ]
+        prior = prior_from_rows(frames, stop - start)
+        cascade_meta = {"cascade": {"after": list(entry.after), "broken_by": prior.broken_map(start)}}
+    cols = _attack_batches(loaded, attack_obj, entry, x, y, seed, batch_size, prior)
     seconds = time.perf_counter() - t0
 
     n = stop - start
@@ -541,7 +611,8 @@ def _evaluate_shard(
             "config": config.to_dict(),
         },
         suite=suite.to_dict(),
-        shard={"attack": entry.name, "start": start, "stop": stop, "content_key": key},
+        shard={"attack": entry.name, "start": start, "stop": stop, "content_key": key,
+               **cascade_meta},
     )
     table = pa.table(columns, schema=SCHEMA.with_metadata(metadata))
     _write_atomic(table, path)
@@ -608,7 +679,7 @@ def evaluate(
     loaded = _load(checkpoint_path, suite, device)
     data = load_split(
         suite.dataset, "test", data_dir=data_dir, download=download, n=n, seed=suite.seed,
-        params=loaded.config.dataset.params or None,
+        params=_test_params(suite),
     )
     paths = []
     for name in names:

@@ -2,7 +2,7 @@
 
 ``train(config, out_dir)`` writes into ``out_dir``:
 
-- ``config.json``: the validated config (attack specs normalised) and its model id;
+- ``config.json``: the validated config (attack specs normalised; ``load_train_config`` reads it);
 - ``state.pt``: everything needed to resume, rewritten atomically after every epoch: weights,
   optimiser state, the global step (the learning rate is a function of it), the random generators
   (data order, augmentation, attack starts, torch's global CPU/CUDA state, Python's ``random``)
@@ -248,7 +248,7 @@ def train(
             gens.restore(extra["rng"], dev)
             start_epoch, global_step = int(extra["epoch"]), int(extra["step"])
             metrics = list(extra["metrics"])
-        _write_json(out / CONFIG_FILE, {"model_id": model_id, "config": config_dict})
+        _write_json(out / CONFIG_FILE, config_dict)
         _write_metrics(out / METRICS_FILE, metrics)
         resumed_from = start_epoch
 

@@ -173,6 +173,11 @@ def test_rows_match_schema_and_metadata(toy_checkpoint, tmp_path):
     assert (half["budget"] == 0.5).all() and half["epsilon"].iloc[0] == pytest.approx(EPS_INF / 2)
     # the fooled flag agrees with the recorded predictions for in-ball results
     assert (df["fooled"] == (df["adv_pred"] != df["label"])).all()
+    # the suite fixes the test points: the default toy test split, whatever the training params
+    from jobs.data import load_split
+
+    _, y = load_split("toy", "test", n=40, seed=suite.seed)
+    assert df[df["attack"] == "l1-slide"].sort_values("index")["label"].tolist() == y.tolist()
     # seeds are per shard and reproducible
     assert df.groupby(["attack", "shard_start"])["eval_seed"].nunique().max() == 1
 

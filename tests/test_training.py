@@ -265,7 +265,7 @@ def test_each_strategy_trains_on_toy(tmp_path, strategy):
     assert loaded_cfg == cfg and payload["extra"]["model_id"] == cfg.model_id()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    assert json.loads((tmp_path / "config.json").read_text())["model_id"] == cfg.model_id()
+    assert load_train_config(tmp_path / "config.json") == cfg
 
 
 @pytest.mark.parametrize(
