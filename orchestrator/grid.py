@@ -302,6 +302,7 @@ class SweepPlan:
     trials: dict[str, TrialPlan]
     suites: dict[str, Any]  # dataset -> jobs.evaluation.EvalSuite (restarts applied)
     shards: list[Shard]
+    suite_files: dict[str, Path] = field(default_factory=dict)  # dataset -> suite file (not built-in)
 
     def trial_shards(self, model_id: str) -> list[Shard]:
         return [s for s in self.shards if s.model_id == model_id]
@@ -344,13 +345,20 @@ def _suite_with_restarts(suite: Any, restarts: int | None) -> Any:
     return dataclasses.replace(suite, attacks=attacks)
 
 
-def _load_suite(plan: EvaluationPlan, *, dataset: str, grid_dir: Path | None, source: str) -> Any:
+def _load_suite(plan: EvaluationPlan, *, dataset: str, grid_dir: Path | None, source: str,
+                suite_dir: Path | None = None) -> tuple[Any, Path | None]:
+    """(the suite with the grid's restarts applied, its file when it is not a built-in one).
+
+    A suite file is looked up relative to the grid file, or in ``suite_dir`` (a run folder's
+    ``suites/`` snapshot) when given."""
     from jobs.evaluation import load_suite
 
     ref = plan.suite
-    candidate = (grid_dir / ref) if grid_dir is not None else None
-    if candidate is not None and Path(ref).suffix in GRID_SUFFIXES and candidate.exists():
-        ref = str(candidate)
+    is_file = Path(ref).suffix in GRID_SUFFIXES
+    if is_file and suite_dir is not None:
+        ref = str(suite_dir / Path(ref).name)
+    elif is_file and grid_dir is not None and not Path(ref).is_absolute():
+        ref = str(grid_dir / ref)
     try:
         suite = load_suite(ref)
     except (ValueError, KeyError, OSError) as err:
@@ -360,7 +368,7 @@ def _load_suite(plan: EvaluationPlan, *, dataset: str, grid_dir: Path | None, so
             f"{source}: field 'evaluation.{dataset}.suite' = {plan.suite!r}: the suite is for "
             f"dataset '{suite.dataset}', not '{dataset}'"
         )
-    return _suite_with_restarts(suite, plan.restarts)
+    return _suite_with_restarts(suite, plan.restarts), (Path(ref) if is_file else None)
 
 
 def _group_families(
@@ -385,15 +393,22 @@ def _group_families(
     return list(families), list(affine or [])
 
 
-def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = None) -> SweepPlan:
-    """Expand a grid into distinct trials (deduplicated by model id) and evaluation shards."""
+def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = None,
+                suite_dir: Path | None = None) -> SweepPlan:
+    """Expand a grid into distinct trials (deduplicated by model id) and evaluation shards.
+
+    Suite files are found relative to ``grid_dir``, or in ``suite_dir`` when given."""
     from jobs.config import ConfigError, make_train_config
     from jobs.evaluation import plan_shards
 
     suites: dict[str, Any] = {}
+    suite_files: dict[str, Path] = {}
     for dataset, plan in grid.evaluation.items():
         if any(exp.dataset == dataset for exp in grid.experiments.values()):
-            suites[dataset] = _load_suite(plan, dataset=dataset, grid_dir=grid_dir, source=source)
+            suites[dataset], file = _load_suite(plan, dataset=dataset, grid_dir=grid_dir,
+                                                source=source, suite_dir=suite_dir)
+            if file is not None:
+                suite_files[dataset] = file
 
     groups: dict[str, GroupPlan] = {}
     trials: dict[str, TrialPlan] = {}
@@ -449,7 +464,8 @@ def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = N
         for attack in trial.attacks:
             for start, stop in plan_shards(plan.n_test, plan.shard_size):
                 shards.append(Shard(mid, attack, start, stop))
-    return SweepPlan(grid=grid, groups=groups, trials=trials, suites=suites, shards=shards)
+    return SweepPlan(grid=grid, groups=groups, trials=trials, suites=suites, shards=shards,
+                     suite_files=suite_files)
 
 
 def load_plan(name_or_path: str | os.PathLike[str]) -> tuple[SweepPlan, str, Path]:

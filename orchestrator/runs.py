@@ -1,0 +1,184 @@
+"""Planning a sweep without Ray: resources per trial, the run folder, resuming checks.
+
+Used by ``mpo sweep`` (also for ``--dry-run``, which imports no Ray) and by the Ray driver in
+``orchestrator.sweep``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from orchestrator import faults as _faults
+from orchestrator.grid import SweepPlan, expand_grid, load_grid_text, parse_grid
+from orchestrator.rundir import RunDir, RunDirError, run_info, write_json_atomic
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial reserves: bundle 0 for training, ``eval_workers`` bundles for its shards."""
+
+    gpus_per_trial: float
+    cpus_per_trial: float = 1.0
+    eval_workers: int = 1
+    eval_cpus: float = 1.0
+    eval_gpus: float = 0.0
+
+    def bundles(self) -> list[dict[str, float]]:
+        head = {"CPU": self.cpus_per_trial}
+        if self.gpus_per_trial:
+            head["GPU"] = self.gpus_per_trial
+        worker = {"CPU": self.eval_cpus}
+        if self.eval_gpus:
+            worker["GPU"] = self.eval_gpus
+        return [head] + [dict(worker) for _ in range(self.eval_workers)]
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for bundle in self.bundles():
+            for key, value in bundle.items():
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+
+def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float, eval_workers: int,
+                   eval_cpus: float, eval_gpus: float | None, cluster_gpus: float) -> Resources:
+    """Fill the defaults: 1 GPU per trial where the cluster has GPUs, else 0; evaluation
+    workers share one trial's worth of GPU (``gpus_per_trial / eval_workers`` each)."""
+    if gpus_per_trial is None:
+        gpus_per_trial = 1.0 if cluster_gpus > 0 else 0.0
+    if eval_gpus is None:
+        eval_gpus = gpus_per_trial / eval_workers if eval_workers and gpus_per_trial else 0.0
+    for name, value in (("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial),
+                        ("--cpus-per-eval-worker", eval_cpus), ("--gpus-per-eval-worker", eval_gpus)):
+        if value < 0 or not math.isfinite(value):
+            raise SweepError(f"{name} {value}: must be a number >= 0")
+    if cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
+    if eval_workers < 0:
+        raise SweepError(f"--eval-workers {eval_workers}: must be >= 0 (0: evaluate in the trial)")
+    if eval_workers and eval_cpus <= 0 and eval_gpus <= 0:
+        raise SweepError("an evaluation worker needs some CPU or GPU (--cpus-per-eval-worker)")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: above 1, a whole number of GPUs")
+    return Resources(gpus_per_trial, cpus_per_trial, eval_workers, eval_cpus, eval_gpus)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two manifests, in words (for refusing a changed grid on resume)."""
+    lines = []
+    old_t, new_t = old.get("trials", {}), new.get("trials", {})
+    for mid in sorted(set(new_t) - set(old_t)):
+        lines.append(f"new trial {new_t[mid]['label']} ({mid})")
+    for mid in sorted(set(old_t) - set(new_t)):
+        lines.append(f"trial {old_t[mid]['label']} ({mid}) is gone")
+    for mid in sorted(set(old_t) & set(new_t)):
+        for key in ("label", "groups", "attacks"):
+            if old_t[mid].get(key) != new_t[mid].get(key):
+                lines.append(f"trial {mid}: {key} {old_t[mid].get(key)} -> {new_t[mid].get(key)}")
+    for key in ("groups", "evaluation"):
+        if old.get(key) != new.get(key):
+            lines.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+    if not lines and old.get("shards") != new.get("shards"):
+        lines.append("the evaluation shards differ")
+    return lines
+
+
+def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: dict[str, Any],
+                command: list[str] | None = None) -> RunDir:
+    """Create a new run folder: run.json, grid.yaml (the snapshot) and manifest.json."""
+    rd = RunDir(run_dir)
+    if rd.path.exists() and any(rd.path.iterdir()):
+        hint = f"; continue it with `mpo sweep --resume {rd.path}`" if rd.exists() else ""
+        raise SweepError(f"{rd.path} already exists and is not empty{hint}, or choose another --name")
+    rd.path.mkdir(parents=True, exist_ok=True)
+    info = run_info(rd.path.name, command=command)
+    info["sweep"] = settings
+    write_json_atomic(rd.run_file, info)
+    rd.grid_file.write_text(grid_text)
+    for file in plan.suite_files.values():  # the run folder is self-contained: resume needs them
+        (rd.suite_dir).mkdir(exist_ok=True)
+        (rd.suite_dir / file.name).write_text(file.read_text())
+    write_json_atomic(rd.manifest_file, plan.manifest())
+    return rd
+
+
+def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunDir, SweepPlan, dict[str, Any]]:
+    """An existing run folder's plan (from its grid snapshot), checked against its manifest and,
+    when ``grid`` is given, against that grid: a changed grid is refused with the differences."""
+    import yaml
+
+    rd = RunDir(run_dir)
+    try:
+        rd.check()
+    except RunDirError as err:
+        raise SweepError(str(err)) from None
+    snapshot = parse_grid(yaml.safe_load(rd.grid_file.read_text()), source=str(rd.grid_file))
+    plan = expand_grid(snapshot, source=str(rd.grid_file), suite_dir=rd.suite_dir)
+    saved = rd.manifest()
+    changes = describe_changes(saved, plan.manifest())
+    if changes:
+        raise SweepError(
+            f"{rd.grid_file} no longer expands to the run's manifest.json, so the run cannot be "
+            "resumed safely (its trials and results belong to the old grid):\n  - "
+            + "\n  - ".join(changes) + "\nStart a new run (another --name) for the new grid."
+        )
+    if grid is not None:
+        new_grid, _text, path = load_grid_text(grid)
+        new_plan = expand_grid(new_grid, source=str(path), grid_dir=path.parent)
+        changes = describe_changes(saved, new_plan.manifest())
+        if changes:
+            raise SweepError(
+                f"{path} differs from the grid this run was started with ({rd.grid_file}); "
+                "resuming would mix two grids' trials and results:\n  - "
+                + "\n  - ".join(changes)
+                + f"\nResume with the original grid (`mpo sweep --resume {rd.path}`), or start "
+                "a new run (another --name) for the changed grid."
+            )
+    return rd, plan, rd.run().get("sweep", {})
+
+
+def settings_for(res: Resources, *, max_failures: int, shard_retries: int, data_dir: str | None,
+                 download: bool) -> dict[str, Any]:
+    from jobs.data import resolve_data_dir
+
+    return {
+        "resources": asdict(res),
+        "max_failures": max_failures,
+        "trial_settings": {
+            "data_dir": str(resolve_data_dir(data_dir).resolve()),
+            "download": download,
+            "shard_retries": shard_retries,
+        },
+        "faults": _faults.from_env(),
+    }
+
+
+def summary_table(plan: SweepPlan, records: dict[str, Any]) -> Table:
+    table = Table(title="results")
+    for col in ("model", "id", "state", "clean", "group: union / average", "time"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("model", "state"))
+    for mid, t in plan.trials.items():
+        rec = records.get(mid) or {}
+        summ = rec.get("summary") or {}
+        groups = summ.get("groups") or {}
+        cells = "  ".join(f"{g}: {v['union']:.3f} / {v['average']:.3f}" for g, v in groups.items())
+        clean = summ.get("clean")
+        wall = rec.get("wall_seconds")
+        table.add_row(t.label, mid, rec.get("state", "pending"),
+                      "" if clean is None else f"{clean:.3f}", cells,
+                      "" if wall is None else f"{wall:.0f} s")
+    return table
+

@@ -1,0 +1,228 @@
+"""The Ray Tune trainable: one trial = train one model, then evaluate it with parallel Ray tasks.
+
+A thin adapter around ``jobs.training.train`` and ``jobs.evaluation.evaluate_shard``, which know
+nothing of Ray. The trial's placement group has bundle 0 for the trainable itself and
+``eval_workers`` more bundles that hold room for its evaluation tasks (Tune captures the tasks a
+trial launches into its placement group). Only the sweep imports this module.
+
+Restart and resume rules (what makes ``--max-failures`` and ``mpo sweep --resume`` safe):
+- training resumes from ``trials/<model_id>/state.pt`` (written every epoch, before the Tune
+  checkpoint that records the epoch), and a trial whose ``trial.json`` says ``trained`` with its
+  ``checkpoint.pt`` present skips training entirely;
+- every shard is written once: ``evaluate_shard`` skips a file that exists with the same content
+  key, so a re-launched task neither recomputes nor duplicates rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from orchestrator import faults as _faults
+from orchestrator.rundir import RunDir
+
+PROGRESS_FILE = "progress.json"
+
+
+class ShardsFailedError(RuntimeError):
+    """Evaluation shards that failed after all their retries."""
+
+
+def flatten(prefix: str, obj: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"prefix/a/b": 1}, keeping only numbers (Tune's metrics)."""
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            flatten(f"{prefix}/{key}" if prefix else str(key), value, out)
+    elif isinstance(obj, bool | int | float):
+        out[prefix] = obj
+    return out
+
+
+def _threads(cpus: float) -> int:
+    return max(1, round(cpus))
+
+
+def _device() -> str:
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
+def _tune_epoch() -> int | None:
+    """The epoch recorded in the Tune checkpoint this trial was (re)started from, if any."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        path = Path(d) / PROGRESS_FILE
+        return int(json.loads(path.read_text())["epoch"]) if path.exists() else None
+
+
+def _report_epoch(metrics: dict[str, Any], *, model_id: str, total_epochs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="mpo-ckpt-") as d:
+        (Path(d) / PROGRESS_FILE).write_text(
+            json.dumps({"model_id": model_id, "epoch": int(metrics["epoch"])})
+        )
+        tune.report(
+            {**flatten("", metrics), "phase": "train", "epochs": total_epochs},
+            checkpoint=tune.Checkpoint.from_directory(d),
+        )
+
+
+def evaluate_shard_task(
+    checkpoint: str,
+    suite: Any,
+    attack: str,
+    start: int,
+    stop: int,
+    *,
+    run_dir: str,
+    data_dir: str | None,
+    label: str,
+    groups: list[str],
+    threads: int,
+    faults: dict[str, Any],
+) -> str:
+    """One evaluation shard, run as a Ray task inside the trial's placement group."""
+    import torch
+
+    from jobs.evaluation import evaluate_shard
+
+    _faults.before_shard(faults, Path(run_dir), label)
+    torch.set_num_threads(threads)
+    path = evaluate_shard(
+        checkpoint, suite, attack, start, stop, run_dir,
+        data_dir=data_dir, device=_device(), model_label=label, groups=groups,
+    )  # fmt: skip
+    return str(path)
+
+
+def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dict[str, Any],
+              faults: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Fan the trial's shards out as Ray tasks; (result paths, failed shards)."""
+    from jobs.evaluation import plan_shards
+
+    shards = [
+        (attack, start, stop)
+        for attack in trial["attacks"]
+        for start, stop in plan_shards(trial["n_test"], trial["shard_size"])
+    ]
+    kwargs = dict(
+        run_dir=str(rd.path), data_dir=settings["data_dir"], label=trial["label"],
+        groups=list(trial["groups"]), threads=_threads(settings["eval_cpus"]), faults=faults,
+    )  # fmt: skip
+    paths: list[str] = []
+    failed: list[dict[str, Any]] = []
+    total = len(shards)
+    if settings["eval_workers"] == 0:  # no bundles for tasks: evaluate here, one shard at a time
+        for attack, start, stop in shards:
+            paths.append(evaluate_shard_task(str(checkpoint), trial["suite"], attack, start, stop,
+                                             **{**kwargs, "threads": _threads(settings["cpus_per_trial"])}))
+            tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
+        return paths, failed
+
+    task = ray.remote(evaluate_shard_task).options(
+        num_cpus=settings["eval_cpus"],
+        num_gpus=settings["eval_gpus"],
+        max_retries=settings["shard_retries"],
+        retry_exceptions=[OSError],
+    )
+    suite_ref = ray.put(trial["suite"])
+    refs = {
+        task.remote(str(checkpoint), suite_ref, attack, start, stop, **kwargs): (attack, start, stop)
+        for attack, start, stop in shards
+    }
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            attack, start, stop = refs[ref]
+            try:
+                paths.append(ray.get(ref))
+            except ray.exceptions.RayError as err:
+                failed.append({"attack": attack, "start": start, "stop": stop,
+                               "error": f"{type(err).__name__}: {str(err)[-2000:]}"})
+        tune.report({"phase": "eval", "shards_done": len(paths), "shards_failed": len(failed),
+                     "shards_total": total})
+    return paths, failed
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. ``config``: {"trial": payload, "run_dir", "settings", "faults"}.
+
+    The payload is built by ``orchestrator.sweep.trial_payload``: model_id, label, dataset,
+    groups ({group: {"families", "affine"}}), config (TrainConfig dict), attacks (suite attack
+    names), n_test, shard_size and suite (a jobs.evaluation.EvalSuite).
+    """
+    import torch
+
+    from jobs.evaluation import summarize
+    from jobs.training import CHECKPOINT_FILE, train
+
+    trial, settings = config["trial"], config["settings"]
+    faults = config.get("faults") or {}
+    rd = RunDir(Path(config["run_dir"]))
+    mid, label = trial["model_id"], trial["label"]
+    out = rd.trial_dir(mid)
+    began = time.time()
+    record = rd.trial_record(mid)
+    if record.get("state") == "done" and (out / CHECKPOINT_FILE).exists():
+        # Finished before the driver died, but Tune had not saved that yet: report, redo nothing.
+        summary = record.get("summary") or {}
+        tune.report({**flatten("eval", summary), "phase": "done",
+                     "shards_done": record.get("shards", 0), "shards_total": record.get("shards", 0)})
+        return
+    previous_wall = float(record.get("wall_seconds") or 0.0)
+    torch.set_num_threads(_threads(settings["cpus_per_trial"]))
+    record = rd.update_trial(
+        mid, model_id=mid, label=label, state="training", attempts=int(record.get("attempts", 0)) + 1,
+        tune_trial_id=tune.get_context().get_trial_id(), restored_from_tune_epoch=_tune_epoch(),
+        device=_device(), error=None,
+    )  # fmt: skip
+
+    def wall() -> float:
+        return round(previous_wall + time.time() - began, 3)
+
+    try:
+        checkpoint = out / CHECKPOINT_FILE
+        if not (record.get("trained") and checkpoint.exists()):
+            epochs = int(trial["config"]["epochs"])
+
+            def on_epoch(metrics: dict[str, Any]) -> None:
+                _report_epoch(metrics, model_id=mid, total_epochs=epochs)
+                _faults.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
+
+            result = train(
+                trial["config"], out, data_dir=settings["data_dir"], download=settings["download"],
+                device=_device(), on_epoch=on_epoch, resume=True,
+            )  # fmt: skip
+            resumed = list(record.get("resumed_from_epochs", []))
+            if result.resumed_from_epoch:
+                resumed.append(result.resumed_from_epoch)
+            record = rd.update_trial(
+                mid, trained=True, resumed_from_epochs=resumed, epochs_trained=len(result.metrics),
+                final_train_metrics=result.metrics[-1] if result.metrics else {},
+                train_wall_seconds=wall(),
+            )  # fmt: skip
+        rd.update_trial(mid, state="evaluating", wall_seconds=wall())
+        paths, failed = _evaluate(trial, checkpoint, rd, settings, faults)
+        if failed:
+            rd.update_trial(mid, failed_shards=failed)
+            raise ShardsFailedError(
+                f"{len(failed)} of {len(failed) + len(paths)} evaluation shards of {mid} failed "
+                f"after {settings['shard_retries']} retries; first: {failed[0]['error'][:500]}"
+            )
+        summary = summarize(paths, trial["groups"]).get(mid, {})
+        rd.update_trial(mid, state="done", summary=summary, failed_shards=[], shards=len(paths),
+                        wall_seconds=wall())
+        tune.report({**flatten("eval", summary), "phase": "done", "shards_done": len(paths),
+                     "shards_total": len(paths)})
+    except BaseException as err:
+        rd.update_trial(mid, state="error", error=f"{type(err).__name__}: {err}"[:4000],
+                        wall_seconds=wall())
+        raise
