@@ -1,0 +1,123 @@
+"""``mpo bench``: speed figures (attack efficiency, peers, training cost, sweep overhead, GPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+STATUS_STYLE = {"pass": "green", "miss": "red", "info": "cyan", "skipped": "yellow",
+                "error": "bold red"}
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.3f}"
+    if unit == "s":
+        return f"{value:.3f} s"
+    return f"{value:,.1f} {unit}"
+
+
+def finite(obj: Any) -> Any:
+    """The report with non-finite floats as None (JSON has no NaN or infinity)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _times(times: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3g}s" for k, v in times.items())
+
+
+def render(report: dict[str, Any], console: Any) -> None:
+    """The figures as a rich table (one row per figure), then the machine line."""
+    from rich.table import Table
+
+    m = report["machine"]
+    table = Table(title=f"mpo bench on {report['device']} ({'quick' if report['quick'] else 'full'})",
+                  show_lines=False)
+    for col, kw in (("figure", {}), ("value", {"justify": "right"}), ("spread", {}),
+                    ("target", {}), ("status", {}), ("median times / notes", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    group = None
+    for f in report["figures"]:
+        if f["group"] != group and group is not None:
+            table.add_section()
+        group = f["group"]
+        spread = (f"{_fmt(f['spread'][0], f['unit'])} .. {_fmt(f['spread'][1], f['unit'])}"
+                  if f.get("spread") else "")
+        note = f.get("reason") or _times(f.get("times_s") or {})
+        d = f.get("details") or {}
+        if "success_ours" in d:
+            note += f"; success ours {d['success_ours']:.2f} vs peer {d['success_peer']:.2f}"
+        style = STATUS_STYLE.get(f["status"], "")
+        table.add_row(f"{f['title']}\n[dim]{f['key']}[/dim]", _fmt(f.get("value"), f["unit"]),
+                      spread, f.get("target") or "", f"[{style}]{f['status']}[/{style}]", note)
+    console.print(table)
+    s = report["summary"]
+    console.print(
+        f"{m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + f"; torch {report['versions']['torch']}, ray {report['versions']['ray']}; "
+        + ", ".join(f"{k} {v}" for k, v in s.items() if v)
+        + f"; {report['seconds']:.0f} s"
+    )
+
+
+@click.command("bench")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="where groups 1-3 run (auto: cuda when available)")
+@click.option("--quick", is_flag=True, help="small sizes and few repetitions (under 2 minutes)")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the report as JSON to this file")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MNIST root (default: $MPO_DATA_DIR or ~/.cache/mpo/data)")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="torch CPU threads while measuring (0: torch's default); one thread keeps "
+                   "CPU timings steady on a shared machine")
+@click.option("--no-sweep", is_flag=True, help="skip the Ray sweep-overhead figures")
+def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, threads: int,
+          no_sweep: bool) -> None:
+    """Measure mpo's speed as ratios against the physical limit and against peer libraries.
+
+    Each figure is measured side by side in one run (interleaved repetitions; the median and
+    the min..max spread are shown, with the absolute median times): 1) attack / k fwd+bwd
+    passes, 2) torchattacks and foolbox / ours, 3) training step per strategy / ideal,
+    4) Ray sweep overhead and evaluation fan-out, 5) GPU figures (when CUDA is available).
+    A figure that cannot be measured is reported as skipped, with the reason.
+    """
+    import torch
+    from rich.console import Console
+
+    from orchestrator.bench import run_bench
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine; use cpu or auto",
+                                 param_hint="--device")
+    console = Console(stderr=False)
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "mpo bench"
+    with console.status("benchmarking") as status:
+        report = run_bench(
+            device=device, quick=quick, data_dir=None if data_dir is None else str(data_dir),
+            command=command, sweep=not no_sweep, threads=threads or None,
+            progress=lambda msg: (status.update(msg), console.log(msg)),
+        )
+    render(report, console)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(finite(report), indent=2, allow_nan=False, default=str) + "\n")
+        os.replace(tmp, out)
+        console.print(f"wrote {out}")
