@@ -203,6 +203,8 @@ def format_validation_error(err: ValidationError, *, source: str, model: type[Ba
             lines.append(f"{source}: field '{where}': unknown field{extra}")
         elif e["type"] == "missing":
             lines.append(f"{source}: field '{where}': required but missing")
+        elif isinstance(e.get("input"), dict | list):  # a whole section: the message says what
+            lines.append(f"{source}: field '{where}': {msg}")
         else:
             lines.append(f"{source}: field '{where}' = {e.get('input')!r}: {msg}")
     return "\n".join(lines)

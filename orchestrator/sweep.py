@@ -9,6 +9,7 @@ trial per model (``orchestrator.trainable.run_trial``), or restores an interrupt
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,11 @@ def run_sweep(
     """Run (or resume) the Tune experiment in ``rd/tune``; returns {model_id: trial.json}."""
     from orchestrator.progress import LiveTable
 
+    # Tune's own console output stays quiet: the live table is the display. The legacy output
+    # path honours verbose=0 (the new one still prints a banner); experiment-state snapshot
+    # warnings are expected here (a checkpoint per epoch with num_to_keep=1).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     res = Resources(**settings["resources"])
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(res.bundles()))
     param_space = {
