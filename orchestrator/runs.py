@@ -17,6 +17,9 @@ from orchestrator import faults as _faults
 from orchestrator.grid import SweepPlan, expand_grid, load_grid_text, parse_grid
 from orchestrator.rundir import RunDir, RunDirError, run_info, write_json_atomic
 
+#: Default GPU fraction of one evaluation worker when trials use GPUs.
+EVAL_GPU_SHARE = 0.5
+
 
 class SweepError(RuntimeError):
     """A sweep that cannot start or resume; the message says why and what to do."""
@@ -51,12 +54,13 @@ class Resources:
 
 def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float, eval_workers: int,
                    eval_cpus: float, eval_gpus: float | None, cluster_gpus: float) -> Resources:
-    """Fill the defaults: 1 GPU per trial where the cluster has GPUs, else 0; evaluation
-    workers share one trial's worth of GPU (``gpus_per_trial / eval_workers`` each)."""
+    """Fill the defaults: 1 GPU per trial where the cluster has GPUs, else 0; then half a GPU
+    per evaluation worker (two evaluation tasks share a GPU; the training bundle keeps whole
+    GPUs so that two trials never train on one)."""
     if gpus_per_trial is None:
         gpus_per_trial = 1.0 if cluster_gpus > 0 else 0.0
     if eval_gpus is None:
-        eval_gpus = gpus_per_trial / eval_workers if eval_workers and gpus_per_trial else 0.0
+        eval_gpus = EVAL_GPU_SHARE if eval_workers and gpus_per_trial else 0.0
     for name, value in (("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial),
                         ("--cpus-per-eval-worker", eval_cpus), ("--gpus-per-eval-worker", eval_gpus)):
         if value < 0 or not math.isfinite(value):

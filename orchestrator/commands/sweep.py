@@ -109,7 +109,7 @@ def _print_plan(plan, res_text: str, bundles_text: str, console) -> None:
               "(0: evaluate inside the trial, one shard at a time).")
 @click.option("--cpus-per-eval-worker", type=float, default=1.0, show_default=True)
 @click.option("--gpus-per-eval-worker", type=float, default=None,
-              help="GPU fraction per evaluation worker (default: gpus-per-trial / eval-workers).")
+              help="GPU fraction per evaluation worker (default 0.5 when trials use GPUs).")
 @click.option("--max-failures", type=int, default=2, show_default=True,
               help="Restarts of a failed trial (from its last checkpoint).")
 @click.option("--shard-retries", type=int, default=3, show_default=True,
