@@ -199,8 +199,9 @@ def test_resume_with_a_changed_grid_is_refused(faulty_run, tmp_path):
     assert "new trial Nat" in result.output and "is gone" in result.output
 
 
-def test_killed_driver_resumes_without_duplicates(ray_cluster, tmp_path):
+def test_killed_driver_resumes_without_duplicates(ray_cluster, tmp_path, monkeypatch):
     """`mpo sweep` in a subprocess on the same cluster, killed mid-sweep, then --resume."""
+    monkeypatch.delenv("MPO_TEST_FAULTS", raising=False)  # only the subprocess sleeps per epoch
     grid = write_grid(tmp_path, epochs=4, models=THREE)
     run_dir = tmp_path / "runs" / "killed"
     address = ray_cluster.get_runtime_context().gcs_address
