@@ -226,6 +226,8 @@ def test_sweep_usage_errors(tmp_path):
     assert result.exit_code != 0 and "give a GRID" in result.output
     result = runner.invoke(main, ["sweep", "--resume", str(tmp_path)])
     assert result.exit_code != 0 and "not an mpo sweep run folder" in result.output
+    result = runner.invoke(main, ["sweep", "toy", "--storage", "s3://bucket/runs"])
+    assert result.exit_code != 0 and "mount the bucket" in result.output
     bad = write(tmp_path, with_change(["experiments", "toy", "models", "Nat", "strategy"], "x"))
     result = runner.invoke(main, ["sweep", str(bad), "--dry-run"])
     assert result.exit_code != 0 and "strategy" in result.output

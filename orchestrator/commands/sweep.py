@@ -140,6 +140,12 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
                                "--resume RUN_DIR")
     if resume_dir is not None and (storage or name):
         raise click.UsageError("--resume RUN_DIR names the run folder; drop --storage/--name")
+    if storage and "://" in storage:
+        raise click.UsageError(
+            f"--storage {storage}: the run folder must be a filesystem path that every node sees "
+            "at the same place (trials write checkpoints and parquet shards into it directly); "
+            "mount the bucket (e.g. mountpoint-s3, gcsfuse) or use NFS/EFS, and pass that path"
+        )
     if max_failures < 0 or shard_retries < 0:
         raise click.UsageError("--max-failures and --shard-retries must be >= 0")
     try:
@@ -172,7 +178,12 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
     except SweepError as err:
         raise _fail(err) from None
     try:
-        if cluster.started_here:
+        if not cluster.started_here:
+            console.print(f"joined the Ray cluster at {cluster.address} "
+                          f"({cluster.resources.get('CPU', 0):g} CPU, "
+                          f"{cluster.resources.get('GPU', 0):g} GPU)"
+                          + (f"; dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
+        else:
             console.print(f"started a local Ray cluster ({cluster.resources.get('CPU', 0):g} CPU, "
                           f"{cluster.resources.get('GPU', 0):g} GPU)")
             if cluster.dashboard_url:
