@@ -397,6 +397,17 @@ def _never_adversarial(fb: Any) -> Any:
     return Never()
 
 
+def _rt_times(b: Bench, s: Settings, res: dict[str, Any], ours: Any, ours_small: Any, peer: Any,
+              fmodel: Any, never: Any) -> dict[str, list[float]]:
+    return interleaved(
+        {"ours": lambda: res.__setitem__("ours", ours(b.model, b.x, b.y)),
+         "ours_small_chunks": lambda: ours_small(b.model, b.x, b.y),
+         "peer_full": lambda: peer(fmodel, b.x, never),
+         "peer": lambda: res.__setitem__("peer", peer(fmodel, b.x, b.y))},
+        reps=s.rt_reps, warmup=1, device=b.device,
+    )
+
+
 def peer_rt(b: Bench, prefix: str) -> list[Figure]:
     """Two figures: the whole grid on both sides (equal work), and foolbox as shipped (it stops
     once every input is misclassified; ours always scores every transform to keep the worst)."""
@@ -422,25 +433,24 @@ def peer_rt(b: Bench, prefix: str) -> list[Figure]:
                                     num_rotations=ga, grid_search=True)
     never = _never_adversarial(fb)
     res: dict[str, Any] = {}
-    times = interleaved(
-        {"ours": lambda: res.__setitem__("ours", ours(b.model, b.x, b.y)),
-         "ours_small_chunks": lambda: ours_small(b.model, b.x, b.y),
-         "peer_full": lambda: peer(fmodel, b.x, never),
-         "peer": lambda: res.__setitem__("peer", peer(fmodel, b.x, b.y))},
-        reps=s.rt_reps, warmup=1, device=b.device,
-    )
+    with warnings.catch_warnings():  # foolbox's meshgrid call warns on every transform
+        warnings.simplefilter("ignore", UserWarning)
+        times = _rt_times(b, s, res, ours, ours_small, peer, fmodel, never)
     details = {"grid": [gx, gy, ga], "transforms": gx * gy * ga, "batch": s.batch,
                "success_ours": _success(res["ours"].success),
                "success_peer": _success(res["peer"][2]),
                "eval_batch": ours.eval_batch,
-               f"ours_eval_batch_{SMALL_EVAL_BATCH}_s": statistics.median(times["ours_small_chunks"]),
+               f"ours_eval_batch_{SMALL_EVAL_BATCH}_s":
+                   statistics.median(times["ours_small_chunks"]),
                f"speedup_at_eval_batch_{SMALL_EVAL_BATCH}": statistics.median(
                    _per_rep(times["peer_full"], times["ours_small_chunks"]))}
-    full = ratio_figure(keys["full"][0], "peer", keys["full"][1], _per_rep(times["peer_full"], times["ours"]), target=target,
+    full = ratio_figure(keys["full"][0], "peer", keys["full"][1],
+                        _per_rep(times["peer_full"], times["ours"]), target=target,
                         times={"ours": times["ours"], "peer": times["peer_full"]},
                         details={**details, "note": "foolbox forced through the whole grid (a "
                                  "criterion no input meets): equal work"})
-    early = ratio_figure(keys["early"][0], "peer", keys["early"][1], _per_rep(times["peer"], times["ours"]), target=target,
+    early = ratio_figure(keys["early"][0], "peer", keys["early"][1],
+                         _per_rep(times["peer"], times["ours"]), target=target,
                          times={"ours": times["ours"], "peer": times["peer"]},
                          details={**details, "note": "foolbox as shipped: stops once every "
                                   "input is misclassified; ours scores every (input, transform) "
@@ -608,7 +618,8 @@ def _inprocess_wall(n: int, root: Path) -> float:
         torch.set_num_threads(threads)
 
 
-def shard_task(checkpoint: str, suite: Any, attack: str, start: int, stop: int, out_dir: str) -> str:
+def shard_task(checkpoint: str, suite: Any, attack: str, start: int, stop: int,
+               out_dir: str) -> str:
     """One evaluation shard as a Ray task (one thread, as the sweep's evaluation workers)."""
     from jobs.evaluation import evaluate_shard
 
@@ -728,7 +739,8 @@ def ray_session(ray: Any) -> Iterator[bool]:
 
 
 def adv_max_throughput(recipe: str, device: torch.device, *, steps: int, warmup: int = 2,
-                       batch_size: int | None = None, channels_last: bool = False) -> dict[str, Any]:
+                       batch_size: int | None = None,
+                       channels_last: bool = False) -> dict[str, Any]:
     """Examples/s of one training recipe's steps (``jobs.strategies`` + Adam/SGD step) on
     synthetic batches of the dataset's shape; the throughput does not depend on the pixels."""
     from jobs.config import RECIPES
@@ -774,7 +786,8 @@ def adv_max_throughput(recipe: str, device: torch.device, *, steps: int, warmup:
 
 def _gradient_agreement(recipe: str, device: torch.device) -> dict[str, float]:
     """Input gradients of one batch with and without channels-last: cosine and sign agreement
-    (channels-last changes the kernels, hence float rounding; results must stay within tolerance)."""
+    (channels-last changes the kernels, hence float rounding; results must stay within
+    tolerance)."""
     from jobs.attacks.base import input_grad
     from jobs.config import RECIPES
     from jobs.models import build_model
@@ -790,7 +803,8 @@ def _gradient_agreement(recipe: str, device: torch.device) -> dict[str, float]:
     model_cl = model.to(memory_format=torch.channels_last)
     g1, _ = input_grad(model_cl, x.contiguous(memory_format=torch.channels_last), y)
     cos = F.cosine_similarity(g0.flatten(1), g1.flatten(1), dim=1).min()
-    return {"min_cosine": float(cos), "sign_agreement": float((g0.sign() == g1.sign()).float().mean())}
+    agree = (g0.sign() == g1.sign()).float().mean()
+    return {"min_cosine": float(cos), "sign_agreement": float(agree)}
 
 
 def project_paper_grid(rates: dict[str, float], grid: str = "paper-grid") -> dict[str, Any]:
@@ -911,7 +925,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["load_average"] = list(os.getloadavg())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 2)
+        total = torch.cuda.get_device_properties(0).total_memory
+        info["gpu_memory_gib"] = round(total / 1024**3, 2)
     return info
 
 

@@ -114,7 +114,8 @@ def test_gpu_code_paths_on_cpu():
     r = adv_max_throughput("mnist-paper", torch.device("cpu"), steps=1, warmup=0, batch_size=2)
     assert r["examples_per_s"] > 0 and r["passes_per_example"] == 61
     proj = project_paper_grid({"mnist": 1e6, "cifar10": 1e5})
-    assert proj["total_gpu_hours"] == pytest.approx(proj["train_gpu_hours"] + proj["eval_gpu_hours"])
+    total = proj["train_gpu_hours"] + proj["eval_gpu_hours"]
+    assert proj["total_gpu_hours"] == pytest.approx(total)
     assert proj["train_gpu_hours"] > 0 and proj["eval_gpu_hours"] > 0
     assert proj["datasets_without_rate"] == []
     half = project_paper_grid({"mnist": 2e6, "cifar10": 2e5})

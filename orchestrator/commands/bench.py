@@ -46,8 +46,8 @@ def render(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     m = report["machine"]
-    table = Table(title=f"mpo bench on {report['device']} ({'quick' if report['quick'] else 'full'})",
-                  show_lines=False)
+    mode = "quick" if report["quick"] else "full"
+    table = Table(title=f"mpo bench on {report['device']} ({mode})", show_lines=False)
     for col, kw in (("figure", {}), ("value", {"justify": "right"}), ("spread", {}),
                     ("target", {}), ("status", {}), ("median times / notes", {"overflow": "fold"})):
         table.add_column(col, **kw)
