@@ -1,0 +1,504 @@
+"""Evaluation attacks from well-kept libraries (foolbox 3, AutoAttack) behind our Attack interface.
+
+    make_attack({"type": "foolbox", "attack": "boundary_l2", "epsilon": 2.0, "steps": 5000})
+    make_attack({"type": "autoattack", "attack": "apgd-ce", "norm": "linf", "epsilon": 0.3})
+
+The libraries are optional (``pip install mpo[attacks]``): they are imported only when such an
+attack runs or is built, never when ``jobs`` is imported; a missing one raises
+``MissingLibraryError`` naming the package and the extra.
+
+Spec keys (every key optional except ``type``, ``attack`` and ``epsilon``; the defaults are the
+libraries' own unless noted):
+
+- ``type: foolbox``, ``attack`` one of ``FOOLBOX_ATTACKS`` (its family is in the name:
+  ``cw_l2``, ``ead_l1``, ``boundary_l2``, ``pointwise_l1``, ``hsj_linf``, ``hsj_l2``,
+  ``fmn_linf``, ``fmn_l2``, ``fmn_l1``); the attack's parameters as in foolbox (see
+  ``FOOLBOX_ATTACKS``); ``init_steps`` for the decision-based ones (steps of the noise attack
+  that finds their starting points).
+- ``type: autoattack``, ``attack`` one of ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``,
+  ``norm`` one of ``linf``, ``l2``, ``l1``, and the attack's parameters (``n_iter``,
+  ``n_restarts``, ``n_target_classes``, ``n_queries``, ...). The defaults are those of
+  AutoAttack's ``standard`` version for that norm (e.g. l_1 APGD with 5 restarts and the
+  large-radius schedule).
+
+``epsilon`` is the radius of the family's ball. The bounded attacks (AutoAttack's) search inside
+it. The minimum-norm ones (C&W, EAD, FMN, Boundary, Pointwise, HopSkipJump) are unbounded: they
+return the smallest adversarial perturbation they find and ``AttackResult.norm`` is its true size,
+which may exceed ``epsilon``; the evaluation's in-ball rule then counts it as not fooling. Where a
+minimum-norm attack finds no adversarial input, the clean input is returned (norm 0).
+
+Seeds: the libraries draw from the global torch and numpy generators (AutoAttack reseeds the
+global torch generator itself), so each call draws one seed from the ``generator`` passed in
+(seed 0 without one), seeds torch and numpy with it inside a forked RNG state and restores the
+global state after. Same generator seed, same inputs: the same result.
+
+Devices: the attacks run on the inputs' device. Box: foolbox and AutoAttack need a bounded input
+box; for unbounded data (``bounds=None``, the toy distribution) the box is
+``[min(x) - m, max(x) + m]`` per batch with ``m = (max(x) - min(x)) + 2 * epsilon``, so the box
+never binds a perturbation inside the ball. AutoAttack assumes inputs in [0, 1]: other boxes are
+mapped affinely to [0, 1] (model and radius rescaled with them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jobs.attacks.base import BUDGET_RTOL, Attack, RunOutput
+from jobs.attacks.norms import perturbation_norm
+from jobs.attacks.spec import AttackSpecError, _err, _int, _number
+
+LIBRARY_TYPES = ("foolbox", "autoattack")
+
+#: The optional dependency behind each spec type: (import name, distribution name).
+PACKAGES = {"foolbox": ("foolbox", "foolbox"), "autoattack": ("pyautoattack", "pyautoattack")}
+
+
+class MissingLibraryError(ImportError):
+    """An optional attack library is not installed."""
+
+
+def require(package: str, *, attack: str) -> Any:
+    """Import an optional library or raise a clear error naming the package and the extra."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        dist = {imp: dist for imp, dist in PACKAGES.values()}.get(package, package)
+        raise MissingLibraryError(
+            f"attack {attack!r} needs the optional package '{dist}' (import name '{package}'), "
+            f"which is not installed ({err}); install the attack extras with "
+            "`pip install mpo[attacks]`"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Spec tables
+
+
+@dataclass(frozen=True)
+class Param:
+    """One attack parameter: kind int | float | bool | choice, default, lower bound, choices."""
+
+    kind: str
+    default: Any
+    lo: float | None = None
+    lo_open: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class LibraryEntry:
+    family: str
+    gradient_free: bool
+    bounded: bool
+    params: dict[str, Param]
+
+
+_INIT = {"init_steps": Param("int", 50, lo=1)}
+_FMN = {
+    "steps": Param("int", 100, lo=1),
+    "max_stepsize": Param("float", 1.0, lo=0.0, lo_open=True),
+    "gamma": Param("float", 0.05, lo=0.0, lo_open=True),
+    "binary_search_steps": Param("int", 10, lo=1),
+}
+_HSJ = {
+    "steps": Param("int", 64, lo=1),
+    "initial_gradient_eval_steps": Param("int", 100, lo=1),
+    "max_gradient_eval_steps": Param("int", 10000, lo=1),
+    "gamma": Param("float", 1.0, lo=0.0, lo_open=True),
+    "stepsize_search": Param("choice", "geometric_progression",
+                             choices=("geometric_progression", "grid_search")),
+    **_INIT,
+}
+
+FOOLBOX_ATTACKS: dict[str, LibraryEntry] = {
+    "cw_l2": LibraryEntry("l2", False, False, {
+        "binary_search_steps": Param("int", 9, lo=1),
+        "steps": Param("int", 10000, lo=1),
+        "stepsize": Param("float", 0.01, lo=0.0, lo_open=True),
+        "confidence": Param("float", 0.0, lo=0.0),
+        "initial_const": Param("float", 0.001, lo=0.0, lo_open=True),
+        "abort_early": Param("bool", True),
+    }),
+    "ead_l1": LibraryEntry("l1", False, False, {
+        "binary_search_steps": Param("int", 9, lo=1),
+        "steps": Param("int", 10000, lo=1),
+        "initial_stepsize": Param("float", 0.01, lo=0.0, lo_open=True),
+        "confidence": Param("float", 0.0, lo=0.0),
+        "initial_const": Param("float", 0.001, lo=0.0, lo_open=True),
+        "regularization": Param("float", 0.01, lo=0.0),
+        "decision_rule": Param("choice", "EN", choices=("EN", "L1")),
+        "abort_early": Param("bool", True),
+    }),
+    "boundary_l2": LibraryEntry("l2", True, False, {
+        "steps": Param("int", 25000, lo=1),
+        "spherical_step": Param("float", 0.01, lo=0.0, lo_open=True),
+        "source_step": Param("float", 0.01, lo=0.0, lo_open=True),
+        "source_step_convergance": Param("float", 1e-7, lo=0.0),
+        "step_adaptation": Param("float", 1.5, lo=1.0, lo_open=True),
+        "update_stats_every_k": Param("int", 10, lo=1),
+        **_INIT,
+    }),
+    "pointwise_l1": LibraryEntry("l1", True, False, {
+        "l2_binary_search": Param("bool", True),
+        "init_steps": Param("int", 1000, lo=1),  # salt-and-pepper noise steps
+    }),
+    "hsj_linf": LibraryEntry("linf", True, False, dict(_HSJ)),
+    "hsj_l2": LibraryEntry("l2", True, False, dict(_HSJ)),
+    "fmn_linf": LibraryEntry("linf", False, False, dict(_FMN)),
+    "fmn_l2": LibraryEntry("l2", False, False, dict(_FMN)),
+    "fmn_l1": LibraryEntry("l1", False, False, dict(_FMN)),
+}
+
+#: AutoAttack's attacks; ``None`` defaults depend on the norm (AutoAttack's standard version).
+AUTOATTACK_ATTACKS: dict[str, LibraryEntry] = {
+    "apgd-ce": LibraryEntry("", False, True, {
+        "n_iter": Param("int", 100, lo=1),
+        "n_restarts": Param("int", None, lo=1),
+        "rho": Param("float", 0.75, lo=0.0, lo_open=True),
+        "use_largereps": Param("bool", None),
+    }),
+    "apgd-t": LibraryEntry("", False, True, {
+        "n_iter": Param("int", 100, lo=1),
+        "n_restarts": Param("int", 1, lo=1),
+        "n_target_classes": Param("int", None, lo=1),
+        "rho": Param("float", 0.75, lo=0.0, lo_open=True),
+        "use_largereps": Param("bool", None),
+    }),
+    "fab-t": LibraryEntry("", False, True, {
+        "n_iter": Param("int", 100, lo=1),
+        "n_restarts": Param("int", 1, lo=1),
+        "n_target_classes": Param("int", 9, lo=1),
+        "alpha_max": Param("float", 0.1, lo=0.0, lo_open=True),
+        "eta": Param("float", 1.05, lo=0.0, lo_open=True),
+        "beta": Param("float", 0.9, lo=0.0, lo_open=True),
+    }),
+    "square": LibraryEntry("", True, True, {
+        "n_queries": Param("int", 5000, lo=1),
+        "p_init": Param("float", 0.8, lo=0.0, lo_open=True),
+        "n_restarts": Param("int", 1, lo=1),
+    }),
+}
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+def _norm_defaults(attack: str, norm: str) -> dict[str, Any]:
+    """AutoAttack's standard-version settings that differ between norms."""
+    l1 = norm == "l1"
+    return {
+        "apgd-ce": {"n_restarts": 5 if l1 else 1, "use_largereps": l1},
+        "apgd-t": {"n_target_classes": 5 if l1 else 9, "use_largereps": l1},
+    }.get(attack, {})
+
+
+@dataclass(frozen=True)
+class LibrarySpec:
+    """A validated library attack spec (canonical form in ``to_dict``)."""
+
+    type: str
+    attack: str
+    family: str
+    epsilon: float
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def entry(self) -> LibraryEntry:
+        table = FOOLBOX_ATTACKS if self.type == "foolbox" else AUTOATTACK_ATTACKS
+        return table[self.attack]
+
+    def param(self, name: str) -> Any:
+        return dict(self.params)[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "attack": self.attack}
+        if self.type == "autoattack":
+            out["norm"] = self.family
+        out["epsilon"] = self.epsilon
+        out.update(self.params)
+        return out
+
+
+def _param(spec: dict, key: str, p: Param, path: str) -> Any:
+    if p.kind == "int":
+        return _int(spec, key, path, default=p.default, lo=int(p.lo) if p.lo is not None else None)
+    if p.kind == "float":
+        return _number(spec, key, path, default=p.default, lo=p.lo, lo_open=p.lo_open)
+    value = spec.get(key, p.default)
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise _err(path, key, "must be true or false", value)
+        return value
+    if value not in p.choices:
+        raise _err(path, key, f"must be one of {list(p.choices)}", value)
+    return value
+
+
+def parse_library_spec(spec: dict, *, path: str = "") -> LibrarySpec:
+    """Validate a ``foolbox`` / ``autoattack`` spec dict (errors name the key)."""
+    typ = spec["type"]
+    table = FOOLBOX_ATTACKS if typ == "foolbox" else AUTOATTACK_ATTACKS
+    name = spec.get("attack")
+    if name not in table:
+        raise _err(path, "attack", f"must be one of {sorted(table)} for type {typ!r}", name)
+    entry = table[name]
+    fixed = ("type", "attack", "epsilon") + (("norm",) if typ == "autoattack" else ())
+    allowed = (*fixed, *entry.params)
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise AttackSpecError(
+            f"attack spec key '{path}{unknown[0]}': unknown key for {typ} attack {name!r}; "
+            f"allowed keys: {list(allowed)}"
+        )
+    if typ == "autoattack":
+        family = spec.get("norm")
+        if family not in AUTOATTACK_NORMS:
+            raise _err(path, "norm", f"must be one of {list(AUTOATTACK_NORMS)}", family)
+    else:
+        family = entry.family
+    eps = _number(spec, "epsilon", path, lo=0.0, lo_open=True)
+    defaults = _norm_defaults(name, family) if typ == "autoattack" else {}
+    params = []
+    for key, p in entry.params.items():
+        if p.default is None:
+            p = Param(p.kind, defaults[key], p.lo, p.lo_open, p.choices)
+        params.append((key, _param(spec, key, p, path)))
+    return LibrarySpec(type=typ, attack=name, family=family, epsilon=eps, params=tuple(params))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared machinery
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch (CPU and the inputs' CUDA device) and numpy; restore both afterwards."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device.type == "cuda") else []
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(np_state)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """One seed for a library call, drawn from the caller's generator (0 without one)."""
+    if generator is None:
+        return 0
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+
+
+class _Scaled(nn.Module):
+    """model(lo + (hi - lo) * u): the model seen on [0, 1] inputs (AutoAttack's box)."""
+
+    def __init__(self, model: nn.Module, lo: float, hi: float):
+        super().__init__()
+        self.model, self.lo, self.scale = model, lo, hi - lo
+
+    def forward(self, u: Tensor) -> Tensor:
+        return self.model(self.lo + self.scale * u)
+
+
+class LibraryAttack(Attack):
+    """Base of the wrappers: box, seeding, scoring; subclasses implement ``_attack``."""
+
+    package: str
+
+    def __init__(self, spec: LibrarySpec, *, bounds: tuple[float, float] | None):
+        self.parsed = spec
+        self.family = spec.family
+        self.epsilon = spec.epsilon
+        self.spec = spec.to_dict()
+        self.bounds = bounds
+        self.gradient_free = spec.entry.gradient_free
+        self.bounded = spec.entry.bounded
+        self.total_steps = self._cost()
+        require(self.package, attack=spec.attack)
+
+    def _cost(self) -> int:
+        return 1
+
+    def _budget(self) -> float:
+        return self.epsilon if self.bounded else math.inf
+
+    def box(self, x: Tensor) -> tuple[float, float]:
+        if self.bounds is not None:
+            return self.bounds
+        lo, hi = float(x.min()), float(x.max())
+        margin = (hi - lo) + 2 * self.epsilon
+        return lo - margin, hi + margin
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
+        seed = draw_seed(generator)
+        if len(x) == 0:
+            x_adv = x.clone()
+        else:
+            with seeded(seed, x.device):
+                x_adv = self._attack(model, x, y, self.box(x), seed).detach().to(x.dtype)
+        with torch.no_grad():
+            logits = model(x_adv) if len(x) else torch.zeros(0, 1, device=x.device)
+        pred = logits.argmax(1)
+        if self.bounded:
+            # A library iterate beyond the radius (float rounding of its own projection) does
+            # not count: keep the clean input there, as the in-ball rule would.
+            outside = perturbation_norm(x_adv - x, self.family) > self.epsilon * (1 + BUDGET_RTOL)
+        else:
+            outside = torch.zeros_like(y, dtype=torch.bool)
+        keep = (pred != y) & ~outside
+        if not bool(keep.all()):
+            x_adv = torch.where(keep.reshape(-1, *[1] * (x.dim() - 1)), x_adv, x)
+            with torch.no_grad():
+                logits = model(x_adv)
+            pred = logits.argmax(1)
+        loss = F.cross_entropy(logits, y, reduction="none") if len(x) else x.new_zeros(0)
+        return RunOutput(x_adv=x_adv, loss=loss, pred=pred)
+
+    def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
+        return perturbation_norm(x_adv - x, self.family)
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, box: tuple[float, float],
+                seed: int) -> Tensor:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# foolbox
+
+
+class FoolboxAttack(LibraryAttack):
+    """A foolbox 3 minimum-norm attack (gradient-based or decision-based), run via ``run``."""
+
+    package = "foolbox"
+
+    def _cost(self) -> int:
+        p = dict(self.parsed.params)
+        name = self.parsed.attack
+        if name in ("cw_l2", "ead_l1"):
+            return p["binary_search_steps"] * p["steps"]
+        if name.startswith("fmn"):
+            return p["steps"]
+        if name.startswith("hsj"):
+            return p["init_steps"] + p["steps"] * p["max_gradient_eval_steps"]
+        if name == "boundary_l2":
+            return p["init_steps"] + p["steps"]
+        return p["init_steps"]  # pointwise: plus a data-dependent number of forward passes
+
+    def _build(self, fa: Any) -> tuple[Any, Callable[[Any, Any, Any], Any] | None]:
+        """(the foolbox attack, the starting-point attack for decision-based ones or None)."""
+        p = dict(self.parsed.params)
+        name = self.parsed.attack
+        if name == "cw_l2":
+            return fa.L2CarliniWagnerAttack(**p), None
+        if name == "ead_l1":
+            return fa.EADAttack(**p), None
+        if name.startswith("fmn"):
+            cls = {"fmn_linf": fa.LInfFMNAttack, "fmn_l2": fa.L2FMNAttack, "fmn_l1": fa.L1FMNAttack}
+            return cls[name](**p), None
+        init_steps = p.pop("init_steps")
+        if name == "pointwise_l1":
+            return fa.PointwiseAttack(**p), fa.SaltAndPepperNoiseAttack(steps=init_steps)
+        init = fa.LinearSearchBlendedUniformNoiseAttack(steps=init_steps)
+        if name == "boundary_l2":
+            return fa.BoundaryAttack(**p, tensorboard=False), init
+        constraint = "linf" if name == "hsj_linf" else "l2"
+        return fa.HopSkipJumpAttack(**p, constraint=constraint, tensorboard=False), init
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, box: tuple[float, float],
+                seed: int) -> Tensor:
+        fb = require("foolbox", attack=self.parsed.attack)
+        fmodel = fb.PyTorchModel(model, bounds=box, device=x.device)
+        attack, init = self._build(fb.attacks)
+        if init is None:
+            return attack.run(fmodel, x, fb.criteria.Misclassification(y))
+        # Decision-based: start from noise that is already adversarial; inputs misclassified
+        # as they are, or without such a start, keep the clean input.
+        out = x.clone()
+        with torch.no_grad():
+            todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
+        if len(todo) == 0:
+            return out
+        xs, ys = x[todo], y[todo]
+        starts = init.run(fmodel, xs, fb.criteria.Misclassification(ys))
+        with torch.no_grad():
+            ok = model(starts).argmax(1) != ys
+        if bool(ok.any()):
+            sel = ok.nonzero().squeeze(1)
+            adv = attack.run(fmodel, xs[sel], fb.criteria.Misclassification(ys[sel]),
+                             starting_points=starts[sel])
+            out[todo[sel]] = adv
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# AutoAttack
+
+
+class AutoAttackAttack(LibraryAttack):
+    """One AutoAttack component (APGD-CE, APGD-T, FAB-T or Square) at one radius and norm."""
+
+    package = "pyautoattack"
+
+    def _cost(self) -> int:
+        p = dict(self.parsed.params)
+        name = self.parsed.attack
+        if name == "square":
+            return p["n_queries"] * p["n_restarts"]
+        per = p["n_iter"] * p["n_restarts"]
+        return per * p["n_target_classes"] if name in ("apgd-t", "fab-t") else per
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, box: tuple[float, float],
+                seed: int) -> Tensor:
+        name = self.parsed.attack
+        require("pyautoattack", attack=name)
+        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+        from pyautoattack.fab_pt import FABAttack_PT
+        from pyautoattack.square import SquareAttack
+
+        lo, hi = box
+        scaled = _Scaled(model, lo, hi)
+        u = (x - lo) / (hi - lo)
+        eps = self.epsilon / (hi - lo)
+        norm = AUTOATTACK_NORMS[self.family]
+        p = dict(self.parsed.params)
+        with torch.no_grad():
+            num_classes = scaled(u[:1]).shape[1]
+        common = {"norm": norm, "eps": eps, "seed": seed, "device": x.device, "verbose": False}
+        if name in ("apgd-t", "fab-t"):
+            if name == "apgd-t" and num_classes < 4:
+                raise ValueError(
+                    f"autoattack 'apgd-t' uses the targeted DLR loss, which needs at least 4 "
+                    f"classes; the model has {num_classes}"
+                )
+            # There are only num_classes - 1 other classes to target.
+            p["n_target_classes"] = min(p["n_target_classes"], num_classes - 1)
+        if name == "apgd-ce":
+            atk = APGDAttack(scaled, loss="ce", **common, **p)
+            adv = atk.perturb(u, y)
+        elif name == "apgd-t":
+            atk = APGDAttack_targeted(scaled, **common, **p)
+            adv = atk.perturb(u, y)
+        elif name == "fab-t":
+            atk = FABAttack_PT(scaled, targeted=True, **common, **p)
+            adv = atk.perturb(u, y)
+        else:
+            atk = SquareAttack(scaled, resc_schedule=False, **common, **p)
+            adv = atk.perturb(u, y)
+        return lo + (hi - lo) * adv.to(x.dtype)
+
+
+def make_library_attack(spec: LibrarySpec, *, bounds: tuple[float, float] | None) -> LibraryAttack:
+    """The wrapper for a parsed library spec (imports the library: clear error if missing)."""
+    cls = FoolboxAttack if spec.type == "foolbox" else AutoAttackAttack
+    return cls(spec, bounds=bounds)
