@@ -5,7 +5,8 @@
     result = attack(model, x, y, generator=torch.Generator().manual_seed(0))
     result.x_adv, result.success, result.loss, result.pred, result.norm, result.transform
 
-Spec keys are those of the paper's public config files (see ``jobs.attacks.spec``).
+Spec keys are those of the paper's public config files (see ``jobs.attacks.spec``); the
+library attacks ``{"type": "foolbox" | "autoattack", ...}`` are in ``jobs.attacks.library``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def make_attack(
     if not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
     parsed = parse_spec(spec)
+    if not isinstance(parsed, LpSpec | RTSpec | AffineSpec):
+        # foolbox / AutoAttack (optional libraries, imported here and not before)
+        from jobs.attacks.library import make_library_attack
+
+        return make_library_attack(parsed, bounds=b)
     if isinstance(parsed, LpSpec):
         return PGDAttack(parsed, bounds=b)
     if isinstance(parsed, RTSpec):

@@ -26,6 +26,8 @@ class AttackSpecError(ValueError):
 
 LP_TYPES = ("linf", "l2", "l1")
 TYPES = (*LP_TYPES, "rt", "affine")
+#: Attacks from optional libraries, validated in jobs.attacks.library (imported lazily).
+LIBRARY_TYPES = ("foolbox", "autoattack")
 
 _LP_KEYS = ("type", "epsilon", "k", "a", "random_start", "reps")
 ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
@@ -179,7 +181,7 @@ def _check_keys(spec: dict, path: str) -> str:
         raise AttackSpecError(f"attack spec {path or ''}must be a dict, got {type(spec).__name__}")
     typ = spec.get("type")
     if typ not in TYPES:
-        raise _err(path, "type", f"must be one of {list(TYPES)}", typ)
+        raise _err(path, "type", f"must be one of {list(TYPES + LIBRARY_TYPES)}", typ)
     unknown = sorted(set(spec) - set(ALLOWED_KEYS[typ]))
     if unknown:
         raise AttackSpecError(
@@ -191,6 +193,10 @@ def _check_keys(spec: dict, path: str) -> str:
 
 def parse_spec(spec: dict, *, path: str = "") -> Spec:
     """Validate a spec dict and return the immutable, defaults-filled spec object."""
+    if isinstance(spec, dict) and spec.get("type") in LIBRARY_TYPES:
+        from jobs.attacks.library import parse_library_spec
+
+        return parse_library_spec(spec, path=path)
     typ = _check_keys(spec, path)
     if typ in LP_TYPES:
         eps = _number(spec, "epsilon", path, lo=0.0)
