@@ -109,7 +109,8 @@ def _pct(v: float | None) -> str:
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--suite", "suite_name", required=True,
-              help="Built-in suite name (toy, mnist-mini, mnist-paper, cifar10-paper) or a YAML path.")
+              help="Built-in suite name (toy, mnist-mini, mnist-paper, cifar10-paper, ...; 'paper' "
+                   "and 'strong' pick the checkpoint's dataset's suite) or a YAML path.")
 @click.option("--n-test", type=click.IntRange(min=1), default=None,
               help="Evaluate the first N test points. Default: the suite's n_test.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -161,11 +162,11 @@ def eval_command(
         if not ckpt.exists():
             raise click.ClickException(f"{checkpoint}: a folder without checkpoint.pt")
     try:
-        suite = load_suite(suite_name)
+        _, config, _ = load_trained(ckpt, device="cpu")
+        suite = load_suite(suite_name, dataset=config.dataset.name)
         for name in attacks:
             suite.attack(name)
         dev = resolve_device(device)
-        _, config, _ = load_trained(ckpt, device="cpu")
         check_compatible(config, suite, source=f"checkpoint {ckpt}")
     except (SuiteError, ConfigError, CheckpointFormatError, AttackSpecError, ValueError) as err:
         raise click.ClickException(str(err)) from None
