@@ -164,9 +164,9 @@ class Settings:
         cuda = device.type == "cuda"
         if quick:
             return cls(quick=True, width=1.0 if cuda else 0.25, batch=100, k=10, reps=3, warmup=1,
-                       fit_steps=80, rt_grid=(3, 3, 11), rt_reps=2, train_k=5, train_steps=4,
+                       fit_steps=50, rt_grid=(3, 3, 5), rt_reps=2, train_k=5, train_steps=4,
                        train_reps=2, sweep_trials=2, sweep_reps=1, sweep_warmup=False,
-                       sweep_parallel=False, eval_shards=4, gpu_steps=5)
+                       sweep_parallel=False, eval_shards=2, gpu_steps=5)
         return cls(quick=False, width=1.0 if cuda else 0.5, batch=500 if cuda else 100, k=20,
                    reps=7, warmup=2, fit_steps=400, rt_grid=(5, 5, 31), rt_reps=2, train_k=10,
                    train_steps=10, train_reps=3, sweep_trials=8, sweep_reps=2, sweep_warmup=True,

@@ -21,6 +21,9 @@ EXPECTED_KEYS = {
 STATUSES = {"pass", "miss", "info", "skipped", "error"}
 
 
+@pytest.mark.slow  # 80 s on the shared 2-core machine at load average 6-7
+@pytest.mark.ray
+@pytest.mark.peer
 def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
     from click.testing import CliRunner
 
