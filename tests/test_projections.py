@@ -148,3 +148,43 @@ def test_linf_l1_gauge_matches_brute_force(d1, d2):
     brute = (cs / e_inf + (delta.abs()[None] - cs[:, None]).clamp_min(0).sum(1) / e_1).min()
     assert g <= float(brute) + 1e-12
     assert g >= float(brute) - float(delta.abs().max()) / 4000 / e_inf - 1e-12
+
+
+def _sparse_problems(seed: int, dtype=torch.float64):
+    """Batches like the attacks': sparse perturbations, many pixels at the box edge, ties."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(40, 1, 12, 12, generator=gen, dtype=dtype)
+    x0 = torch.where(torch.rand(x0.shape, generator=gen, dtype=dtype) < 0.5, torch.zeros_like(x0), x0)
+    v = torch.randn(40, 1, 12, 12, generator=gen, dtype=dtype)
+    keep = torch.rand(v.shape, generator=gen, dtype=dtype) < torch.linspace(0.02, 1, 40, dtype=dtype)[:, None, None, None]
+    v = v * keep
+    v[:5] = v[:5].sign() * 0.25  # ties: equal magnitudes
+    eps = torch.linspace(0.0, 6.0, 40, dtype=dtype)
+    return v, x0, eps
+
+
+@pytest.mark.parametrize("family", ["l2", "l1"])
+@pytest.mark.parametrize("max_passes", [0, 1, 2, 100])
+def test_active_set_iteration_matches_sorting_and_falls_back(family, max_passes, monkeypatch):
+    """The iterative solve (and the sort fallback of rows it leaves) equals the sort-based
+    multiplier; rows already inside the ball ∩ box come back as the plain clip."""
+    from jobs.attacks import projections as P
+
+    monkeypatch.setattr(P, "MAX_PASSES", max_passes)
+    for seed in range(3):
+        v, x0, eps = _sparse_problems(seed)
+        eps = eps * (10 if family == "l1" else 1)
+        p = project(v, family, eps, x0=x0, bounds=(0.0, 1.0)).reshape(40, -1)
+        flat, lo, hi = v.reshape(40, -1), -x0.reshape(40, -1), 1 - x0.reshape(40, -1)
+        e = eps[:, None]
+        if family == "l2":
+            ref = (P._l2_multiplier_sorted(flat, e, lo, hi) * flat).clamp(lo, hi)
+            inside = flat.clamp(lo, hi).norm(dim=1) <= eps
+        else:
+            u = torch.where(flat >= 0, hi, -lo)
+            lam = P._l1_multiplier_sorted(flat.abs(), u, e)
+            ref = flat.sign() * torch.minimum((flat.abs() - lam).clamp_min(0), u)
+            inside = torch.minimum(flat.abs(), u).sum(1) <= eps
+        ref = torch.where(inside[:, None], flat.clamp(lo, hi), ref)
+        assert torch.allclose(p, ref, atol=1e-9), (p - ref).abs().max()
+        assert inside.any() and (~inside).any()
