@@ -121,3 +121,45 @@ def test_affine_linf_rt_scales_both_parts(weight):
     base = rt_transform(x, r.transform).clamp(0, 1)
     assert ((r.x_adv - base).abs().flatten(1).amax(1) <= 0.2 * weight + 1e-6).all()
     assert (r.norm <= 1 + 1e-5).all()
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (3, 3, 32, 32)])
+def test_transform_all_equals_per_pair_transforms(shape):
+    from jobs.attacks.spatial import rt_transform_all
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ts = rt_grid((3, 3, 30), (3, 2, 5))
+    b = shape[0]
+    p = torch.arange(ts.shape[0] * b)
+    assert torch.equal(rt_transform_all(x, ts), rt_transform(x[p % b], ts[p // b]))
+
+
+@pytest.mark.parametrize("eval_batch", [1, 2, 7, 64, 4096])
+def test_worst_transform_does_not_depend_on_the_chunk_size(eval_batch):
+    """Chunks of whole transforms, or of inputs when the batch alone exceeds the chunk."""
+    from jobs.attacks.spatial import worst_transform
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 4))
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    ts = rt_grid((3, 3, 30), (3, 3, 3))
+    ref, ref_t = worst_transform(model, x, y, ts, bounds=(0.0, 1.0), eval_batch=10**6)
+    got, got_t = worst_transform(model, x, y, ts, bounds=(0.0, 1.0), eval_batch=eval_batch)
+    assert torch.equal(got_t, ref_t) and torch.equal(got.x, ref.x)
+    assert torch.allclose(got.loss, ref.loss, rtol=1e-6)  # (BLAS rounding depends on the batch)
+    counting = Counting(model)
+    worst_transform(counting, x, y, ts, bounds=(0.0, 1.0), eval_batch=eval_batch)
+    assert counting.images == 6 * 27
+
+
+def test_default_eval_batch_is_chosen_per_device():
+    from jobs.attacks.spatial import DEFAULT_EVAL_BATCH, EVAL_BATCH_BY_DEVICE, resolve_eval_batch
+
+    assert isinstance(DEFAULT_EVAL_BATCH, int) and DEFAULT_EVAL_BATCH >= 1
+    assert resolve_eval_batch(DEFAULT_EVAL_BATCH, "cpu") == EVAL_BATCH_BY_DEVICE["cpu"] == 256
+    assert resolve_eval_batch(DEFAULT_EVAL_BATCH, torch.device("cuda", 0)) == 2048
+    assert resolve_eval_batch(2048, "cpu") == 2048  # an explicit size is kept
+    model = Counting(PixelDetector(5, 5))
+    make_attack({"type": "rt"})(model, torch.zeros(100, 1, 28, 28), torch.zeros(100, dtype=torch.long))
+    assert model.calls == -(-775 // 2)  # 256-image chunks: 2 transforms of 100 inputs each
