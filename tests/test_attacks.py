@@ -142,6 +142,25 @@ def test_slide_mask_matches_numpy_percentile_and_skips_blocked_coordinates():
     assert step[0, 0] == 0 and step[0, 1] > 0
 
 
+def test_slide_mask_with_ties_and_mnist_size_and_lower_edge():
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(3, 784, generator=gen).round(decimals=1)  # many ties among |g|
+    g = torch.where(g == 0, 0.1, g)  # (a zero gradient never moves: sign(0) = 0)
+    for q in (1.0, 50.0, 98.9, 99.0, 99.5):
+        t = L1Threat(eps=5.0, step_size=1.0, bounds=None, perc=q)
+        step = t.step(torch.zeros_like(g), g, torch.zeros_like(g))
+        for row in range(3):
+            mask = np.abs(g[row].numpy()) >= np.percentile(np.abs(g[row].numpy()), q)
+            assert np.array_equal(step[row].numpy() != 0, mask), q
+            assert np.array_equal(np.sign(step[row].numpy()), np.sign(g[row].numpy()) * mask)
+    # a pixel at the bottom of the box whose gradient points down cannot move; inside ones can
+    x0 = torch.tensor([[0.0, 0.0, 0.5, 1.0]])
+    grad = torch.tensor([[-10.0, 2.0, -1.0, -3.0]])
+    t = L1Threat(eps=5.0, step_size=1.0, bounds=(0.0, 1.0), perc=50.0)
+    step = t.step(torch.zeros_like(x0), grad, x0)
+    assert step[0, 0] == 0 and step[0, 3] < 0 and step[0, 1] > 0 and step[0, 2] == 0
+
+
 def test_zero_gradient_gives_no_nan():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     nn.init.zeros_(model[1].weight)

@@ -123,21 +123,28 @@ class L1Threat(Threat):
         if self.bounds is not None:
             # A coordinate at the box edge whose gradient points outward cannot move: drop it
             # before the percentile so the step's l_1 mass goes to coordinates that can.
+            # (Float 0/1 masks: on CPU, bool masks and masked_fill cost ~30x more.)
             lo, hi = self.bounds
             tol = 1e-6 * (hi - lo)
             x = (x0 + delta).reshape(g.shape)
-            blocked = ((x >= hi - tol) & (g > 0)) | ((x <= lo + tol) & (g < 0))
-            g = g.masked_fill(blocked, 0.0)
+            below_hi = torch.lt(x, hi - tol, out=torch.empty_like(g))
+            above_lo = torch.gt(x, lo + tol, out=torch.empty_like(g))
+            g = g.clamp_min(0) * below_hi + g.clamp_max(0) * above_lo
         a = g.abs()
         n = a.shape[1]
         # numpy's linear-interpolation percentile p lies in [a_(j), a_(j+1)] (sorted ascending);
         # {|g| >= p} equals {|g| >= a_(j+1)} when p > a_(j) and {|g| >= a_(j)} when p == a_(j),
-        # so one order statistic (kthvalue, on the device) gives exactly the same mask.
+        # so one order statistic (on the device) gives exactly the same mask: the (kth + 1)-th
+        # smallest, i.e. the (n - kth)-th largest, taken with topk when that is the shorter side
+        # (perc 99 of 784: the 8th largest; a partial selection, ~3x cheaper than kthvalue).
         pos = self.perc / 100.0 * (n - 1)
         j = int(pos)
         kth = min(j + 1, n - 1) if pos > j else j
-        thresh = a.kthvalue(kth + 1, dim=1, keepdim=True).values
-        e = torch.where(a >= thresh, g.sign(), torch.zeros_like(g))  # sign(0) = 0: no NaN
+        if n - kth <= kth:
+            thresh = a.topk(n - kth, dim=1, sorted=True).values[:, -1:]
+        else:
+            thresh = a.kthvalue(kth + 1, dim=1, keepdim=True).values
+        e = torch.ge(a, thresh, out=torch.empty_like(a)) * g.sign()  # sign(0) = 0: no NaN
         mass = e.abs().sum(1, keepdim=True).clamp_min(1.0)
         stepped = e / mass * per_input(self.step_size, g)
         return delta + stepped.reshape(delta.shape)
