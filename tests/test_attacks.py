@@ -240,3 +240,16 @@ def test_spec_defaults_are_filled_and_json_able():
         assert json.loads(json.dumps(attack.spec)) == attack.spec
     with pytest.raises(ValueError, match="bounds"):
         make_attack({"type": "linf", "epsilon": 0.3}, bounds=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("family", ["linf", "l2", "l1"])
+def test_result_loss_and_pred_are_the_models_at_x_adv(family):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 5, (16,))
+    r = make_attack({"type": family, "epsilon": 1.0, "k": 4})(model, x, y)
+    with torch.no_grad():
+        logits = model(r.x_adv)
+    assert torch.allclose(r.loss, F.cross_entropy(logits, y, reduction="none"), atol=1e-6)
+    assert torch.equal(r.pred, logits.argmax(1)) and torch.equal(r.success, r.pred != y)
