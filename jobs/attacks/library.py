@@ -390,9 +390,16 @@ class FoolboxAttack(LibraryAttack):
         if name.startswith("fmn"):
             return p["steps"]
         if name.startswith("hsj"):
-            return p["init_steps"] + p["steps"] * p["max_gradient_eval_steps"]
+            # foolbox's schedule: step t (1-based) estimates the gradient from
+            # min(initial * sqrt(t), max) queries; plus a binary search per step (~log2 of the
+            # dimension's square for l_inf, not counted here).
+            return p["init_steps"] + sum(
+                int(min(p["initial_gradient_eval_steps"] * math.sqrt(t), p["max_gradient_eval_steps"]))
+                for t in range(1, p["steps"] + 1)
+            )
         if name == "boundary_l2":
-            return p["init_steps"] + p["steps"]
+            # one query per step, plus the spherical candidates every update_stats_every_k steps
+            return p["init_steps"] + p["steps"] + -(-p["steps"] // p["update_stats_every_k"])
         return p["init_steps"]  # pointwise: plus a data-dependent number of forward passes
 
     def _build(self, fa: Any) -> tuple[Any, Callable[[Any, Any, Any], Any] | None]:
