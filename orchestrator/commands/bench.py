@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +75,18 @@ def render(report: dict[str, Any], console: Any) -> None:
     )
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as a user would type it, from click's parsed parameters (not ``sys.argv``,
+    which is the host program's when mpo is called from Python, e.g. under pytest)."""
+    parts = ["mpo", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == param.default or not param.opts:
+            continue
+        parts += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return shlex.join(parts)
+
+
 @click.command("bench")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="where groups 1-3 run (auto: cuda when available)")
@@ -107,7 +118,7 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
         raise click.BadParameter("CUDA is not available on this machine; use cpu or auto",
                                  param_hint="--device")
     console = Console(stderr=False)
-    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "mpo bench"
+    command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:
         report = run_bench(
             device=device, quick=quick, data_dir=None if data_dir is None else str(data_dir),
