@@ -13,6 +13,8 @@ of another, beta fixed (``weight``) or drawn per input (Dirichlet(1, 1), i.e. un
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import Tensor, nn
 
@@ -66,8 +68,9 @@ class _AffineBase(Attack):
         return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred,
                          transform=chosen if self.family == "linf+rt" else None)
 
+    @abstractmethod
     def _one_run(self, model, x, y, generator) -> tuple[Best, Tensor | None]:
-        raise NotImplementedError
+        """One run from one random draw: the per-input best, and the transforms (or None)."""
 
 
 class AffineLinfRT(_AffineBase):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -368,9 +369,10 @@ class LibraryAttack(Attack):
     def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
         return perturbation_norm(x_adv - x, self.family)
 
+    @abstractmethod
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, box: tuple[float, float],
                 seed: int) -> Tensor:
-        raise NotImplementedError
+        """The library's adversarial inputs for ``x`` (the subclass runs its library here)."""
 
 
 # ----------------------------------------------------------------------------------------------

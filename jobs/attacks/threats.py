@@ -13,6 +13,7 @@ It works on the perturbation ``delta`` of a clean batch ``x0`` ([B, ...]):
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ def _row_norm_safe(t: Tensor, p: float) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Threat:
+class Threat(ABC):
     eps: float | Tensor
     step_size: float | Tensor
     bounds: Bounds = (0.0, 1.0)
@@ -60,11 +61,13 @@ class Threat:
     def norm(self, delta: Tensor) -> Tensor:
         return perturbation_norm(delta, self.family)
 
+    @abstractmethod
     def random_init(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
-        raise NotImplementedError
+        """A random starting perturbation inside the ball (and the box)."""
 
+    @abstractmethod
     def step(self, delta: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
-        raise NotImplementedError
+        """One steepest-ascent step of ``delta`` along ``grad`` (before projection)."""
 
 
 @dataclass(frozen=True)
