@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.metrics import Cell, GroupTable
-from analysis.report import METHODS, Report, fmt_pct, source_line
+from analysis.report import METHODS, Report, fmt_pct, group_epsilon, source_line
 
 # --------------------------------------------------------------------------------------------
 # Document model
@@ -240,6 +240,71 @@ def to_markdown(doc: Document) -> str:
 def write_markdown(report: Report, out_dir: Path) -> list[Path]:
     path = out_dir / "report.md"
     path.write_text(to_markdown(build_document(report, out_dir)), encoding="utf-8")
+    return [path]
+
+
+def _summary_cell(c: TCell) -> str:
+    text = f"**{c.text}**" if c.bold and c.text else c.text
+    return _md_escape(text + c.marks)
+
+
+def _md_rows(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def summary_markdown(report: Report) -> str:
+    """A compact Markdown summary of the report for a README: each group's accuracy table
+    (estimates only; bold and marks as in the report), Table 3, the gradient-masking flags and
+    the paper's numbers beside this run's. Its first line is a heading level 4, so it can be
+    pasted under any section; every line comes from the report (nothing is typed by hand)."""
+    lines: list[str] = []
+    for t in report.tables:
+        blk = group_block(t)
+        eps = group_epsilon(report.rs, t.group)
+        budgets = ", ".join(f"{f} {eps[f]:g}" for f in t.families
+                            if f in eps and not math.isnan(eps[f]))
+        n = max((r.n_inputs for r in t.rows), default=0)
+        lines += [f"#### {t.group} ({t.dataset}, {n} test points; families "
+                  f"{', '.join(t.families)}; epsilon {budgets or '—'})", ""]
+        lines += _md_rows(blk.headers[:1] + blk.headers[2:],
+                          [[_summary_cell(c) for c in row[:1] + row[2:]] for row in blk.rows])
+        lines.append("")
+    if report.affine:
+        lines += ["#### Table 3: Adv_max against the union and the affine adversary", ""]
+        lines += _md_rows(["model", "group", "affine", "union", "affine", "union and affine"],
+                          [[_md_escape(a.display), a.group, a.affine_family,
+                            *(fmt_pct(e.percent) for e in (a.union, a.affine, a.union_and_affine))]
+                           for a in report.affine])
+        lines.append("")
+    if report.flagged:
+        lines += ["‡ gradient masking (gradient-free or grid attacks fool significantly more "
+                  "inputs than the first-order ones):", ""]
+        lines += [f"- {f.label} / {f.family}: "
+                  + ", ".join(f"{a} fools {n} more" for a, n in f.attacks)
+                  + f" than {', '.join(f.first_order)} (fewer: {f.fewer}; p = {f.p_value:.2g})"
+                  for f in report.flagged]
+        lines.append("")
+    if report.comparisons:
+        for name in dict.fromkeys(c.table for c in report.comparisons):
+            comps = [c for c in report.comparisons if c.table == name]
+            models = list(dict.fromkeys(c.model for c in comps))
+            columns = list(dict.fromkeys(c.column for c in comps))
+            cell = {(c.model, c.column): c for c in comps}
+            lines += [f"#### Paper vs this run: {name}, paper / this run (%)", ""]
+            lines += _md_rows(["model", *columns],
+                              [[_md_escape(m), *(f"{fmt_pct(cell[m, col].paper)} / "
+                                                 f"{fmt_pct(cell[m, col].run)}"
+                                                 if (m, col) in cell else "" for col in columns)]
+                               for m in models])
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_summary(report: Report, out_dir: Path) -> list[Path]:
+    path = out_dir / "summary.md"
+    path.write_text(summary_markdown(report), encoding="utf-8")
     return [path]
 
 

@@ -1,7 +1,9 @@
 """Build the report of a run folder and write it as Markdown, LaTeX, CSV and HTML.
 
 ``build_report(rs)`` computes every table (no files); ``make_report(run_dir, out_dir, formats)``
-loads the run, draws the figures (PNG and SVG) and writes the requested formats.
+loads the run, draws the figures (PNG and SVG) and writes the requested formats;
+``write_snapshot(rs, out)`` writes the small, committable record of a run (``mpo report
+--snapshot``).
 """
 
 from __future__ import annotations
@@ -174,6 +176,22 @@ def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def write_report(rs: ResultSet, out: Path,
+                 formats: str | Iterable[str] | None = None) -> tuple[Report, list[Path]]:
+    """Build the report of ``rs`` and write its figures and ``formats`` to ``out``."""
+    from analysis import render
+
+    fmts = parse_formats(formats)
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(rs)
+    written = write_figures(report, out)
+    writers = {"md": render.write_markdown, "tex": render.write_latex,
+               "html": render.write_html, "csv": render.write_csv}
+    for fmt in fmts:
+        written += writers[fmt](report, out)
+    return report, written
+
+
 def make_report(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -184,19 +202,50 @@ def make_report(
     Returns the written files (figures first). Raises ``RunFolderError`` for a missing or empty
     run folder and ``ValueError`` for an unknown format.
     """
-    from analysis import render
-
     fmts = parse_formats(formats)
     rs = load_results(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    return write_report(rs, out, fmts)[1]
+
+
+#: What a snapshot copies from the run folder besides the report (small text files only).
+SNAPSHOT_COPIES = ("run.json", "grid.yaml", "suites")
+
+
+def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
+    """A small, committable record of a run in ``out``: report.md, summary.md (the compact
+    tables a README shows), the PNG figures, and the run's run.json (command, commit, versions,
+    hardware), grid.yaml and evaluation suites. No checkpoints and no per-example results.
+
+    Figures and suites left in ``out`` by an earlier snapshot are replaced, not mixed in.
+    """
+    import shutil
+
+    from analysis import render
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--snapshot: {out} exists and is not a folder")
+    for stale in (out / "figures", out / "suites"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(rs)
-    written = write_figures(report, out)
-    writers = {"md": render.write_markdown, "tex": render.write_latex,
-               "html": render.write_html, "csv": render.write_csv}
-    for fmt in fmts:
-        written += writers[fmt](report, out)
-    return written
+    for path in write_figures(report, out):
+        if path.suffix != ".png":
+            path.unlink()
+    report.figures = [p for p in report.figures if p.suffix == ".png"]
+    written = list(report.figures)
+    written += render.write_markdown(report, out)
+    written += render.write_summary(report, out)
+    for name in SNAPSHOT_COPIES:
+        src = rs.run_dir / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+            written += sorted(p for p in (out / name).rglob("*") if p.is_file())
+        elif src.is_file():
+            shutil.copyfile(src, out / name)
+            written.append(out / name)
+    return report, written
 
 
 def fmt_pct(value: float | None, digits: int = 1) -> str:

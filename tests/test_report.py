@@ -275,3 +275,41 @@ def test_report_without_manifest(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "no manifest.json" in md and "| Adv_avg |" in md
     assert any(p.name == "fig1_toy.png" for p in written)
+
+
+def test_snapshot_is_small_complete_and_replaces_stale_files(tmp_path):
+    run = build_run_folder(tmp_path / "rt", preset="mnist-rt", n=60, shard_size=60)
+    (run / "suites").mkdir()
+    (run / "suites" / "mnist-mini.yaml").write_text("name: mnist-mini\n")
+    snap = tmp_path / "snap"
+    (snap / "figures").mkdir(parents=True)
+    (snap / "figures" / "fig1_from_an_old_run.png").write_bytes(b"stale")
+    result = CliRunner().invoke(main, ["report", str(run), "--snapshot", str(snap), "--quiet"])
+    assert result.exit_code == 0, result.output
+    files = {p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()}
+    assert files == {"report.md", "summary.md", "run.json", "grid.yaml",
+                     "suites/mnist-mini.yaml", "figures/fig1_mnist-rt.png"}
+    assert mpimg.imread(snap / "figures" / "fig1_mnist-rt.png").shape[0] > 100
+    assert (snap / "run.json").read_text() == (run / "run.json").read_text()
+    report = build_report(load_results(run))
+    summary = (snap / "summary.md").read_text(encoding="utf-8")
+    assert summary.startswith(
+        "#### mnist-rt (mnist, 60 test points; families linf, rt; epsilon linf 0.3)\n")
+    adv_max = next(r for r in report.tables[0].rows if r.display == "Adv_max")
+    union = f"{adv_max.cells['union'].estimate.percent:.1f}"
+    row = next(ln for ln in summary.splitlines() if ln.startswith("| Adv_max |"))
+    assert union in row.split(" | ")[-2]
+    assert "[" not in row  # no intervals in the summary
+    paper_row = [ln for ln in summary.splitlines() if ln.startswith("| Adv_max | 83.8 / ")]
+    assert paper_row and f"83.8 / {union}" in paper_row[0]
+    assert "#### Table 3: Adv_max against the union and the affine adversary" in summary
+    assert "![fig1_mnist-rt](figures/fig1_mnist-rt.png)" in (snap / "report.md").read_text()
+
+
+def test_snapshot_option_errors(toy_run, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(toy_run), "--snapshot", str(tmp_path / "s"),
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--snapshot and --out are exclusive" in result.output
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["report", str(toy_run), "--snapshot", str(tmp_path / "file")])
+    assert result.exit_code != 0 and "is not a folder" in result.output

@@ -13,35 +13,46 @@ import click
               help="Output folder (default RUN_DIR/report).")
 @click.option("--format", "formats", default="md,tex,html,csv", show_default=True,
               help="Comma-separated formats: md, tex, html, csv.")
+@click.option("--snapshot", "snapshot", type=click.Path(path_type=Path), default=None,
+              help="Instead of --out/--format: write a small, committable snapshot to this folder "
+                   "(report.md, summary.md, PNG figures, run.json, grid.yaml, suites/; no "
+                   "checkpoints, no per-example results).")
 @click.option("--quiet", is_flag=True, help="Do not print the tables to the console.")
-def report(run_dir: Path, out_dir: Path | None, formats: str, quiet: bool) -> None:
+def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | None,
+           quiet: bool) -> None:
     """Report Tables 1-3, OPT bounds, gradient-masking flags and Figure-1 plots of RUN_DIR.
 
     Reads only the per-example results (RUN_DIR/results/*/*.parquet) and, when present,
     manifest.json, run.json and trials/*/trial.json. Missing trials and shards are listed.
+    Example: `mpo report mpo-runs/mnist-mini --snapshot analysis/results/mnist-mini`.
     """
     from rich.console import Console
 
     from analysis import render
     from analysis.loading import RunFolderError, load_results
-    from analysis.report import build_report, parse_formats, write_figures
+    from analysis.report import parse_formats, write_report, write_snapshot
 
     console = Console()
+    if snapshot is not None and out_dir is not None:
+        raise click.UsageError("--snapshot and --out are exclusive: a snapshot is written to the "
+                               "--snapshot folder")
     try:
         fmts = parse_formats(formats)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--format") from exc
+    try:
         rs = load_results(run_dir)
     except RunFolderError as exc:
         raise click.ClickException(str(exc)) from exc
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--format") from exc
-    out = out_dir if out_dir is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    rep = build_report(rs)
-    written = write_figures(rep, out)
-    writers = {"md": render.write_markdown, "tex": render.write_latex,
-               "html": render.write_html, "csv": render.write_csv}
-    for fmt in fmts:
-        written += writers[fmt](rep, out)
+    if snapshot is not None:
+        try:
+            rep, written = write_snapshot(rs, snapshot)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--snapshot") from exc
+        out = snapshot
+    else:
+        out = out_dir if out_dir is not None else run_dir / "report"
+        rep, written = write_report(rs, out, fmts)
     if not quiet:
         render.print_console(rep, console)
     console.print(f"wrote {len(written)} files to {out}")
