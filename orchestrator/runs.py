@@ -19,6 +19,8 @@ from orchestrator.rundir import RunDir, RunDirError, run_info, write_json_atomic
 
 #: Default GPU fraction of one evaluation worker when trials use GPUs.
 EVAL_GPU_SHARE = 0.5
+#: Default CPUs of each of the two bundles of a CPU-only trial with one evaluation worker.
+CPU_SHARE = 0.5
 
 
 class SweepError(RuntimeError):
@@ -52,15 +54,25 @@ class Resources:
         return out
 
 
-def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float, eval_workers: int,
-                   eval_cpus: float, eval_gpus: float | None, cluster_gpus: float) -> Resources:
+def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float | None,
+                   eval_workers: int, eval_cpus: float | None, eval_gpus: float | None,
+                   cluster_gpus: float) -> Resources:
     """Fill the defaults: 1 GPU per trial where the cluster has GPUs, else 0; then half a GPU
     per evaluation worker (two evaluation tasks share a GPU; the training bundle keeps whole
-    GPUs so that two trials never train on one)."""
+    GPUs so that two trials never train on one). CPUs: 1 per bundle, except for a CPU-only
+    trial with one evaluation worker and neither CPU count given: a trial trains or evaluates,
+    never both, each on one torch thread, so its two bundles share one CPU (half each) and a
+    2-core machine runs two trials at once instead of leaving a core idle."""
     if gpus_per_trial is None:
         gpus_per_trial = 1.0 if cluster_gpus > 0 else 0.0
     if eval_gpus is None:
         eval_gpus = EVAL_GPU_SHARE if eval_workers and gpus_per_trial else 0.0
+    shared = (cpus_per_trial is None and eval_cpus is None and eval_workers == 1
+              and not gpus_per_trial and not eval_gpus)
+    if cpus_per_trial is None:
+        cpus_per_trial = CPU_SHARE if shared else 1.0
+    if eval_cpus is None:
+        eval_cpus = CPU_SHARE if shared else 1.0
     for name, value in (("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial),
                         ("--cpus-per-eval-worker", eval_cpus), ("--gpus-per-eval-worker", eval_gpus)):
         if value < 0 or not math.isfinite(value):
@@ -117,6 +129,29 @@ def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: dic
         (rd.suite_dir / file.name).write_text(file.read_text())
     write_json_atomic(rd.manifest_file, plan.manifest())
     return rd
+
+
+def record_sweep(rd: RunDir, *, started: float, finished: float, resume: bool,
+                 records: dict[str, Any]) -> dict[str, Any]:
+    """Append one driver invocation (start, end, wall seconds, trial states) to run.json's
+    ``sweeps`` list, so a run's snapshot says how long it took (a resume adds an entry)."""
+    import datetime as dt
+    import json
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+    info = json.loads(rd.run_file.read_text())
+    states: dict[str, int] = {}
+    for record in records.values():
+        state = str(record.get("state") or "pending")
+        states[state] = states.get(state, 0) + 1
+    entry = {"started": iso(started), "finished": iso(finished),
+             "wall_seconds": round(finished - started, 1), "resume": resume,
+             "trial_states": dict(sorted(states.items()))}
+    info["sweeps"] = [*info.get("sweeps", []), entry]
+    write_json_atomic(rd.run_file, info)
+    return entry
 
 
 def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunDir, SweepPlan, dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from rich.console import Console
 
 from orchestrator.grid import SweepPlan
 from orchestrator.rundir import RunDir
-from orchestrator.runs import Resources, SweepError
+from orchestrator.runs import Resources, SweepError, record_sweep
 from orchestrator.trainable import run_trial
 
 # ----------------------------------------------------------------------------------------------
@@ -183,11 +184,14 @@ def run_sweep(
         )
     if live:
         table.start()
+    started = time.time()
     try:
         tuner.fit()
     finally:
         if live:
             table.stop()
-    return {mid: rd.trial_record(mid) for mid in plan.trials}
+    records = {mid: rd.trial_record(mid) for mid in plan.trials}
+    record_sweep(rd, started=started, finished=time.time(), resume=resume, records=records)
+    return records
 
 

@@ -106,12 +106,15 @@ def monkeypatch_module():
 
 
 def test_toy_sweep_writes_the_run_folder(faulty_run):
-    run_dir, output, _ = faulty_run
+    run_dir, output, seconds = faulty_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
     run = json.loads((run_dir / "run.json").read_text())
     assert (run_dir / "grid.yaml").read_text().startswith("\nname: toy-test")
     assert {"name", "created", "mpo_version", "git_commit", "versions", "hardware", "command"} <= set(run)
     assert run["versions"]["ray"] and run["versions"]["torch"]
+    first = run["sweeps"][0]  # the driver's own record of how long the sweep took
+    assert first["resume"] is False and first["trial_states"] == {"done": 3}
+    assert 0 < first["wall_seconds"] <= seconds and first["finished"] >= first["started"]
     labels = sorted(t["label"] for t in manifest["trials"].values())
     assert labels == ["Adv_inf", "Adv_max", "Nat"]
     assert manifest["groups"]["toy"]["families"] == ["linf", "l1"]
@@ -188,6 +191,9 @@ def test_resume_of_a_finished_run_redoes_nothing(faulty_run):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("results/*/*.parquet")} == before
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("trials/*/checkpoint.pt")} == ckpts
+    sweeps = json.loads((run_dir / "run.json").read_text())["sweeps"]
+    assert [s["resume"] for s in sweeps] == [False, True]
+    assert sweeps[1]["trial_states"] == {"done": 3}
 
 
 def test_resume_with_a_changed_grid_is_refused(faulty_run, tmp_path):

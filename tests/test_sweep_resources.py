@@ -31,6 +31,28 @@ def test_bundles(kw, bundles):
     assert resources(**kw).bundles() == bundles
 
 
+AUTO = {"cpus_per_trial": None, "eval_cpus": None}
+
+
+@pytest.mark.parametrize(
+    ("kw", "bundles"),
+    [
+        ({}, [{"CPU": 0.5}, {"CPU": 0.5}]),
+        ({"cluster_gpus": 4}, [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 0.5}]),
+        ({"eval_workers": 0}, [{"CPU": 1.0}]),
+        ({"eval_workers": 2}, [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}]),
+        ({"cpus_per_trial": 2.0}, [{"CPU": 2.0}, {"CPU": 1.0}]),
+        ({"eval_cpus": 0.25}, [{"CPU": 1.0}, {"CPU": 0.25}]),
+    ],
+    ids=["cpu-only-shares-one-cpu", "gpu-cluster", "no-eval-workers", "two-eval-workers",
+         "trial-cpus-given", "eval-cpus-given"],
+)
+def test_default_cpus(kw, bundles):
+    """Without CPU counts, a CPU-only trial with one evaluation worker reserves one CPU in all
+    (it trains or evaluates, never both); every other layout gets 1 CPU per bundle."""
+    assert resources(**{**AUTO, **kw}).bundles() == bundles
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

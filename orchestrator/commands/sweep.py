@@ -103,11 +103,15 @@ def _print_plan(plan, res_text: str, bundles_text: str, console) -> None:
 @click.option("--name", default=None, help="Run folder name (default GRID-YYYYmmdd-HHMMSS).")
 @click.option("--gpus-per-trial", type=float, default=None,
               help="GPUs for a trial's training (default: 1 if the cluster has GPUs, else 0).")
-@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-trial", type=float, default=None,
+              help="CPUs for a trial's training (default 1; 0.5 for a CPU-only trial with one "
+              "evaluation worker: it trains or evaluates, never both, so the two bundles share "
+              "one CPU).")
 @click.option("--eval-workers", type=int, default=1, show_default=True,
               help="Placement-group bundles a trial reserves for its evaluation tasks "
               "(0: evaluate inside the trial, one shard at a time).")
-@click.option("--cpus-per-eval-worker", type=float, default=1.0, show_default=True)
+@click.option("--cpus-per-eval-worker", type=float, default=None,
+              help="CPUs per evaluation worker (default 1; 0.5 as for --cpus-per-trial).")
 @click.option("--gpus-per-eval-worker", type=float, default=None,
               help="GPU fraction per evaluation worker (default 0.5 when trials use GPUs).")
 @click.option("--max-failures", type=int, default=2, show_default=True,
@@ -121,7 +125,7 @@ def _print_plan(plan, res_text: str, bundles_text: str, console) -> None:
 @click.option("--download/--no-download", default=False, help="Let trials download datasets.")
 def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str | None,
           storage: str | None, name: str | None, gpus_per_trial: float | None,
-          cpus_per_trial: float, eval_workers: int, cpus_per_eval_worker: float,
+          cpus_per_trial: float | None, eval_workers: int, cpus_per_eval_worker: float | None,
           gpus_per_eval_worker: float | None, max_failures: int, shard_retries: int,
           num_cpus: int | None, data_dir: str | None, download: bool) -> None:
     """Train and evaluate every model of GRID (a shipped grid name or a YAML file) on Ray Tune.
