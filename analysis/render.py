@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.findings import METHOD as FINDINGS_METHOD
 from analysis.metrics import Cell, GroupTable
 from analysis.report import METHODS, Report, fmt_pct, group_epsilon, source_line
 
@@ -100,6 +101,23 @@ def group_block(table: GroupTable) -> Table:
     return Table(caption, headers, rows, key=table.group)
 
 
+FINDINGS_HEADERS = ["finding", "group", "model", "this run (%)", "paper (%)", "p", "verdict"]
+
+
+def _findings_rows(report: Report) -> list[list[str]]:
+    return [[f.name, f.group, f.subject, f.run, f.paper,
+             "—" if f.p_value is None else f"{f.p_value:.2g}", f.verdict]
+            for f in report.findings]
+
+
+def findings_block(report: Report) -> Table:
+    rows = [[TCell(text, bold=i == 6 and text == "reproduced") for i, text in enumerate(row)]
+            for row in _findings_rows(report)]
+    return Table("The paper's findings tested on this run (paired exact tests, alpha 0.05; "
+                 "verdict: reproduced = the paper's direction holds and is significant)",
+                 FINDINGS_HEADERS, rows, key="findings")
+
+
 def build_document(report: Report, figure_root: Path) -> Document:
     rs = report.rs
     run = rs.run
@@ -112,6 +130,11 @@ def build_document(report: Report, figure_root: Path) -> Document:
     for key in ("versions", "hardware"):
         if run.get(key):
             meta.append(f"{key}: {json.dumps(run[key], sort_keys=True)}")
+    sweeps = [s for s in run.get("sweeps") or [] if isinstance(s, dict)]
+    if sweeps:
+        total = sum(float(s.get("wall_seconds") or 0.0) for s in sweeps)
+        meta.append(f"sweep wall time: {total / 60:.1f} min in {len(sweeps)} driver run(s), "
+                    f"last finished {sweeps[-1].get('finished', '?')}")
     b.append(Bullets(tuple(meta)))
     b += [Heading(2, "Method"), Para(METHODS)]
     for table in report.tables:
@@ -153,6 +176,11 @@ def build_document(report: Report, figure_root: Path) -> Document:
             if p.suffix == ".png":
                 b.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
                                p.stem))
+    if report.findings:
+        b += [Heading(2, "The paper's findings in this run"), Para(FINDINGS_METHOD),
+              Bullets(tuple(f"{name}: {statement}" for name, statement in
+                            dict.fromkeys((f.name, f.statement) for f in report.findings))),
+              findings_block(report)]
     b.append(Heading(2, "Paper vs this run"))
     if report.comparisons:
         rows = [[TCell(c.table), TCell(c.model), TCell(c.column), TCell(fmt_pct(c.paper)),
@@ -285,6 +313,15 @@ def summary_markdown(report: Report) -> str:
                   + ", ".join(f"{a} fools {n} more" for a, n in f.attacks)
                   + f" than {', '.join(f.first_order)} (fewer: {f.fewer}; p = {f.p_value:.2g})"
                   for f in report.flagged]
+        lines.append("")
+    if report.findings:
+        lines += ["#### The paper's findings in this run", ""]
+        lines += [f"- **{name}**: {statement}"
+                  for name, statement in dict.fromkeys((f.name, f.statement)
+                                                       for f in report.findings)]
+        lines.append("")
+        lines += _md_rows(FINDINGS_HEADERS,
+                          [[_md_escape(x) for x in row] for row in _findings_rows(report)])
         lines.append("")
     if report.comparisons:
         for name in dict.fromkeys(c.table for c in report.comparisons):
@@ -483,6 +520,11 @@ def write_csv(report: Report, out_dir: Path) -> list[Path]:
                         [[f.label, f.model_id, f.family, ";".join(f.first_order),
                           ";".join(f"{a}:{n}" for a, n in f.attacks), f.extra, f.fewer, f.n,
                           _num(f.p_value), int(f.flagged)] for f in report.masking]))
+    paths.append(_write(out_dir / "findings.csv",
+                        ["claim", "statement", "group", "model", "run", "paper", "p_value",
+                         "verdict"],
+                        [[f.claim, f.statement, f.group, f.subject, f.run, f.paper,
+                          _num(f.p_value), f.verdict] for f in report.findings]))
     paths.append(_write(out_dir / "paper_vs_run.csv",
                         ["paper_table", "group", "model", "column", "paper", "run", "difference"],
                         [[c.table, c.group, c.model, c.column, _num(c.paper), _num(c.run),

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from analysis.figures import plot_sweep
+from analysis.findings import Finding, findings
 from analysis.loading import ResultSet, load_results
 from analysis.metrics import (
     FULL_BUDGET,
@@ -60,6 +62,7 @@ class Report:
     masking: list[MaskingFlag]
     comparisons: list[Comparison]
     curves: list[SweepCurves]
+    findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
 
@@ -80,6 +83,7 @@ def group_epsilon(rs: ResultSet, group: str) -> dict[str, float]:
 def build_report(rs: ResultSet) -> Report:
     """Compute the tables, flags, comparisons and sweep curves of every group."""
     tables, affine, curves, notes = [], [], [], []
+    epsilon: dict[str, dict[str, float]] = {}
     for name in sorted(rs.groups):
         table = group_table(rs, name)
         if not table.rows:
@@ -87,7 +91,8 @@ def build_report(rs: ResultSet) -> Report:
             continue
         tables.append(table)
         notes += table.notes
-        notes += budget_notes(table, group_epsilon(rs, name))
+        epsilon[name] = group_epsilon(rs, name)
+        notes += budget_notes(table, epsilon[name])
         affine += affine_rows(rs, name)
         for model in rs.models_in(name):
             if model.strategy != "max":
@@ -98,8 +103,26 @@ def build_report(rs: ResultSet) -> Report:
                              " Figure-1 plot omitted")
             else:
                 curves.append(c)
-    return Report(rs=rs, tables=tables, affine=affine, masking=masking_flags(rs),
-                  comparisons=compare(tables, affine), curves=curves, notes=notes)
+    masking = masking_flags(rs)
+    found = findings(rs, tables, affine, masking,
+                     epsilon=epsilon,
+                     toy_params={t.group: toy_params(rs, t) for t in tables
+                                 if t.dataset == "toy"})
+    return Report(rs=rs, tables=tables, affine=affine, masking=masking,
+                  comparisons=compare(tables, affine), curves=curves, findings=found,
+                  notes=notes)
+
+
+def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:
+    """The toy dataset's parameters of a group (from a model config or the suite snapshot)."""
+    for row in table.rows:
+        p = (row.model.config.get("dataset") or {}).get("params")
+        if isinstance(p, dict) and p:
+            return p
+    for suite in rs.suites.values():  # the evaluation suite snapshot also records them
+        if suite.get("dataset") == "toy" and isinstance(suite.get("dataset_params"), dict):
+            return suite["dataset_params"]
+    return {}
 
 
 def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
@@ -119,17 +142,7 @@ def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
             report.notes.append(f"group {table.group}: theory panel skipped (no toy_panel: "
                                 + "; ".join(problems) + ")")
             continue
-        params: dict[str, Any] = {}
-        for row in table.rows:
-            p = (row.model.config.get("dataset") or {}).get("params")
-            if isinstance(p, dict) and p:
-                params = p
-                break
-        else:  # the evaluation suite snapshot also records the toy parameters
-            for suite in report.rs.suites.values():
-                if suite.get("dataset") == "toy" and isinstance(suite.get("dataset_params"), dict):
-                    params = suite["dataset_params"]
-                    break
+        params = toy_params(report.rs, table)
         models = []
         for row in table.rows:
             ests = [row.cells[c].estimate for c in ("linf", "l1", "union")]
@@ -246,6 +259,35 @@ def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
             shutil.copyfile(src, out / name)
             written.append(out / name)
     return report, written
+
+
+def readme_markers(readme: Path, snapshot: Path) -> tuple[str, str]:
+    """The comment lines that enclose a snapshot's summary in a README (paths relative to it)."""
+    rel = Path(os.path.relpath(snapshot.resolve(), readme.resolve().parent)).as_posix()
+    return (f"<!-- begin {rel}/summary.md (written by mpo report --snapshot {rel} --readme) -->",
+            f"<!-- end {rel}/summary.md -->")
+
+
+def update_readme(readme: Path, snapshot: Path) -> Path:
+    """Put the snapshot's summary.md, verbatim, between its markers in ``readme``.
+
+    Everything outside the markers is kept; the file is replaced atomically.
+    """
+    begin, end = readme_markers(readme, snapshot)
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--readme {readme}: cannot read it ({exc})") from None
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"--readme {readme}: no block for this snapshot; put the two lines\n"
+                         f"{begin}\n{end}\nwhere its summary should go")
+    summary = (snapshot / "summary.md").read_text(encoding="utf-8")
+    new = text[:i + len(begin)] + "\n\n" + summary.strip("\n") + "\n\n" + text[j:]
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(readme)
+    return readme
 
 
 def fmt_pct(value: float | None, digits: int = 1) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -80,7 +81,8 @@ def test_every_format_written(toy_report):
     names = {p.relative_to(out).as_posix() for p in written}
     assert names == {
         "figures/fig1_toy.png", "figures/fig1_toy.svg", "report.md", "tables.tex", "report.tex",
-        "report.html", "tables.csv", "affine.csv", "masking.csv", "paper_vs_run.csv",
+        "report.html", "tables.csv", "affine.csv", "masking.csv", "findings.csv",
+        "paper_vs_run.csv",
         "sweep.csv", "completeness.csv",
     }
     assert all(p.stat().st_size > 0 for p in written)
@@ -313,3 +315,38 @@ def test_snapshot_option_errors(toy_run, tmp_path):
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(main, ["report", str(toy_run), "--snapshot", str(tmp_path / "file")])
     assert result.exit_code != 0 and "is not a folder" in result.output
+
+
+def test_readme_block_is_the_snapshots_summary(tmp_path):
+    """--readme replaces only the snapshot's marked block, verbatim, and says which markers it
+    needs when they are missing (after writing the snapshot: nothing is lost)."""
+    run = build_run_folder(tmp_path / "rt", preset="mnist-rt", n=60, shard_size=60)
+    info = json.loads((run / "run.json").read_text())
+    info["sweeps"] = [{"started": "2025-01-01T00:00:00+00:00", "wall_seconds": 90.0,
+                       "finished": "2025-01-01T00:01:30+00:00"},
+                      {"started": "2025-01-01T01:00:00+00:00", "wall_seconds": 30.0,
+                       "finished": "2025-01-01T01:00:30+00:00"}]
+    (run / "run.json").write_text(json.dumps(info))
+    readme = tmp_path / "README.md"
+    snap = tmp_path / "results" / "rt"
+    readme.write_text("# title\n\nno markers here\n")
+    args = ["report", str(run), "--snapshot", str(snap), "--readme", str(readme), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "no block for this snapshot" in result.output
+    assert "<!-- begin results/rt/summary.md" in result.output
+    assert (snap / "summary.md").exists()  # the snapshot was written before the README check
+    begin = "<!-- begin results/rt/summary.md (written by mpo report --snapshot results/rt --readme) -->"
+    end = "<!-- end results/rt/summary.md -->"
+    readme.write_text(f"# title\n\nbefore\n{begin}\nstale table\n{end}\nafter\n")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    summary = (snap / "summary.md").read_text()
+    assert "stale table" not in text and f"{begin}\n\n{summary.strip()}\n\n{end}" in text
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{end}\nafter\n")
+    CliRunner().invoke(main, args)  # idempotent
+    assert readme.read_text() == text
+    assert "sweep wall time: 2.0 min in 2 driver run(s), last finished 2025-01-01T01:00:30" in \
+        (snap / "report.md").read_text()
+    result = CliRunner().invoke(main, ["report", str(run), "--readme", str(readme)])
+    assert result.exit_code != 0 and "--readme needs --snapshot" in result.output

@@ -17,25 +17,32 @@ import click
               help="Instead of --out/--format: write a small, committable snapshot to this folder "
                    "(report.md, summary.md, PNG figures, run.json, grid.yaml, suites/; no "
                    "checkpoints, no per-example results).")
+@click.option("--readme", "readme", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="With --snapshot: also put its summary.md, verbatim, into this file between "
+                   "the snapshot's marker comments (the error message shows them).")
 @click.option("--quiet", is_flag=True, help="Do not print the tables to the console.")
 def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | None,
-           quiet: bool) -> None:
+           readme: Path | None, quiet: bool) -> None:
     """Report Tables 1-3, OPT bounds, gradient-masking flags and Figure-1 plots of RUN_DIR.
 
     Reads only the per-example results (RUN_DIR/results/*/*.parquet) and, when present,
     manifest.json, run.json and trials/*/trial.json. Missing trials and shards are listed.
-    Example: `mpo report mpo-runs/mnist-mini --snapshot analysis/results/mnist-mini`.
+    Example: `mpo report mpo-runs/mnist-mini --snapshot analysis/results/mnist-mini
+    --readme README.md`.
     """
     from rich.console import Console
 
     from analysis import render
     from analysis.loading import RunFolderError, load_results
-    from analysis.report import parse_formats, write_report, write_snapshot
+    from analysis.report import parse_formats, update_readme, write_report, write_snapshot
 
     console = Console()
     if snapshot is not None and out_dir is not None:
         raise click.UsageError("--snapshot and --out are exclusive: a snapshot is written to the "
                                "--snapshot folder")
+    if readme is not None and snapshot is None:
+        raise click.UsageError("--readme needs --snapshot: it copies the snapshot's summary.md")
     try:
         fmts = parse_formats(formats)
     except ValueError as exc:
@@ -49,6 +56,11 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
             rep, written = write_snapshot(rs, snapshot)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--snapshot") from exc
+        if readme is not None:
+            try:
+                written.append(update_readme(readme, snapshot))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--readme") from exc
         out = snapshot
     else:
         out = out_dir if out_dir is not None else run_dir / "report"
