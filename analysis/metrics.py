@@ -192,17 +192,25 @@ def display_names(models: list[ModelInfo]) -> dict[str, str]:
 
 
 def masking_flag(
-    rows: pd.DataFrame, model: ModelInfo, family: str, *, alpha: float = ALPHA
+    rows: pd.DataFrame, model: ModelInfo, family: str, *, alpha: float = ALPHA,
+    first_order: tuple[str, ...] | None = None,
 ) -> MaskingFlag | None:
-    """The gradient-masking test for one model and family (None without both attack kinds)."""
+    """The gradient-masking test for one model and family (None without both attack kinds).
+
+    ``first_order`` restricts the first-order side to these attacks (default: all of the
+    family's), e.g. to ask whether one attack overestimates robustness.
+    """
     sub = rows[(rows["model_id"] == model.model_id) & (rows["family"] == family)]
     sub = sub[_at_budget(sub, FULL_BUDGET)]
     if sub.empty:
         return None
     first = sorted(set(sub.loc[sub["kind"] == FIRST_ORDER, "attack"]))
+    if first_order is not None:
+        first = [a for a in first if a in first_order]
     other = sorted(set(sub.loc[sub["kind"] != FIRST_ORDER, "attack"]))
     if not first or not other:
         return None
+    sub = sub[sub["attack"].isin([*first, *other])]
     coverage = sub.groupby("index")["attack"].nunique()
     common = coverage.index[coverage == len(first) + len(other)]
     sub = sub[sub["index"].isin(common)]
@@ -332,6 +340,27 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
         table.notes.append("OPT not computed: no single-perturbation model for "
                            + ", ".join(table.opt.missing))
     return table
+
+
+def attack_accuracies(rs: ResultSet, group: str) -> tuple[list[str], dict[str, dict[str, Estimate]]]:
+    """Accuracy of each of the group's models against each attack alone at the full budget
+    (robust: clean-correct and not fooled by that attack), on the inputs the attack evaluated.
+
+    Returns the attack names (by family in the group's order, then name) and
+    {model_id: {attack: Estimate}}: which attack is strongest on which model.
+    """
+    g = rs.groups[group]
+    families = [*g.families, *g.affine]
+    ids = [m.model_id for m in rs.models_in(group)]
+    rows = rs.rows[rs.rows["model_id"].isin(ids) & rs.rows["family"].isin(families)]
+    rows = rows[_at_budget(rows, FULL_BUDGET)]
+    attacks = sorted(set(rows["attack"]),
+                     key=lambda a: (families.index(rows.loc[rows["attack"] == a, "family"].iloc[0]), a))
+    out: dict[str, dict[str, Estimate]] = {}
+    for (model_id, attack), sub in rows.groupby(["model_id", "attack"]):
+        robust = sub.groupby("index")["robust"].all()
+        out.setdefault(str(model_id), {})[str(attack)] = estimate(robust)
+    return attacks, out
 
 
 # --------------------------------------------------------------------------------------------

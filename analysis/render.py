@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.findings import METHOD as FINDINGS_METHOD
-from analysis.metrics import Cell, GroupTable
+from analysis.metrics import Cell, GroupTable, attack_accuracies
 from analysis.report import METHODS, Report, fmt_pct, group_epsilon, source_line
 
 # --------------------------------------------------------------------------------------------
@@ -101,6 +101,18 @@ def group_block(table: GroupTable) -> Table:
     return Table(caption, headers, rows, key=table.group)
 
 
+def attack_block(report: Report, table: GroupTable) -> Table:
+    """Accuracy against each attack alone (full budget), one row per model of the group."""
+    attacks, acc = attack_accuracies(report.rs, table.group)
+    rows = [[TCell(r.display)] + [TCell(fmt_pct(acc[r.model.model_id][a].percent))
+                                  if a in acc.get(r.model.model_id, {}) else TCell("—")
+                                  for a in attacks]
+            for r in table.rows]
+    return Table(f"Group {table.group}: accuracy (%) against each attack alone at the full budget "
+                 "(the family columns above take the worst case over these, per input)",
+                 ["model", *attacks], rows, key=f"{table.group}-attacks")
+
+
 FINDINGS_HEADERS = ["finding", "group", "model", "this run (%)", "paper (%)", "p", "verdict"]
 
 
@@ -147,6 +159,7 @@ def build_document(report: Report, figure_root: Path) -> Document:
                 f"{', '.join(f'{a} ({n})' for a, n in f.attacks)}, {f.fewer} only by the "
                 f"first-order attacks ({', '.join(f.first_order)}); one-sided p = {f.p_value:.2g}"
                 for f in flags)))
+        b.append(attack_block(report, table))
     if report.affine:
         b.append(Heading(2, "Table 3: union vs affine adversary (Adv_max models)"))
         rows = [[TCell(a.display), TCell(a.group), TCell(a.affine_family), TCell(str(a.union.n)),

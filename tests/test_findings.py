@@ -98,10 +98,45 @@ def test_affine_finding(hand_run):
 
 def test_masking_finding_only_for_the_linf_model(hand_run):
     masks = [f for f in hand_run.findings if f.claim == "masking"]
-    assert [f.subject for f in masks] == ["Adv_inf, l1"]
+    assert [f.subject for f in masks] == ["Adv_inf, l1: slide_l1"]
     f = masks[0]
-    assert f.run.startswith("10 inputs fooled only by gradient-free attacks, 0 only by slide_l1")
+    assert f.run == "10 fooled only by gradient-free attacks, 0 only by slide_l1"
     assert f.p_value == pytest.approx(0.5**10) and f.verdict == REPRODUCED
+
+
+def test_masking_is_tested_per_first_order_attack(tmp_path):
+    """A strong first-order attack that finds what the gradient-free one finds is not masked;
+    a weak one next to it is."""
+    model = mnist_model("inf", "Adv_inf", "single", ("linf",))
+    weak = AttackSpec("slide_l1", "l1", "first-order", 10.0)
+    strong = AttackSpec("apgd_l1", "l1", "first-order", 10.0)
+    for attack, mask in ((LINF, fooled((0, 4))), (weak, fooled((30, 40))),
+                         (strong, fooled((5, 40))), (L1_FREE, fooled((10, 40)))):
+        write_shard(tmp_path, model, attack, clean_correct=[True] * N, fooled=mask,
+                    suite_groups=GROUP)
+    report = build_report(load_results(tmp_path))
+    got = {f.subject: (f.run, f.verdict) for f in report.findings if f.claim == "masking"}
+    assert got == {
+        "Adv_inf, l1: apgd_l1": ("0 fooled only by gradient-free attacks, 5 only by apgd_l1",
+                                 NOT_REPRODUCED),
+        "Adv_inf, l1: slide_l1": ("20 fooled only by gradient-free attacks, 0 only by slide_l1",
+                                  REPRODUCED),
+    }
+    # the report's own flag compares with every first-order attack at once: no masking
+    (flag,) = [m for m in report.masking if m.family == "l1"]
+    assert (flag.extra, flag.fewer, flag.flagged) == (0, 5, False)
+
+
+def test_accuracy_per_attack_table(hand_run):
+    from analysis.metrics import attack_accuracies
+    from analysis.render import attack_block
+
+    attacks, acc = attack_accuracies(hand_run.rs, "g")
+    assert attacks == ["pgd_linf", "slide_l1", "square_l1", "affine_linf_l1"]
+    assert acc["inf"]["square_l1"].percent == 25.0 and "affine_linf_l1" not in acc["inf"]
+    block = attack_block(hand_run, hand_run.tables[0])
+    row = next(r for r in block.rows if r[0].text == "Adv_inf")
+    assert [c.text for c in row] == ["Adv_inf", "90.0", "50.0", "25.0", "—"]
 
 
 def test_findings_in_summary_and_csv(hand_run, tmp_path):
