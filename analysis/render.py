@@ -167,7 +167,8 @@ def build_document(report: Report, figure_root: Path) -> Document:
                    for e in (a.union, a.affine, a.union_and_affine))] for a in report.affine]
         b.append(Table("Union accuracy over the affine family's components vs accuracy against "
                        "the affine attacks, on the same inputs",
-                       ["model", "group", "affine", "n", "union", "affine", "union and affine"],
+                       ["model", "group", "affine family", "n", "union", "affine alone",
+                        "union and affine"],
                        rows, key="affine"))
     if report.masking:
         b.append(Heading(2, "Gradient-masking checks"))
@@ -314,7 +315,8 @@ def summary_markdown(report: Report) -> str:
         lines.append("")
     if report.affine:
         lines += ["#### Table 3: Adv_max against the union and the affine adversary", ""]
-        lines += _md_rows(["model", "group", "affine", "union", "affine", "union and affine"],
+        lines += _md_rows(["model", "group", "affine family", "union", "affine alone",
+                           "union and affine"],
                           [[_md_escape(a.display), a.group, a.affine_family,
                             *(fmt_pct(e.percent) for e in (a.union, a.affine, a.union_and_affine))]
                            for a in report.affine])

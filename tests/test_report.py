@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -22,6 +23,7 @@ from click.testing import CliRunner
 from analysis import FORMATS, RunFolderError, build_report, load_results, make_report
 from analysis.paper import budget_notes, compare, match_table, paper_results
 from analysis.report import parse_formats
+from analysis.stats import Estimate
 from orchestrator.cli import main
 from tests.runfolder import build_run_folder
 
@@ -218,8 +220,15 @@ def test_paper_comparison_for_mnist_groups(tmp_path):
     by = {(c.table, c.model, c.column): c for c in rt.comparisons}
     assert by[("Table 1 (MNIST, l_inf / RT)", "OPT", "union")].run == pytest.approx(
         100 * rt.tables[0].opt.union)
-    assert by[("Table 3 (MNIST, l_inf & RT)", "Adv_max", "affine")].paper == 62.6
+    table3 = by[("Table 3 (MNIST, l_inf & RT)", "Adv_max", "affine")]
+    assert table3.paper == 62.6
     assert rt.affine[0].affine_family == "linf+rt"
+    # the paper's affine set contains the union: compared with "union and affine", not the
+    # affine attacks alone
+    row = dataclasses.replace(rt.affine[0], affine=Estimate(k=60, n=60))  # alone: fools nothing
+    (c,) = [c for c in compare(rt.tables, [row])
+            if c.table.startswith("Table 3") and c.column == "affine"]
+    assert c.run == pytest.approx(row.union_and_affine.percent) and c.run < 100.0
 
 
 def test_paper_results_file_and_budget_notes(tmp_path):
