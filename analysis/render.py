@@ -185,7 +185,10 @@ def build_document(report: Report, figure_root: Path) -> Document:
         b.append(Heading(2, "Figures"))
         b.append(Para("Accuracy of the Adv_max model against each family as its budget grows "
                       "(solid, shaded Wilson 95% band) and against their union (dotted); dashed: "
-                      "single-perturbation models against their own family at the full budget."))
+                      "single-perturbation models against their own family at the full budget. "
+                      "Points below the full budget use only the attacks the suite sweeps "
+                      "(those with budgets); the full-budget point is the worst case over every "
+                      "attack of the family."))
         for p in report.figures:
             if p.suffix == ".png":
                 b.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
