@@ -132,9 +132,8 @@ def _fmt_paper(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def _union_findings(rs: ResultSet, table: GroupTable, scores: dict[str, pd.DataFrame],
-                    names: dict[str, str], singles: list[ModelInfo],
-                    multis: list[ModelInfo]) -> list[Finding]:
+def _union_findings(table: GroupTable, scores: dict[str, pd.DataFrame], names: dict[str, str],
+                    singles: list[ModelInfo], multis: list[ModelInfo]) -> list[Finding]:
     ref = match_table(table.dataset, table.families)
     out = []
     for m in multis:
@@ -251,7 +250,7 @@ def group_findings(rs: ResultSet, table: GroupTable, *, epsilon: dict[str, float
     multis = [m for m in models if m.model_id in present and m.strategy in MULTI_STRATEGIES]
     out = []
     if singles and multis:
-        out += _union_findings(rs, table, scores, names, singles, multis)
+        out += _union_findings(table, scores, names, singles, multis)
     if multis:
         out += _opt_findings(rs, table, scores, names, multis)
     out += _theorem1_findings(rs, table, epsilon, toy_params or {})

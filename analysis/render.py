@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.findings import METHOD as FINDINGS_METHOD
+from analysis.findings import REPRODUCED
 from analysis.metrics import Cell, GroupTable, attack_accuracies
 from analysis.report import METHODS, Report, fmt_pct, group_epsilon, source_line
 
@@ -123,7 +124,7 @@ def _findings_rows(report: Report) -> list[list[str]]:
 
 
 def findings_block(report: Report) -> Table:
-    rows = [[TCell(text, bold=i == 6 and text == "reproduced") for i, text in enumerate(row)]
+    rows = [[TCell(text) for text in row[:-1]] + [TCell(row[-1], bold=row[-1] == REPRODUCED)]
             for row in _findings_rows(report)]
     return Table("The paper's findings tested on this run (paired exact tests, alpha 0.05; "
                  "verdict: reproduced = the paper's direction holds and is significant)",
