@@ -26,16 +26,30 @@ def write_idx(path: Path, array) -> None:
 
 
 def make_fake_mnist(root: Path, *, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
-    """A learnable MNIST-format dataset: each class is a bright block at its own place + noise."""
+    """MNIST-format files of rendered digits: each label's digit in PIL's default font at a
+    random size, position, stroke and rotation, on a dark background with faint noise.
+
+    Like real MNIST, a small CNN learns it (about 96% clean accuracy after the ``mnist_model``
+    fixture's 120 steps) without becoming robust: PGD at l_inf 0.3, SLIDE at l_1 10 and PGD at
+    l_2 2 fool most of it, so the attack tests mean the same with or without ../shared/data.
+    """
     import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(seed)
+    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 25)}
     for split, n in (("train", n_train), ("t10k", n_test)):
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        images = np.empty((n, 28, 28), dtype=np.uint8)
         for i, lab in enumerate(labels):
-            r, c = divmod(int(lab), 5)
-            images[i, 4 + 10 * r : 12 + 10 * r, 2 + 5 * c : 6 + 5 * c] = 230
+            img = Image.new("L", (28, 28), 0)
+            xy = (14 + rng.uniform(-2.5, 2.5), 14 + rng.uniform(-2.5, 2.5))
+            ImageDraw.Draw(img).text(xy, str(int(lab)), fill=255, anchor="mm",
+                                     font=fonts[int(rng.integers(16, 25))],
+                                     stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
+            img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
+            noisy = np.asarray(img, dtype=np.float64) + rng.normal(0.0, 8.0, (28, 28))
+            images[i] = np.clip(noisy, 0, 255).astype(np.uint8)
         write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", images)
         write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", labels)
     return root
@@ -54,21 +68,21 @@ def mnist_dir(tmp_path_factory) -> Path:
     """A data root with MNIST: the real one when present, else generated MNIST-format files."""
     if REAL_MNIST.exists():
         return SHARED_DATA
-    return make_fake_mnist(tmp_path_factory.mktemp("fake-mnist"))
+    return make_fake_mnist(tmp_path_factory.mktemp("fake-mnist"), n_train=6000, n_test=1000)
 
 
 @pytest.fixture(scope="session")
 def mnist_model(mnist_dir):
     """(model in eval mode, x_test [256,1,28,28], y_test [256]): a small CNN trained for a few
-    hundred steps on the CPU (clean accuracy > 0.9 on real MNIST)."""
+    hundred steps on the CPU (clean accuracy > 0.9 on real MNIST and on the generated digits)."""
     import torch
 
     from jobs.data import dataset_info, load_split
     from jobs.models import build_model
 
     torch.manual_seed(0)
-    x, y = load_split("mnist", "train", data_dir=mnist_dir, n=6000 if REAL_MNIST.exists() else 600)
-    xt, yt = load_split("mnist", "test", data_dir=mnist_dir, n=256 if REAL_MNIST.exists() else 200)
+    x, y = load_split("mnist", "train", data_dir=mnist_dir, n=6000)
+    xt, yt = load_split("mnist", "test", data_dir=mnist_dir, n=256)
     model = build_model("mnist_cnn", dataset_info("mnist"), width=0.25)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
