@@ -83,7 +83,7 @@ def make_attack(
         raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
     parsed = parse_spec(spec)
     if not isinstance(parsed, LpSpec | RTSpec | AffineSpec):
-        # foolbox / AutoAttack (optional libraries, imported here and not before)
+        # foolbox / AutoAttack (imported here and not before: `mpo --help` stays fast)
         from jobs.attacks.library import make_library_attack
 
         return make_library_attack(parsed, bounds=b)

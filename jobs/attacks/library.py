@@ -3,9 +3,9 @@
     make_attack({"type": "foolbox", "attack": "boundary_l2", "epsilon": 2.0, "steps": 5000})
     make_attack({"type": "autoattack", "attack": "apgd-ce", "norm": "linf", "epsilon": 0.3})
 
-The libraries are optional (``pip install mpo[attacks]``): they are imported only when such an
-attack runs or is built, never when ``jobs`` is imported; a missing one raises
-``MissingLibraryError`` naming the package and the extra.
+Both libraries are regular dependencies of mpo (every shipped suite uses them). They are imported
+only when such an attack runs or is built, never when ``jobs`` is imported, so ``mpo --help``
+stays fast; a broken install raises ``MissingLibraryError`` naming the package and the fix.
 
 Spec keys (every key optional except ``type``, ``attack`` and ``epsilon``; the defaults are the
 libraries' own unless noted):
@@ -57,27 +57,28 @@ from torch import Tensor, nn
 from jobs.attacks.base import BUDGET_RTOL, Attack, RunOutput
 from jobs.attacks.norms import perturbation_norm
 from jobs.attacks.spec import AttackSpecError, _err, _int, _number
+from jobs.errors import MpoError
 
 LIBRARY_TYPES = ("foolbox", "autoattack")
 
-#: The optional dependency behind each spec type: (import name, distribution name).
+#: The library behind each spec type: (import name, distribution name).
 PACKAGES = {"foolbox": ("foolbox", "foolbox"), "autoattack": ("pyautoattack", "pyautoattack")}
 
 
-class MissingLibraryError(ImportError):
-    """An optional attack library is not installed."""
+class MissingLibraryError(MpoError, ImportError):
+    """An attack library cannot be imported (a broken or partial install)."""
 
 
 def require(package: str, *, attack: str) -> Any:
-    """Import an optional library or raise a clear error naming the package and the extra."""
+    """Import an attack library or raise a clear error naming the package and the fix."""
     try:
         return importlib.import_module(package)
     except ImportError as err:
         dist = {imp: dist for imp, dist in PACKAGES.values()}.get(package, package)
         raise MissingLibraryError(
-            f"attack {attack!r} needs the optional package '{dist}' (import name '{package}'), "
-            f"which is not installed ({err}); install the attack extras with "
-            "`pip install mpo[attacks]`"
+            f"attack {attack!r} needs the package '{dist}' (import name '{package}'), which "
+            f"cannot be imported ({err}); it is one of mpo's dependencies: reinstall mpo "
+            f"(`pip install -e .` in the checkout) or `pip install {dist}`"
         ) from None
 
 
