@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.errors import MpoError
 from jobs.schema import (
     COLUMNS,
     META_MODEL,
@@ -33,7 +34,7 @@ FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"
 LABEL_ORDER = ("Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_RT", "Adv_avg", "Adv_max")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(MpoError, ValueError):
     """The run folder is missing, empty or holds no readable results."""
 
 

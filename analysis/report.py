@@ -31,8 +31,14 @@ from analysis.metrics import (
     sweep_curves,
 )
 from analysis.paper import Comparison, budget_notes, compare, paper_results
+from jobs.errors import MpoError
 
 FORMATS = ("md", "tex", "html", "csv")
+
+
+class ReportError(MpoError, ValueError):
+    """A report option that cannot be honoured (format, snapshot folder, README markers)."""
+
 #: Where the toy theory panel may live (the first module that provides ``toy_panel`` is used).
 THEORY_MODULES = ("analysis.theory", "analysis.theory_plot")
 
@@ -184,7 +190,7 @@ def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
     items = [f.strip().lower() for f in items if f.strip()]
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
-        raise ValueError(f"--format: unknown format(s) {bad or items!r}; "
+        raise ReportError(f"--format: unknown format(s) {bad or items!r}; "
                          f"allowed: {', '.join(FORMATS)} (comma-separated)")
     return tuple(dict.fromkeys(items))
 
@@ -237,7 +243,7 @@ def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
     from analysis import render
 
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--snapshot: {out} exists and is not a folder")
+        raise ReportError(f"--snapshot: {out} exists and is not a folder")
     for stale in (out / "figures", out / "suites"):
         if stale.is_dir():
             shutil.rmtree(stale)
@@ -277,10 +283,10 @@ def update_readme(readme: Path, snapshot: Path) -> Path:
     try:
         text = readme.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"--readme {readme}: cannot read it ({exc})") from None
+        raise ReportError(f"--readme {readme}: cannot read it ({exc})") from None
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"--readme {readme}: no block for this snapshot; put the two lines\n"
+        raise ReportError(f"--readme {readme}: no block for this snapshot; put the two lines\n"
                          f"{begin}\n{end}\nwhere its summary should go")
     summary = (snapshot / "summary.md").read_text(encoding="utf-8")
     new = text[:i + len(begin)] + "\n\n" + summary.strip("\n") + "\n\n" + text[j:]

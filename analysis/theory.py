@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr
 
+from jobs.errors import MpoError
+
 X0_KINDS = ("sign", "gaussian")
 #: l_p family -> the dual norm's p (the margin drops by eps * ||w||_dual).
 DUAL_P: dict[str, float] = {"linf": 1.0, "l1": math.inf, "l2": 2.0}
@@ -45,7 +47,7 @@ Classifier = Callable[[np.ndarray], np.ndarray]
 Perturbation = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class TheoryError(ValueError):
+class TheoryError(MpoError, ValueError):
     """Invalid parameters for the Section 2 computations (names the parameter and the range)."""
 
 

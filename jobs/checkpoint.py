@@ -15,21 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from jobs.errors import MpoError
+from jobs.io import atomic_write
+
 FORMAT_VERSION = 1
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(MpoError, ValueError):
     """A file that is not an mpo checkpoint of this format version."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write with ``torch.save`` to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(
@@ -54,11 +52,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     """Load a checkpoint: ``{"format_version", "state_dict", "config", "extra"}``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointFormatError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors of many kinds
-        raise CheckpointFormatError(f"{path}: not a readable mpo checkpoint ({err})") from None
+        raise CheckpointFormatError(f"{path}: not a readable mpo checkpoint ({_load_failure(err)})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointFormatError(f"{path}: not an mpo checkpoint (no format_version)")
     version = payload["format_version"]
@@ -73,6 +71,16 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         "config": json.loads(payload["config_json"]),
         "extra": payload.get("extra", {}),
     }
+
+
+def _load_failure(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        return ("torch.load(weights_only=True) refused it: not a torch file, or it holds objects "
+                "other than tensors and plain containers, which mpo never unpickles")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"torch.load(weights_only=True) could not read it: {first[:300]}"
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

@@ -31,14 +31,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import MpoError
+from jobs.io import load_yaml
 
 Strategy = Literal["nat", "single", "avg", "max"]
 STRATEGIES: tuple[str, ...] = ("nat", "single", "avg", "max")
 
 
-class ConfigError(ValueError):
+class ConfigError(MpoError, ValueError):
     """A config that cannot be used: names the file (when there is one), the field and the value."""
 
 
@@ -228,15 +230,7 @@ def make_train_config(data: Mapping[str, Any], *, source: str | None = None) -> 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
     """Read and validate a YAML (or JSON) training config. Errors name the file and the field."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    data = load_yaml(path, error=ConfigError, what="training config")
     return make_train_config(data if data is not None else {}, source=str(path))
 
 

@@ -28,13 +28,15 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.errors import MpoError
+
 DEFAULT_DATA_DIR = Path("~/.cache/mpo/data")
 ENV_DATA_DIR = "MPO_DATA_DIR"
 
 Split = Literal["train", "test"]
 
 
-class DataError(RuntimeError):
+class DataError(MpoError, RuntimeError):
     """A dataset that cannot be loaded: missing, corrupt, or asked for more points than it has."""
 
 
@@ -375,6 +377,24 @@ def load_split(
         else:
             x, y = x[:n], y[:n]
     return x.contiguous(), y.contiguous()
+
+
+def require_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, n_train: int | None = None,
+    n_test: int | None = None,
+) -> None:
+    """Check, before any work starts, that ``name``'s files are under the data root and hold at
+    least ``n_train`` / ``n_test`` points; raises the ``DataError`` a trial would hit."""
+    spec = _spec(name)
+    if spec.loader is None:
+        return
+    root = resolve_data_dir(data_dir)
+    for split, n in (("train", n_train), ("test", n_test)):
+        _, y = spec.loader(root, split, False)
+        if n is not None and n > len(y):
+            raise DataError(
+                f"{name} {split} under {root} has {len(y)} points, fewer than the {n} asked for"
+            )
 
 
 def augment_batch(

@@ -62,8 +62,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from jobs.errors import MpoError
+from jobs.io import load_yaml
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata
 
 KINDS = ("first-order", "gradient-free", "grid")
@@ -72,11 +72,11 @@ IN_BALL_TOLERANCE = 1e-5
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
 
 
-class SuiteError(ValueError):
+class SuiteError(MpoError, ValueError):
     """An invalid suite file or an unknown suite/attack name."""
 
 
-class SuiteMismatchError(ValueError):
+class SuiteMismatchError(MpoError, ValueError):
     """A checkpoint that does not belong to the suite's dataset."""
 
 
@@ -182,10 +182,7 @@ def load_suite(
     if isinstance(name_or_path, EvalSuite):
         return name_or_path
     path = _suite_path(name_or_path, dataset)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SuiteError(f"{path}: not valid YAML ({err})") from None
+    data = load_yaml(path, error=SuiteError, what="suite file")
     return parse_suite(data, source=str(path), default_name=path.stem)
 
 
@@ -495,20 +492,6 @@ def _attack_batches(
     return out
 
 
-def _write_atomic(table: Any, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _evaluate_shard(
     loaded: _Loaded,
     suite: EvalSuite,
@@ -525,9 +508,11 @@ def _evaluate_shard(
     batch_size: int,
 ) -> Path:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from jobs.attacks import make_attack
     from jobs.data import load_split
+    from jobs.io import atomic_write
 
     entry = suite.attack(attack_name)
     if not 0 <= start < stop:
@@ -615,7 +600,7 @@ def _evaluate_shard(
                **cascade_meta},
     )
     table = pa.table(columns, schema=SCHEMA.with_metadata(metadata))
-    _write_atomic(table, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 

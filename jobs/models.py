@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from jobs.data import DatasetInfo
+from jobs.errors import MpoError
 
 
-class ModelError(ValueError):
+class ModelError(MpoError, ValueError):
     """An unknown model name or a model that does not fit the dataset."""
 
 

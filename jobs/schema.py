@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from jobs.errors import MpoError
+
 SCHEMA_VERSION = 1
 
 META_SCHEMA_VERSION = b"mpo.schema_version"
@@ -62,7 +64,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
 SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in COLUMNS.items()])
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(MpoError, ValueError):
     """A results file of another schema version."""
 
 

@@ -18,7 +18,6 @@ and the RT limits, by 3 during the first epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,6 +32,8 @@ from torch import nn
 
 from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
+from jobs.errors import DeviceError, MpoError
+from jobs.io import write_json_atomic, write_jsonl_atomic
 from jobs.strategies import get_strategy
 
 START_SMALL_FACTOR = 1.0 / 3.0
@@ -43,11 +44,11 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(MpoError, RuntimeError):
     """The training loss became NaN or infinite; names the epoch and step."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(MpoError, RuntimeError):
     """``out_dir`` holds the state of a different training run."""
 
 
@@ -64,7 +65,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
+        raise DeviceError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
     return dev
 
 
@@ -146,18 +147,6 @@ class _Generators:
 
 # ----------------------------------------------------------------------------------------------
 # Files
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics))
-    os.replace(tmp, path)
 
 
 def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -248,8 +237,8 @@ def train(
             gens.restore(extra["rng"], dev)
             start_epoch, global_step = int(extra["epoch"]), int(extra["step"])
             metrics = list(extra["metrics"])
-        _write_json(out / CONFIG_FILE, config_dict)
-        _write_metrics(out / METRICS_FILE, metrics)
+        write_json_atomic(out / CONFIG_FILE, config_dict)
+        write_jsonl_atomic(out / METRICS_FILE, metrics)
         resumed_from = start_epoch
 
         for epoch in range(start_epoch, config.epochs):
@@ -328,7 +317,7 @@ def train(
                     "model_id": model_id,
                 },
             )
-            _write_metrics(out / METRICS_FILE, metrics)
+            write_jsonl_atomic(out / METRICS_FILE, metrics)
             if on_epoch is not None:
                 on_epoch(dict(record))
 

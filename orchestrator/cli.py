@@ -2,15 +2,24 @@
 
 Subcommands live in ``orchestrator.commands.*`` and are imported only when used, so ``mpo --help``
 and ``mpo --version`` stay fast (no torch or Ray import).
+
+The error boundary is here, and only here: every ``jobs.errors.MpoError`` (an error the user's
+input caused: a grid, config, suite, spec, checkpoint, data root or run folder that is not
+right, a missing optional package, a resource request the cluster cannot meet, a changed grid on
+resume) becomes a short message on stderr and exit status 1, never a traceback. ``--debug`` (or
+``MPO_DEBUG=1``) lets the exception through, traceback and all. Anything else is a bug in mpo
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from jobs import __version__
+from jobs.errors import MpoError
 
 #: command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -25,9 +34,23 @@ COMMANDS: dict[str, str] = {
     "bench": "orchestrator.commands.bench:bench",
 }
 
+DEBUG_ENV = "MPO_DEBUG"
+
+
+def debug_enabled(ctx: click.Context | None = None) -> bool:
+    """``--debug`` on the command line, or ``MPO_DEBUG`` set to anything but 0/false/empty."""
+    root = ctx.find_root() if ctx is not None else None
+    if root is not None and (root.params or {}).get("debug"):
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class UserError(click.ClickException):
+    """How an ``MpoError`` leaves the CLI: ``Error: <message>`` on stderr, exit status 1."""
+
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+    """A click group whose subcommands are imported on first use, and the error boundary."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -39,10 +62,19 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MpoError as err:
+            if debug_enabled(ctx):
+                raise
+            raise UserError(str(err)) from None
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mpo")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the full traceback of an error (or set {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """mpo: adversarial training and robustness for multiple perturbations, on Ray.
 
     Reproduces Tramer & Boneh (NeurIPS 2019): train models against several perturbation

@@ -43,15 +43,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import MpoError
+from jobs.io import load_yaml, read_text
 
 GRID_SUFFIXES = (".yaml", ".yml")
 #: TrainConfig fields a grid sets itself, per model; an experiment's ``train`` block may not.
 GRID_OWNED_TRAIN_FIELDS = ("label", "strategy", "attacks", "seed")
 
 
-class GridError(ValueError):
+class GridError(MpoError, ValueError):
     """An invalid grid: the message names the file, the field, the value and what is allowed."""
 
 
@@ -222,14 +224,8 @@ def parse_grid(data: Any, *, source: str) -> Grid:
 def load_grid_text(name_or_path: str | os.PathLike[str]) -> tuple[Grid, str, Path]:
     """(validated grid, the file's text, its path)."""
     path = resolve_grid_path(name_or_path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise GridError(f"{path}: cannot read the grid ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML ({err})") from None
+    text = read_text(path, error=GridError, what="grid file")
+    data = load_yaml(path, error=GridError, what="grid file")
     return parse_grid(data, source=str(path)), text, path
 
 

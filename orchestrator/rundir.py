@@ -17,15 +17,14 @@ Layout (``RUN_DIR`` = ``--storage``/``--name``)::
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from jobs.errors import MpoError
+from jobs.io import read_json as _read_json
+from jobs.io import write_json_atomic
 
 RUN_FILE = "run.json"
 GRID_FILE = "grid.yaml"
@@ -40,62 +39,12 @@ TRIAL_FILE = "trial.json"
 TRIAL_STATES = ("pending", "training", "evaluating", "done", "error")
 
 
-class RunDirError(ValueError):
+class RunDirError(MpoError, ValueError):
     """A folder that is not (or not a usable) mpo run folder."""
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path}: missing") from None
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path}: not valid JSON ({err})") from None
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("torch", "ray"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def run_info(name: str, *, command: list[str] | None = None, hardware: dict | None = None) -> dict:
-    from jobs import __version__
-
-    return {
-        "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "mpo_version": __version__,
-        "git_commit": _git_commit(),
-        "versions": _versions(),
-        "hardware": hardware
-        or {"machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "command": command if command is not None else list(sys.argv),
-    }
+    return _read_json(path, error=RunDirError)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ from typing import Any
 
 from rich.table import Table
 
+from jobs.errors import MpoError
+from jobs.io import load_yaml, run_record, write_json_atomic, write_text_atomic
 from orchestrator import faults as _faults
 from orchestrator.grid import SweepPlan, expand_grid, load_grid_text, parse_grid
-from orchestrator.rundir import RunDir, RunDirError, run_info, write_json_atomic
+from orchestrator.rundir import RunDir, RunDirError, read_json
 
 #: Default GPU fraction of one evaluation worker when trials use GPUs.
 EVAL_GPU_SHARE = 0.5
@@ -23,7 +25,7 @@ EVAL_GPU_SHARE = 0.5
 CPU_SHARE = 0.5
 
 
-class SweepError(RuntimeError):
+class SweepError(MpoError, RuntimeError):
     """A sweep that cannot start or resume; the message says why and what to do."""
 
 
@@ -92,41 +94,67 @@ def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float | None
 # The run folder
 
 
+def _dict_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``a.b: 3 -> 4`` for every leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _dict_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two manifests, in words (for refusing a changed grid on resume)."""
+    """What differs between two manifests, in words (for refusing a changed grid on resume).
+
+    A model whose training config changed keeps its label and gets another model id: it is
+    described by the config fields that changed, not as one trial gone and another new."""
     lines = []
     old_t, new_t = old.get("trials", {}), new.get("trials", {})
+    old_by_label = {t["label"]: mid for mid, t in old_t.items() if mid not in new_t}
+    paired: set[str] = set()
     for mid in sorted(set(new_t) - set(old_t)):
-        lines.append(f"new trial {new_t[mid]['label']} ({mid})")
-    for mid in sorted(set(old_t) - set(new_t)):
+        label = new_t[mid]["label"]
+        was = old_by_label.get(label)
+        if was is not None and "config" in old_t[was] and "config" in new_t[mid]:
+            paired.add(was)
+            diff = _dict_diff(old_t[was]["config"], new_t[mid]["config"])
+            lines.append(f"trial {label}: training config changed ({'; '.join(diff)}), "
+                         f"model id {was} -> {mid}")
+        else:
+            lines.append(f"new trial {label} ({mid})")
+    for mid in sorted(set(old_t) - set(new_t) - paired):
         lines.append(f"trial {old_t[mid]['label']} ({mid}) is gone")
     for mid in sorted(set(old_t) & set(new_t)):
         for key in ("label", "groups", "attacks"):
             if old_t[mid].get(key) != new_t[mid].get(key):
                 lines.append(f"trial {mid}: {key} {old_t[mid].get(key)} -> {new_t[mid].get(key)}")
-    for key in ("groups", "evaluation"):
-        if old.get(key) != new.get(key):
-            lines.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+    def without_models(groups: Any) -> Any:
+        return {g: {k: v for k, v in spec.items() if k != "models"} for g, spec in (groups or {}).items()}
+
+    lines += [f"groups.{d}" for d in _dict_diff(without_models(old.get("groups")),
+                                                without_models(new.get("groups")))]
+    lines += [f"evaluation.{d}" for d in _dict_diff(old.get("evaluation"), new.get("evaluation"))]
     if not lines and old.get("shards") != new.get("shards"):
         lines.append("the evaluation shards differ")
     return lines
 
 
 def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: dict[str, Any],
-                command: list[str] | None = None) -> RunDir:
+                command: str | None = None) -> RunDir:
     """Create a new run folder: run.json, grid.yaml (the snapshot) and manifest.json."""
     rd = RunDir(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
         hint = f"; continue it with `mpo sweep --resume {rd.path}`" if rd.exists() else ""
         raise SweepError(f"{rd.path} already exists and is not empty{hint}, or choose another --name")
     rd.path.mkdir(parents=True, exist_ok=True)
-    info = run_info(rd.path.name, command=command)
+    info = run_record(rd.path.name, command=command)
     info["sweep"] = settings
     write_json_atomic(rd.run_file, info)
-    rd.grid_file.write_text(grid_text)
+    write_text_atomic(rd.grid_file, grid_text)
     for file in plan.suite_files.values():  # the run folder is self-contained: resume needs them
         (rd.suite_dir).mkdir(exist_ok=True)
-        (rd.suite_dir / file.name).write_text(file.read_text())
+        write_text_atomic(rd.suite_dir / file.name, file.read_text())
     write_json_atomic(rd.manifest_file, plan.manifest())
     return rd
 
@@ -136,12 +164,11 @@ def record_sweep(rd: RunDir, *, started: float, finished: float, resume: bool,
     """Append one driver invocation (start, end, wall seconds, trial states) to run.json's
     ``sweeps`` list, so a run's snapshot says how long it took (a resume adds an entry)."""
     import datetime as dt
-    import json
 
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
 
-    info = json.loads(rd.run_file.read_text())
+    info = read_json(rd.run_file)
     states: dict[str, int] = {}
     for record in records.values():
         state = str(record.get("state") or "pending")
@@ -157,14 +184,10 @@ def record_sweep(rd: RunDir, *, started: float, finished: float, resume: bool,
 def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunDir, SweepPlan, dict[str, Any]]:
     """An existing run folder's plan (from its grid snapshot), checked against its manifest and,
     when ``grid`` is given, against that grid: a changed grid is refused with the differences."""
-    import yaml
-
     rd = RunDir(run_dir)
-    try:
-        rd.check()
-    except RunDirError as err:
-        raise SweepError(str(err)) from None
-    snapshot = parse_grid(yaml.safe_load(rd.grid_file.read_text()), source=str(rd.grid_file))
+    rd.check()
+    snapshot = parse_grid(load_yaml(rd.grid_file, error=RunDirError, what="grid snapshot"),
+                          source=str(rd.grid_file))
     plan = expand_grid(snapshot, source=str(rd.grid_file), suite_dir=rd.suite_dir)
     saved = rd.manifest()
     changes = describe_changes(saved, plan.manifest())
@@ -191,18 +214,42 @@ def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunDir, SweepPl
 
 def settings_for(res: Resources, *, max_failures: int, shard_retries: int, data_dir: str | None,
                  download: bool) -> dict[str, Any]:
-    from jobs.data import resolve_data_dir
-
+    """The sweep settings run.json records. ``data_dir`` is kept as the user gave it (None: the
+    default root), never resolved to this machine's absolute path; the driver resolves it when
+    it starts the trials (``trial_data_dir``)."""
     return {
         "resources": asdict(res),
         "max_failures": max_failures,
         "trial_settings": {
-            "data_dir": str(resolve_data_dir(data_dir).resolve()),
+            "data_dir": data_dir,
             "download": download,
             "shard_retries": shard_retries,
         },
         "faults": _faults.from_env(),
     }
+
+
+def trial_data_dir(data_dir: str | None) -> str:
+    """The absolute data root the trials use (they run in other working folders)."""
+    from jobs.data import resolve_data_dir
+
+    return str(resolve_data_dir(data_dir).resolve())
+
+
+def preflight_data(plan: SweepPlan, data_dir: str | None, *, download: bool) -> None:
+    """Refuse, before Ray starts, a sweep whose datasets are not under the data root (unless the
+    trials may download them): the ``DataError`` names the root, the files and the fix."""
+    from jobs.data import require_dataset
+
+    if download:
+        return
+    for dataset, ev in plan.grid.evaluation.items():
+        if dataset not in plan.suites:
+            continue
+        n_train = [t.config["dataset"].get("n_train") for t in plan.trials.values()
+                   if t.dataset == dataset]
+        require_dataset(dataset, data_dir, n_test=ev.n_test,
+                        n_train=max((n for n in n_train if n is not None), default=None))
 
 
 def summary_table(plan: SweepPlan, records: dict[str, Any]) -> Table:

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from orchestrator.grid import SweepPlan
 from orchestrator.rundir import RunDir
-from orchestrator.runs import Resources, SweepError, record_sweep
+from orchestrator.runs import Resources, SweepError, record_sweep, trial_data_dir
 from orchestrator.trainable import run_trial
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +150,9 @@ def run_sweep(
     param_space = {
         "trial": tune.grid_search([trial_payload(plan, mid) for mid in plan.trials]),
         "run_dir": str(rd.path),
-        "settings": {**settings["trial_settings"], "cpus_per_trial": res.cpus_per_trial,
+        "settings": {**settings["trial_settings"],
+                     "data_dir": trial_data_dir(settings["trial_settings"]["data_dir"]),
+                     "cpus_per_trial": res.cpus_per_trial,
                      "eval_workers": res.eval_workers, "eval_cpus": res.eval_cpus,
                      "eval_gpus": res.eval_gpus},
         "faults": settings.get("faults") or {},

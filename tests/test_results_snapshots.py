@@ -5,6 +5,8 @@ commands that made it, and each snapshot holds what its README says (and nothing
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -29,10 +31,20 @@ def test_snapshot_matches_readme(snap):
     assert f"--snapshot analysis/results/{snap.name}" in README
     run = json.loads((snap / "run.json").read_text())
     grid = yaml.safe_load((snap / "grid.yaml").read_text())
-    assert grid["name"] == snap.name and run["command"][1:3] == ["sweep", snap.name]
+    assert grid["name"] == snap.name and shlex.split(run["command"])[:3] == ["mpo", "sweep", snap.name]
     assert run["git_commit"][:7] in README  # the README says which commit made the numbers
     for fig in (snap / "figures").glob("*.png"):
         assert f"analysis/results/{snap.name}/figures/{fig.name}" in README or \
             f"figures/{fig.name}" in (snap / "report.md").read_text(encoding="utf-8")
     heavy = [p for p in snap.rglob("*") if p.suffix in {".pt", ".parquet", ".svg"}]
     assert heavy == [] and sum(p.stat().st_size for p in snap.rglob("*") if p.is_file()) < 2e6
+
+
+@pytest.mark.parametrize("snap", SNAPSHOTS, ids=[p.name for p in SNAPSHOTS])
+def test_snapshot_holds_no_machine_paths(snap):
+    """What is committed names no machine's folders: the command as typed, the data dir as given."""
+    machine = re.compile(r"(/work/|/root/|/home/|/tmp/|/Users/|\.venv/bin)")
+    for path in snap.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ".yaml", ".csv"}:
+            found = machine.findall(path.read_text(encoding="utf-8"))
+            assert not found, f"{path.relative_to(ROOT)} names machine paths: {found}"

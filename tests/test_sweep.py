@@ -202,7 +202,7 @@ def test_resume_with_a_changed_grid_is_refused(faulty_run, tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(changed), "--resume", str(run_dir)])
     assert result.exit_code != 0
     assert "differs from the grid this run was started with" in result.output
-    assert "new trial Nat" in result.output and "is gone" in result.output
+    assert "trial Nat: training config changed (epochs: 3 -> 4)" in result.output
 
 
 def test_killed_driver_resumes_without_duplicates(ray_cluster, tmp_path, monkeypatch):

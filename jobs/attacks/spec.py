@@ -19,8 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.errors import MpoError
 
-class AttackSpecError(ValueError):
+
+class AttackSpecError(MpoError, ValueError):
     """An invalid attack spec; the message names the offending key."""
 
 

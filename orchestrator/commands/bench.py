@@ -109,14 +109,13 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     4) Ray sweep overhead and evaluation fan-out, 5) GPU figures (when CUDA is available).
     A figure that cannot be measured is reported as skipped, with the reason.
     """
-    import torch
     from rich.console import Console
 
+    from jobs.training import resolve_device
     from orchestrator.bench import run_bench
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine; use cpu or auto",
-                                 param_hint="--device")
+    if device == "cuda":
+        resolve_device(device)  # DeviceError when this machine has no CUDA
     console = Console(stderr=False)
     command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:

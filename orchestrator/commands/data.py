@@ -27,7 +27,7 @@ def check(data_dir: str | None, names: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from jobs.data import DATASETS, DataError, check_dataset, resolve_data_dir
+    from jobs.data import DATASETS, check_dataset, resolve_data_dir
 
     console = Console()
     table = Table(title=f"datasets under {resolve_data_dir(data_dir)}")
@@ -35,10 +35,7 @@ def check(data_dir: str | None, names: tuple[str, ...]) -> None:
         table.add_column(col, overflow="fold")
     problems: list[str] = []
     for name in names or tuple(DATASETS):
-        try:
-            res = check_dataset(name, data_dir)
-        except DataError as err:
-            raise click.ClickException(str(err)) from None
+        res = check_dataset(name, data_dir)
         cells = []
         for split in ("train", "test"):
             s = res["splits"].get(split, {})
@@ -61,14 +58,10 @@ def fetch(data_dir: str | None, names: tuple[str, ...]) -> None:
     """Download datasets (needs internet), e.g. `mpo data fetch mnist cifar10`."""
     from rich.console import Console
 
-    from jobs.data import DataError
     from jobs.data import fetch as fetch_dataset
 
     console = Console()
     for name in names:
-        try:
-            with console.status(f"downloading {name} ..."):
-                root = fetch_dataset(name, data_dir)
-        except DataError as err:
-            raise click.ClickException(str(err)) from None
+        with console.status(f"downloading {name} ..."):
+            root = fetch_dataset(name, data_dir)
         console.print(f"[green]{name}[/green] ready under {root}")

@@ -7,12 +7,6 @@ Writes the run-folder layout the sweep writes: ``OUT/run.json`` (created once),
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,69 +15,25 @@ import click
 from orchestrator.commands.data import DATA_DIR_OPTION
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _hardware(device: Any) -> dict[str, Any]:
-    import torch
-
-    hw: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(), "device": str(device)}
-    if torch.cuda.is_available():
-        hw["gpu"] = torch.cuda.get_device_name(0)
-    return hw
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def write_run_json(out: Path, *, name: str, device: Any) -> None:
     """``run.json`` once per run folder (an existing one is kept)."""
-    import torch
-
-    from jobs import __version__
+    from jobs.io import run_record, write_json_atomic
 
     path = out / "run.json"
-    if path.exists():
-        return
-    _write_json(path, {
-        "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mpo_version": __version__,
-        "git_commit": _git_commit(),
-        "versions": {"torch": torch.__version__, "ray": _version("ray"),
-                     "python": platform.python_version()},
-        "hardware": _hardware(device),
-        "command": " ".join(["mpo", *sys.argv[1:]]),
-    })
+    if not path.exists():
+        write_json_atomic(path, run_record(name, device=device))
 
 
 def update_manifest(out: Path, suite: Any, config: Any, model_id: str, label: str,
                     groups: list[str], shards: list[dict[str, Any]]) -> None:
     """Merge this evaluation into ``manifest.json`` (groups, trials, shards)."""
+    from jobs.io import read_json, write_json_atomic
+    from orchestrator.rundir import RunDirError
+
     path = out / "manifest.json"
     manifest: dict[str, Any] = {"groups": {}, "trials": {}, "shards": []}
     if path.exists():
-        manifest.update(json.loads(path.read_text()))
+        manifest.update(read_json(path, error=RunDirError, what="manifest"))
     for g in groups:
         spec = suite.groups[g]
         entry = manifest["groups"].setdefault(
@@ -99,7 +49,7 @@ def update_manifest(out: Path, suite: Any, config: Any, model_id: str, label: st
     for s in shards:
         if (s["model_id"], s["attack"], s["start"], s["stop"]) not in seen:
             manifest["shards"].append(s)
-    _write_json(path, manifest)
+    write_json_atomic(path, manifest)
 
 
 def _pct(v: float | None) -> str:
@@ -140,13 +90,8 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from jobs.attacks import AttackSpecError
     from jobs.checkpoint import CheckpointFormatError
-    from jobs.config import ConfigError
-    from jobs.data import DataError
     from jobs.evaluation import (
-        SuiteError,
-        SuiteMismatchError,
         check_compatible,
         evaluate,
         load_suite,
@@ -160,16 +105,14 @@ def eval_command(
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoint.pt"
         if not ckpt.exists():
-            raise click.ClickException(f"{checkpoint}: a folder without checkpoint.pt")
-    try:
-        _, config, _ = load_trained(ckpt, device="cpu")
-        suite = load_suite(suite_name, dataset=config.dataset.name)
-        for name in attacks:
-            suite.attack(name)
-        dev = resolve_device(device)
-        check_compatible(config, suite, source=f"checkpoint {ckpt}")
-    except (SuiteError, ConfigError, CheckpointFormatError, AttackSpecError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+            raise CheckpointFormatError(f"{checkpoint}: a folder without checkpoint.pt; give a "
+                                        "checkpoint.pt or a training folder (mpo train --out)")
+    _, config, _ = load_trained(ckpt, device="cpu")
+    suite = load_suite(suite_name, dataset=config.dataset.name)
+    for name in attacks:
+        suite.attack(name)
+    dev = resolve_device(device)
+    check_compatible(config, suite, source=f"checkpoint {ckpt}")
     model_id = config.model_id()
     label = label or config.label or model_id
     n = n_test or suite.n_test
@@ -194,15 +137,12 @@ def eval_command(
 
     out.mkdir(parents=True, exist_ok=True)
     write_run_json(out, name=out.name, device=dev)
-    try:
-        with progress:
-            paths = evaluate(
-                ckpt, suite, n_test=n, out_dir=out, shard_size=shard_size, data_dir=data_dir,
-                device=dev, model_label=label, groups=groups, download=download,
-                attacks=names, batch_size=batch_size, on_shard=on_shard,
-            )
-    except (SuiteError, SuiteMismatchError, DataError, ConfigError, CheckpointFormatError) as err:
-        raise click.ClickException(str(err)) from None
+    with progress:
+        paths = evaluate(
+            ckpt, suite, n_test=n, out_dir=out, shard_size=shard_size, data_dir=data_dir,
+            device=dev, model_label=label, groups=groups, download=download,
+            attacks=names, batch_size=batch_size, on_shard=on_shard,
+        )
     update_manifest(
         out, suite, config, model_id, label, groups,
         [{"model_id": model_id, "attack": a, "start": s, "stop": e}

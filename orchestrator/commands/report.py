@@ -34,7 +34,7 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
     from rich.console import Console
 
     from analysis import render
-    from analysis.loading import RunFolderError, load_results
+    from analysis.loading import load_results
     from analysis.report import parse_formats, update_readme, write_report, write_snapshot
 
     console = Console()
@@ -43,24 +43,12 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
                                "--snapshot folder")
     if readme is not None and snapshot is None:
         raise click.UsageError("--readme needs --snapshot: it copies the snapshot's summary.md")
-    try:
-        fmts = parse_formats(formats)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--format") from exc
-    try:
-        rs = load_results(run_dir)
-    except RunFolderError as exc:
-        raise click.ClickException(str(exc)) from exc
+    fmts = parse_formats(formats)
+    rs = load_results(run_dir)
     if snapshot is not None:
-        try:
-            rep, written = write_snapshot(rs, snapshot)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--snapshot") from exc
+        rep, written = write_snapshot(rs, snapshot)
         if readme is not None:
-            try:
-                written.append(update_readme(readme, snapshot))
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="--readme") from exc
+            written.append(update_readme(readme, snapshot))
         out = snapshot
     else:
         out = out_dir if out_dir is not None else run_dir / "report"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import sys
 from pathlib import Path
 
 import click
@@ -15,10 +14,6 @@ def _console():
     from rich.console import Console
 
     return Console()
-
-
-def _fail(err: Exception) -> click.ClickException:
-    return click.ClickException(str(err))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,12 +48,9 @@ def grids(ctx: click.Context) -> None:
 @click.argument("name")
 def grids_show(name: str) -> None:
     """Print a grid file (a shipped grid's name, or a path)."""
-    from orchestrator.grid import GridError, load_grid_text
+    from orchestrator.grid import load_grid_text
 
-    try:
-        _grid, text, path = load_grid_text(name)
-    except GridError as err:
-        raise _fail(err) from None
+    _grid, text, path = load_grid_text(name)
     click.echo(f"# {path}")
     click.echo(text.rstrip())
 
@@ -135,8 +127,15 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
     under the run folder (--storage/--name). Examples: `mpo sweep toy`,
     `mpo sweep paper-grid --dry-run`, `mpo sweep --resume mpo-runs/toy-20250101-120000`.
     """
-    from orchestrator.grid import GridError, load_plan
-    from orchestrator.runs import SweepError, load_run, make_resources, prepare_run, settings_for
+    from jobs.io import command_line
+    from orchestrator.grid import load_plan
+    from orchestrator.runs import (
+        load_run,
+        make_resources,
+        preflight_data,
+        prepare_run,
+        settings_for,
+    )
 
     console = _console()
     if grid is None and resume_dir is None:
@@ -152,21 +151,15 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
         )
     if max_failures < 0 or shard_retries < 0:
         raise click.UsageError("--max-failures and --shard-retries must be >= 0")
-    try:
-        if resume_dir is not None:
-            rd, plan, saved = load_run(Path(resume_dir).resolve(), grid=grid)
-        else:
-            plan, text, _path = load_plan(grid)
-    except (GridError, SweepError) as err:
-        raise _fail(err) from None
+    if resume_dir is not None:
+        rd, plan, saved = load_run(Path(resume_dir).resolve(), grid=grid)
+    else:
+        plan, text, _path = load_plan(grid)
 
     if dry_run:
-        try:
-            res = make_resources(gpus_per_trial=gpus_per_trial or 0.0, cpus_per_trial=cpus_per_trial,
-                                 eval_workers=eval_workers, eval_cpus=cpus_per_eval_worker,
-                                 eval_gpus=gpus_per_eval_worker, cluster_gpus=0.0)
-        except SweepError as err:
-            raise _fail(err) from None
+        res = make_resources(gpus_per_trial=gpus_per_trial or 0.0, cpus_per_trial=cpus_per_trial,
+                             eval_workers=eval_workers, eval_cpus=cpus_per_eval_worker,
+                             eval_gpus=gpus_per_eval_worker, cluster_gpus=0.0)
         gpu_note = (f"{res.gpus_per_trial:g} GPU" if gpus_per_trial is not None
                     else "GPU auto (1 if the cluster has GPUs, else 0; shown for 0)")
         totals = ", ".join(f"{k} {v:g}" for k, v in res.totals().items())
@@ -175,12 +168,13 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
         console.print("[bold]dry run[/]: nothing started")
         return
 
+    if resume_dir is not None and not data_dir:  # the run's data root, unless given again
+        data_dir = saved.get("trial_settings", {}).get("data_dir")
+    preflight_data(plan, data_dir, download=download)
+
     from orchestrator import sweep as driver
 
-    try:
-        cluster = driver.connect(address, num_cpus=num_cpus)
-    except SweepError as err:
-        raise _fail(err) from None
+    cluster = driver.connect(address, num_cpus=num_cpus)
     try:
         if not cluster.started_here:
             console.print(f"joined the Ray cluster at {cluster.address} "
@@ -214,19 +208,15 @@ def sweep(grid: str | None, resume_dir: str | None, dry_run: bool, address: str 
                              eval_gpus=gpus_per_eval_worker, cluster_gpus=cluster_gpus)
         driver.check_resources(res, cluster)
         settings = settings_for(res, max_failures=max_failures, shard_retries=shard_retries,
-                                data_dir=data_dir if resume_dir is None or data_dir
-                                else saved.get("trial_settings", {}).get("data_dir"),
-                                download=download)
+                                data_dir=data_dir, download=download)
         if resume_dir is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             run_path = Path(storage or DEFAULT_STORAGE).resolve() / (name or f"{plan.grid.name}-{stamp}")
-            rd = prepare_run(plan, text, run_path, settings=settings, command=list(sys.argv))
+            rd = prepare_run(plan, text, run_path, settings=settings, command=command_line())
         console.print(f"run folder: {rd.path} ({len(plan.trials)} trials, {len(plan.shards)} shards"
                       f"; per trial {res.bundles()})")
         records = driver.run_sweep(plan, rd, settings, cluster=cluster,
                                    resume=resume_dir is not None, console=console)
-    except SweepError as err:
-        raise _fail(err) from None
     finally:
         if cluster.started_here:
             import ray
@@ -254,12 +244,9 @@ def status(run_dir: str) -> None:
     """Trial states, shards done / failed, and where the results are (reads files; no Ray)."""
     from rich.table import Table
 
-    from orchestrator.rundir import RunDirError, collect_status
+    from orchestrator.rundir import collect_status
 
-    try:
-        run, trials = collect_status(run_dir)
-    except RunDirError as err:
-        raise _fail(err) from None
+    run, trials = collect_status(run_dir)
     console = _console()
     table = Table(title=f"{run.get('name', run_dir)} (created {run.get('created', '?')})")
     for col in ("model", "id", "groups", "state", "epoch", "shards", "failed", "attempts",

@@ -63,15 +63,12 @@ def theory(
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.theory import Section2, TheoryError, theory_report
+    from analysis.theory import Section2, theory_report
     from analysis.theory_plot import theory_figure
 
     console = Console()
-    try:
-        dist = Section2(d=d, alpha=alpha, p0=p0)
-        report = theory_report(dist, n_positions=n_positions, n=n_samples, seed=seed)
-    except TheoryError as err:
-        raise click.BadParameter(str(err)) from None
+    dist = Section2(d=d, alpha=alpha, p0=p0)
+    report = theory_report(dist, n_positions=n_positions, n=n_samples, seed=seed)
 
     p = report["params"]
     console.print(

@@ -36,19 +36,13 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from jobs.attacks import AttackSpecError
-    from jobs.config import ConfigError, resolve_train_config
-    from jobs.data import DataError
-    from jobs.models import ModelError
-    from jobs.training import ResumeError, TrainingDivergedError, resolve_device
+    from jobs.config import resolve_train_config
+    from jobs.training import resolve_device
     from jobs.training import train as run_training
 
     console = Console()
-    try:
-        cfg = resolve_train_config(config)
-        dev = resolve_device(device)
-    except (ConfigError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    cfg = resolve_train_config(config)
+    dev = resolve_device(device)
     model_id = cfg.model_id()
     out = Path(out_dir) if out_dir else Path("runs") / "train" / model_id
     console.print(
@@ -75,15 +69,11 @@ def train(
         progress.update(epochs_task, completed=m["epoch"],
                         info=f"clean {m['clean_acc']:.3f}  {adv}")
 
-    try:
-        with progress:
-            result = run_training(
-                cfg, out, data_dir=data_dir, download=download, device=dev,
-                on_epoch=on_epoch, on_step=on_step, resume=not fresh,
-            )
-    except (ConfigError, DataError, ModelError, AttackSpecError, ResumeError,
-            TrainingDivergedError) as err:
-        raise click.ClickException(str(err)) from None
+    with progress:
+        result = run_training(
+            cfg, out, data_dir=data_dir, download=download, device=dev,
+            on_epoch=on_epoch, on_step=on_step, resume=not fresh,
+        )
 
     if result.resumed_from_epoch:
         console.print(f"resumed after epoch {result.resumed_from_epoch}")
