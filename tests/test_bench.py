@@ -68,7 +68,7 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
      (">=", 2.0, 1.5, False)],
 )
 def test_target_and_ratio_figure(op, bound, value, met):
-    from orchestrator.bench import Target, ratio_figure
+    from orchestrator.bench.figures import Target, ratio_figure
 
     target = Target(op, bound)
     assert target.met(value) is met
@@ -84,7 +84,7 @@ def test_target_and_ratio_figure(op, bound, value, met):
 def test_interleaved_runs_functions_in_turn():
     import torch
 
-    from orchestrator.bench import interleaved
+    from orchestrator.bench.figures import interleaved
 
     order: list[str] = []
     times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
@@ -97,10 +97,11 @@ def test_training_passes_counts_attack_steps_and_training_passes():
     import torch
 
     from jobs.config import make_train_config
-    from orchestrator.bench import Settings, _train_configs, training_passes
+    from orchestrator.bench.training_cost import train_configs, training_passes
+    from orchestrator.bench.workload import Settings
 
     s = Settings.make(quick=True, device=torch.device("cpu"))
-    configs = {k: make_train_config(v) for k, v in _train_configs(s).items()}
+    configs = {k: make_train_config(v) for k, v in train_configs(s).items()}
     k = s.train_k
     assert training_passes(configs["nat"]) == 1
     assert training_passes(configs["single"]) == k + 1
@@ -112,7 +113,7 @@ def test_gpu_code_paths_on_cpu():
     """The GPU group's throughput and projection, exercised on the CPU with a tiny batch."""
     import torch
 
-    from orchestrator.bench import adv_max_throughput, project_paper_grid
+    from orchestrator.bench.gpu import adv_max_throughput, project_paper_grid
 
     r = adv_max_throughput("mnist-paper", torch.device("cpu"), steps=1, warmup=0, batch_size=2)
     assert r["examples_per_s"] > 0 and r["passes_per_example"] == 61

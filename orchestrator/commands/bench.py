@@ -1,15 +1,17 @@
-"""``mpo bench``: speed figures (attack efficiency, peers, training cost, sweep overhead, GPU)."""
+"""``mpo bench``: the command, the table it prints and the JSON file it writes. The figures
+(attack efficiency, peers, training cost, sweep overhead, GPU) are measured in ``orchestrator.bench``."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STATUS_STYLE = {"pass": "green", "miss": "red", "info": "cyan", "skipped": "yellow",
                 "error": "bold red"}
@@ -40,7 +42,7 @@ def _times(times: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3g}s" for k, v in times.items())
 
 
-def render(report: dict[str, Any], console: Any) -> None:
+def render(report: dict[str, Any], console: Console) -> None:
     """The figures as a rich table (one row per figure), then the machine line."""
     from rich.table import Table
 
@@ -111,8 +113,9 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     """
     from rich.console import Console
 
+    from jobs.io import write_json_atomic
     from jobs.training import resolve_device
-    from orchestrator.bench import run_bench
+    from orchestrator.bench.run import run_bench
 
     if device == "cuda":
         resolve_device(device)  # DeviceError when this machine has no CUDA
@@ -126,8 +129,5 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
         )
     render(report, console)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(finite(report), indent=2, allow_nan=False, default=str) + "\n")
-        os.replace(tmp, out)
+        write_json_atomic(out, finite(report))
         console.print(f"wrote {out}")

@@ -1,0 +1,197 @@
+"""Group 2, ``peer``: our attacks against torchattacks and foolbox on the same model, batch,
+budget, steps and device, as a speedup (peer time / our time), with both success rates.
+
+torchattacks is optional (the ``peers`` extra): without it its figure is ``skipped``. foolbox is
+a regular dependency: a foolbox that does not import is an ``error``, not a skip.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+
+from orchestrator.bench.figures import (
+    Figure,
+    Keep,
+    Target,
+    guarded,
+    interleaved,
+    per_rep,
+    ratio_figure,
+    skipped,
+)
+from orchestrator.bench.workload import Bench, lp_specs
+
+if TYPE_CHECKING:
+    import eagerpy as ep
+    import foolbox
+
+#: a second chunk size for the RT attack's scoring passes (reported next to the default's)
+SMALL_EVAL_BATCH = 256
+
+
+def _import_quietly(name: str) -> ModuleType:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(name)
+
+
+def _success(pred_wrong: torch.Tensor) -> float:
+    return float(pred_wrong.float().mean())
+
+
+def peer_pgd(b: Bench, prefix: str) -> list[Figure]:
+    key, title = f"{prefix}peer/pgd_linf_vs_torchattacks", "PGD l_inf: torchattacks.PGD / ours"
+    target = Target(">=", 1.0)
+    try:
+        ta = _import_quietly("torchattacks")
+    except Exception as err:
+        return [skipped(key, "peer", title, f"torchattacks not importable: {err}", target)]
+    from jobs.attacks import make_attack
+
+    s = b.settings
+    spec = lp_specs(s.k)["pgd_linf"]
+    attack = make_attack(spec)
+    pgd = ta.PGD(b.model, eps=spec["epsilon"], alpha=attack.spec["a"], steps=s.k, random_start=True)
+    gen = torch.Generator(device=b.device).manual_seed(0)
+    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=gen))
+    peer = Keep(lambda: pgd(b.x, b.y))
+    times = interleaved({"ours": ours, "peer": peer}, reps=s.reps, warmup=s.warmup,
+                        device=b.device)
+    with torch.no_grad():
+        peer_wrong = b.model(peer.result).argmax(1) != b.y
+    return [ratio_figure(key, "peer", title, per_rep(times["peer"], times["ours"]), target=target,
+                         times=times, details={
+                             "spec": attack.spec, "batch": s.batch,
+                             "success_ours": _success(ours.result.success),
+                             "success_peer": _success(peer_wrong),
+                             "note": "ours: CW-margin gradient, best iterate kept; "
+                                     "torchattacks: cross-entropy gradient, last iterate",
+                         })]
+
+
+def _foolbox_model(b: Bench) -> tuple[ModuleType, foolbox.PyTorchModel]:
+    fb = _import_quietly("foolbox")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fb, fb.PyTorchModel(b.model, bounds=(0.0, 1.0), device=b.device)
+
+
+def peer_slide(b: Bench, prefix: str) -> list[Figure]:
+    key, title = f"{prefix}peer/slide_vs_foolbox", "SLIDE: foolbox SparseL1Descent / ours"
+    from jobs.attacks import make_attack, perturbation_norm
+
+    fb, fmodel = _foolbox_model(b)
+    s = b.settings
+    spec = lp_specs(s.k)["slide"]
+    attack = make_attack(spec)
+    slide = fb.attacks.SparseL1DescentAttack(quantile=spec["perc"] / 100.0, abs_stepsize=spec["a"],
+                                             steps=s.k, random_start=True)
+    gen = torch.Generator(device=b.device).manual_seed(0)
+    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=gen))
+    peer = Keep(lambda: slide(fmodel, b.x, b.y, epsilons=spec["epsilon"]))
+    times = interleaved({"ours": ours, "peer": peer}, reps=s.reps, warmup=s.warmup,
+                        device=b.device)
+    _, peer_adv, peer_success = peer.result
+    peer_l1 = perturbation_norm(peer_adv - b.x, "l1")
+    return [ratio_figure(key, "peer", title, per_rep(times["peer"], times["ours"]),
+                         target=Target(">=", 2.0), times=times, details={
+                             "spec": attack.spec, "batch": s.batch, "steps": s.k,
+                             "success_ours": _success(ours.result.success),
+                             "success_peer": _success(peer_success),
+                             "max_l1_ours": float(ours.result.norm.max()),
+                             "max_l1_peer": float(peer_l1.max()),
+                             "note": "foolbox: numpy percentile on the host every step, "
+                                     "cross-entropy gradient, last iterate",
+                         })]
+
+
+def _never_adversarial(fb: ModuleType) -> foolbox.criteria.Criterion:
+    """A foolbox criterion no input meets: the spatial attack then scores its whole grid, the
+    same work as ours (its early exit, once every input is misclassified, never fires)."""
+    import eagerpy as ep
+
+    class Never(fb.criteria.Criterion):
+        def __repr__(self) -> str:
+            return "Never()"
+
+        def __call__(self, perturbed: ep.Tensor, outputs: ep.Tensor) -> ep.Tensor:
+            out, restore = ep.astensor_(outputs)
+            return restore(out.argmax(axis=-1) < 0)
+
+    return Never()
+
+
+def peer_rt(b: Bench, prefix: str) -> list[Figure]:
+    """Two figures: the whole grid on both sides (equal work), and foolbox as shipped (it stops
+    once every input is misclassified; ours always scores every transform to keep the worst)."""
+    keys = {"full": (f"{prefix}peer/rt_grid_vs_foolbox",
+                     "RT grid, whole grid: foolbox SpatialAttack / ours"),
+            "early": (f"{prefix}peer/rt_grid_vs_foolbox_early_stop",
+                      "RT grid: foolbox SpatialAttack (early stop) / ours")}
+    target = Target(">=", 2.0)
+    from jobs.attacks import make_attack
+
+    fb, fmodel = _foolbox_model(b)
+    s = b.settings
+    gx, gy, ga = s.rt_grid
+    spec = {"type": "rt", "spatial_limits": [3, 3, 30], "grid_granularity": [gx, gy, ga],
+            "random_tries": -1}
+    attack = make_attack(spec)
+    attack_small = make_attack(spec, eval_batch=SMALL_EVAL_BATCH)
+    spatial = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30, num_translations=gx,
+                                       num_rotations=ga, grid_search=True)
+    never = _never_adversarial(fb)
+    ours = Keep(lambda: attack(b.model, b.x, b.y))
+    peer = Keep(lambda: spatial(fmodel, b.x, b.y))
+    with warnings.catch_warnings():  # foolbox's meshgrid call warns on every transform
+        warnings.simplefilter("ignore", UserWarning)
+        times = interleaved(
+            {"ours": ours,
+             "ours_small_chunks": lambda: attack_small(b.model, b.x, b.y),
+             "peer_full": lambda: spatial(fmodel, b.x, never),
+             "peer": peer},
+            reps=s.rt_reps, warmup=1, device=b.device,
+        )
+    details = {"grid": [gx, gy, ga], "transforms": gx * gy * ga, "batch": s.batch,
+               "success_ours": _success(ours.result.success),
+               "success_peer": _success(peer.result[2]),
+               "eval_batch": attack.eval_batch,
+               f"ours_eval_batch_{SMALL_EVAL_BATCH}_s":
+                   statistics.median(times["ours_small_chunks"]),
+               f"speedup_at_eval_batch_{SMALL_EVAL_BATCH}": statistics.median(
+                   per_rep(times["peer_full"], times["ours_small_chunks"]))}
+    full = ratio_figure(keys["full"][0], "peer", keys["full"][1],
+                        per_rep(times["peer_full"], times["ours"]), target=target,
+                        times={"ours": times["ours"], "peer": times["peer_full"]},
+                        details={**details, "note": "foolbox forced through the whole grid (a "
+                                 "criterion no input meets): equal work"})
+    early = ratio_figure(keys["early"][0], "peer", keys["early"][1],
+                         per_rep(times["peer"], times["ours"]), target=target,
+                         times={"ours": times["ours"], "peer": times["peer"]},
+                         details={**details, "note": "foolbox as shipped: stops once every "
+                                  "input is misclassified; ours scores every (input, transform) "
+                                  "pair to keep the worst loss"})
+    return [full, early]
+
+
+#: each peer comparison and the keys of the figures it makes
+PEERS: tuple[tuple[Callable[[Bench, str], list[Figure]], tuple[str, ...]], ...] = (
+    (peer_pgd, ("pgd_linf_vs_torchattacks",)),
+    (peer_slide, ("slide_vs_foolbox",)),
+    (peer_rt, ("rt_grid_vs_foolbox", "rt_grid_vs_foolbox_early_stop")),
+)
+
+
+def peer_figures(b: Bench, prefix: str = "") -> list[Figure]:
+    out: list[Figure] = []
+    for compare, keys in PEERS:
+        out += guarded("peer", [f"{prefix}peer/{k}" for k in keys],
+                       lambda compare=compare: compare(b, prefix))
+    return out
