@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +29,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from jobs.checkpoint import load_checkpoint, save_checkpoint
+from jobs.checkpoint import load_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
 from jobs.errors import DeviceError, MpoError
 from jobs.io import write_json_atomic, write_jsonl_atomic
-from jobs.strategies import get_strategy
+from jobs.strategies import StepOutput, StrategyFn, get_strategy
+from jobs.train_state import (
+    ResumeError,
+    TrainingState,
+    build_optimizer,
+    new_state,
+    restore_state,
+    save_final_checkpoint,
+    save_state,
+)
 
 START_SMALL_FACTOR = 1.0 / 3.0
 
@@ -46,10 +54,6 @@ CONFIG_FILE = "config.json"
 
 class TrainingDivergedError(MpoError, RuntimeError):
     """The training loss became NaN or infinite; names the epoch and step."""
-
-
-class ResumeError(MpoError, RuntimeError):
-    """``out_dir`` holds the state of a different training run."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
     return dev
-
-
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    opt = config.optimizer
-    if opt.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
-    )
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -103,55 +98,45 @@ def metric_names(families: list[str]) -> list[str]:
     return names
 
 
-# ----------------------------------------------------------------------------------------------
-# Random state
+@dataclass(frozen=True)
+class TrainingData:
+    """The training split on the device, and how an epoch walks through it."""
+
+    x: torch.Tensor  # [N, ...]
+    y: torch.Tensor  # [N]
+    steps_per_epoch: int
+    total_steps: int
+    augmentation: str | None
+
+    def batch(self, perm: torch.Tensor, step: int, batch_size: int,
+              augment_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of the epoch whose order is ``perm``, augmented when the config says so."""
+        idx = perm[step * batch_size : (step + 1) * batch_size]
+        xb, yb = self.x[idx], self.y[idx]
+        if self.augmentation is not None:
+            from jobs.data import augment_batch
+
+            xb = augment_batch(xb, self.augmentation, generator=augment_gen)
+        return xb, yb
 
 
-@dataclass
-class _Generators:
-    data: torch.Generator  # epoch permutations (CPU)
-    augment: torch.Generator  # crop + flip
-    attack: torch.Generator  # random starts of the training attacks
+def load_data(config: TrainConfig, device: torch.device, *,
+              data_dir: str | os.PathLike[str] | None, download: bool) -> TrainingData:
+    """The config's training split, moved to ``device`` once, and the epoch plan."""
+    from jobs.data import load_split
 
-    @classmethod
-    def seeded(cls, seed: int, device: torch.device) -> _Generators:
-        return cls(
-            data=torch.Generator().manual_seed(seed),
-            augment=torch.Generator(device=device).manual_seed(seed + 1),
-            attack=torch.Generator(device=device).manual_seed(seed + 2),
-        )
-
-    def state(self, device: torch.device) -> dict[str, Any]:
-        version, internal, gauss = random.getstate()
-        out: dict[str, Any] = {
-            "data": self.data.get_state(),
-            "augment": self.augment.get_state(),
-            "attack": self.attack.get_state(),
-            "torch_cpu": torch.get_rng_state(),
-            "python": [version, list(internal), gauss],
-        }
-        if device.type == "cuda":
-            out["torch_cuda"] = torch.cuda.get_rng_state_all()
-        return out
-
-    def restore(self, state: dict[str, Any], device: torch.device) -> None:
-        self.data.set_state(state["data"])
-        self.augment.set_state(state["augment"])
-        self.attack.set_state(state["attack"])
-        torch.set_rng_state(state["torch_cpu"])
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-        if device.type == "cuda" and "torch_cuda" in state:
-            torch.cuda.set_rng_state_all(state["torch_cuda"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Files
-
-
-def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted((set(saved) | set(current)) - {"label"})
-    return [k for k in keys if saved.get(k) != current.get(k)]
+    x, y = load_split(
+        config.dataset.name, "train", data_dir=data_dir, download=download,
+        n=config.dataset.n_train, seed=config.seed, params=config.dataset.params or None,
+    )  # fmt: skip
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    augmentation = config.dataset_info().augmentation if config.augment in (None, True) else None
+    return TrainingData(
+        x=x.to(device), y=y.to(device), steps_per_epoch=steps_per_epoch,
+        total_steps=config.epochs * steps_per_epoch, augmentation=augmentation,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,165 +161,123 @@ def train(
     Raises ``TrainingDivergedError`` on a NaN/inf loss (the last saved state stays as it was),
     ``ResumeError`` when ``out_dir`` holds another config's state.
     """
-    from jobs.data import augment_batch, load_split
-    from jobs.models import build_model
-
     if not isinstance(config, TrainConfig):
         config = make_train_config(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    info = config.dataset_info()
+    data = load_data(config, dev, data_dir=data_dir, download=download)
     strategy = get_strategy(config.strategy)
-    model_id = config.model_id()
-    config_dict = config.to_dict()
-
-    x_all, y_all = load_split(
-        config.dataset.name,
-        "train",
-        data_dir=data_dir,
-        download=download,
-        n=config.dataset.n_train,
-        seed=config.seed,
-        params=config.dataset.params or None,
-    )
-    x_all, y_all = x_all.to(dev), y_all.to(dev)
-    n_train, bs = len(x_all), config.batch_size
-    steps_per_epoch = math.ceil(n_train / bs)
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    total_steps = config.epochs * steps_per_epoch
-    augmentation = info.augmentation if config.augment in (None, True) else None
-
-    families = config.families()
-    names = metric_names(families)
     attacks_full = training_attacks(config)
     attacks_small = (
         training_attacks(config, factor=START_SMALL_FACTOR) if config.start_small else attacks_full
     )
-
     state_path, ckpt_path = out / STATE_FILE, out / CHECKPOINT_FILE
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        model = build_model(config.model.name, info, **config.model.kwargs).to(dev)
-        optimizer = build_optimizer(config, model)
-        gens = _Generators.seeded(config.seed, dev)
-        start_epoch, global_step, metrics = 0, 0, []
 
+    # Seeding and restoring touch torch's global generators: keep the caller's untouched.
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        state = new_state(config, dev)
         if resume and state_path.exists():
-            state = load_checkpoint(state_path, map_location=dev)
-            diff = _config_diff(state["config"], config_dict)
-            if diff:
-                raise ResumeError(
-                    f"{state_path} belongs to a different training config (fields differ: "
-                    f"{', '.join(diff)}); use another --out folder or delete it to start over"
-                )
-            extra = state["extra"]
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(extra["optimizer"])
-            gens.restore(extra["rng"], dev)
-            start_epoch, global_step = int(extra["epoch"]), int(extra["step"])
-            metrics = list(extra["metrics"])
-        write_json_atomic(out / CONFIG_FILE, config_dict)
-        write_jsonl_atomic(out / METRICS_FILE, metrics)
-        resumed_from = start_epoch
+            restore_state(state, state_path)
+        write_json_atomic(out / CONFIG_FILE, config.to_dict())
+        write_jsonl_atomic(out / METRICS_FILE, state.metrics)
+        resumed_from = state.epoch
 
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(state.epoch, config.epochs):
             attacks = attacks_small if epoch == 0 else attacks_full
-            model.train()
-            perm = torch.randperm(n_train, generator=gens.data).to(dev)
-            t0 = time.perf_counter()
-            loss_sum, seen, clean_correct = 0.0, 0, 0
-            adv_correct = [0] * len(attacks)
-            for step in range(steps_per_epoch):
-                idx = perm[step * bs : (step + 1) * bs]
-                xb, yb = x_all[idx], y_all[idx]
-                if augmentation is not None:
-                    xb = augment_batch(xb, augmentation, generator=gens.augment)
-                lr = learning_rate(config, global_step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                result = strategy(model, xb, yb, attacks, generator=gens.attack)
-                loss_value = float(result.loss.detach())
-                if not math.isfinite(loss_value):
-                    last = (
-                        f"the last good state is {state_path} (after epoch {start_epoch})"
-                        if state_path.exists() and epoch > 0
-                        else "no epoch completed, so there is no saved state"
-                    )
-                    raise TrainingDivergedError(
-                        f"training diverged: loss = {loss_value} at epoch {epoch + 1}, "
-                        f"step {step + 1} of {steps_per_epoch} (global step {global_step + 1}); "
-                        f"{last}. Try a lower learning rate."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                optimizer.step()
-                global_step += 1
-
-                model.eval()
-                with torch.no_grad():
-                    clean_correct += int((model(xb).argmax(1) == yb).sum())
-                model.train()
-                loss_sum += loss_value * result.n
-                seen += result.n
-                for i, c in enumerate(result.adv_correct):
-                    adv_correct[i] += c
-                if on_step is not None:
-                    on_step(
-                        {"epoch": epoch + 1, "step": step + 1,
-                         "steps_per_epoch": steps_per_epoch, "loss": loss_value}
-                    )
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            seconds = time.perf_counter() - t0
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": global_step,
-                "train_loss": loss_sum / max(seen, 1),
-                "clean_acc": clean_correct / max(seen, 1),
-                "lr": lr,
-                "start_small": bool(config.start_small and epoch == 0),
-                "examples_per_s": seen / seconds if seconds > 0 else float("nan"),
-                "seconds": seconds,
-            }
-            for name, c in zip(names, adv_correct, strict=True):
-                record[name] = c / max(seen, 1)
-            metrics.append(record)
-            start_epoch = epoch + 1
-            save_checkpoint(
-                state_path,
-                model=model,
-                config=config_dict,
-                extra={
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": global_step,
-                    "rng": gens.state(dev),
-                    "metrics": metrics,
-                    "model_id": model_id,
-                },
-            )
-            write_jsonl_atomic(out / METRICS_FILE, metrics)
+            record = train_epoch(state, data, strategy, attacks, state_path=state_path, on_step=on_step)
+            state.metrics.append(record)
+            state.epoch = epoch + 1
+            save_state(state, state_path)
+            write_jsonl_atomic(out / METRICS_FILE, state.metrics)
             if on_epoch is not None:
                 on_epoch(dict(record))
 
         if not ckpt_path.exists() or resumed_from < config.epochs:
-            save_checkpoint(
-                ckpt_path,
-                model=model,
-                config=config_dict,
-                extra={
-                    "model_id": model_id,
-                    "label": config.label,
-                    "epochs": config.epochs,
-                    "steps": global_step,
-                    "final_metrics": metrics[-1] if metrics else {},
-                },
-            )
-    return TrainResult(checkpoint=ckpt_path, metrics=metrics, resumed_from_epoch=resumed_from)
+            save_final_checkpoint(state, ckpt_path)
+    return TrainResult(checkpoint=ckpt_path, metrics=state.metrics, resumed_from_epoch=resumed_from)
+
+
+def train_epoch(
+    state: TrainingState,
+    data: TrainingData,
+    strategy: StrategyFn,
+    attacks: list[Any],
+    *,
+    state_path: Path,
+    on_step: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """One pass over a fresh permutation of the data; returns the epoch's metrics record."""
+    config, model, dev = state.config, state.model, state.device
+    epoch, steps = state.epoch, data.steps_per_epoch
+    model.train()
+    perm = torch.randperm(len(data.x), generator=state.gens.data).to(dev)
+    t0 = time.perf_counter()
+    loss_sum, seen, clean_correct = 0.0, 0, 0
+    adv_correct = [0] * len(attacks)
+    for step in range(steps):
+        xb, yb = data.batch(perm, step, config.batch_size, state.gens.augment)
+        result, loss_value = train_step(state, data, strategy, attacks, xb, yb)
+        if not math.isfinite(loss_value):
+            raise _diverged(state, loss_value, step, steps, state_path)
+        model.eval()
+        with torch.no_grad():
+            clean_correct += int((model(xb).argmax(1) == yb).sum())
+        model.train()
+        loss_sum += loss_value * result.n
+        seen += result.n
+        for i, c in enumerate(result.adv_correct):
+            adv_correct[i] += c
+        if on_step is not None:
+            on_step({"epoch": epoch + 1, "step": step + 1, "steps_per_epoch": steps, "loss": loss_value})
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "step": state.step,
+        "train_loss": loss_sum / max(seen, 1),
+        "clean_acc": clean_correct / max(seen, 1),
+        "lr": learning_rate(config, state.step - 1, data.total_steps),
+        "start_small": bool(config.start_small and epoch == 0),
+        "examples_per_s": seen / seconds if seconds > 0 else float("nan"),
+        "seconds": seconds,
+    }
+    for name, c in zip(metric_names(config.families()), adv_correct, strict=True):
+        record[name] = c / max(seen, 1)
+    return record
+
+
+def train_step(state: TrainingState, data: TrainingData, strategy: StrategyFn, attacks: list[Any],
+               xb: torch.Tensor, yb: torch.Tensor) -> tuple[StepOutput, float]:
+    """One optimiser step on the batch ``xb`` ``[B, ...]``; (the strategy's output, its loss).
+
+    A non-finite loss is returned before the update, so the model is not stepped with it."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(state.config, state.step, data.total_steps)
+    result = strategy(state.model, xb, yb, attacks, generator=state.gens.attack)
+    loss_value = float(result.loss.detach())
+    if not math.isfinite(loss_value):
+        return result, loss_value
+    state.optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    return result, loss_value
+
+
+def _diverged(state: TrainingState, loss_value: float, step: int, steps: int,
+              state_path: Path) -> TrainingDivergedError:
+    last = (
+        f"the last good state is {state_path} (after epoch {state.epoch})"
+        if state.epoch > 0
+        else "no epoch completed, so there is no saved state"
+    )
+    return TrainingDivergedError(
+        f"training diverged: loss = {loss_value} at epoch {state.epoch + 1}, "
+        f"step {step + 1} of {steps} (global step {state.step + 1}); {last}. "
+        "Try a lower learning rate."
+    )
 
 
 def load_trained(
@@ -369,6 +312,7 @@ __all__ = [
     "ResumeError",
     "TrainResult",
     "TrainingDivergedError",
+    "build_optimizer",
     "clean_accuracy",
     "learning_rate",
     "load_trained",
