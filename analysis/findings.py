@@ -128,10 +128,6 @@ def _paper_value(table: dict[str, Any] | None, label: str, column: str) -> float
     return None if value is None else float(value)
 
 
-def _fmt_paper(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f}"
-
-
 def _union_findings(table: GroupTable, scores: dict[str, pd.DataFrame], names: dict[str, str],
                     singles: list[ModelInfo], multis: list[ModelInfo]) -> list[Finding]:
     ref = match_table(table.dataset, table.families)

@@ -84,16 +84,6 @@ def family_accuracy(rows: pd.DataFrame, model_id: str, family: str) -> Estimate:
     return estimate(per_input(rows, model_id, [family])[family])
 
 
-def union_accuracy(rows: pd.DataFrame, model_id: str, families: list[str]) -> Estimate:
-    """1 - R_max: robust to every family, per input."""
-    return estimate(per_input(rows, model_id, families)["union"])
-
-
-def average_accuracy(rows: pd.DataFrame, model_id: str, families: list[str]) -> Estimate:
-    """1 - R_avg: the mean of the per-family accuracies (on the common inputs)."""
-    return estimate(per_input(rows, model_id, families)["average"])
-
-
 # --------------------------------------------------------------------------------------------
 # Tables 1 and 2
 

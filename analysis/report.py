@@ -39,9 +39,6 @@ FORMATS = ("md", "tex", "html", "csv")
 class ReportError(MpoError, ValueError):
     """A report option that cannot be honoured (format, snapshot folder, README markers)."""
 
-#: Where the toy theory panel may live (the first module that provides ``toy_panel`` is used).
-THEORY_MODULES = ("analysis.theory", "analysis.theory_plot")
-
 METHODS = (
     "Accuracies are computed from the per-example results: an input counts as robust to a "
     "family when it is classified correctly and no attack of that family fooled it (the worst "
@@ -132,21 +129,19 @@ def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:
 
 
 def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
-    """Call ``analysis.theory.toy_panel`` for toy groups, when that module provides it."""
+    """Draw ``analysis.theory_plot.toy_panel`` for toy groups on l_inf and l_1.
+
+    Imported here, not at the top: it loads pyplot, and a panel that cannot be drawn costs a
+    note, never the report."""
     out: list[Path] = []
     for table in report.tables:
         if table.dataset != "toy" or not {"linf", "l1"} <= set(table.families):
             continue
-        toy_panel, problems = None, []
-        for module_name in THEORY_MODULES:
-            try:
-                toy_panel = importlib.import_module(module_name).toy_panel
-                break
-            except (ImportError, AttributeError) as exc:
-                problems.append(f"{module_name}: {exc}")
-        if toy_panel is None:
+        try:
+            toy_panel = importlib.import_module("analysis.theory_plot").toy_panel
+        except (ImportError, AttributeError) as exc:
             report.notes.append(f"group {table.group}: theory panel skipped (no toy_panel: "
-                                + "; ".join(problems) + ")")
+                                f"analysis.theory_plot: {exc})")
             continue
         params = toy_params(report.rs, table)
         models = []

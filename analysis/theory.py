@@ -432,14 +432,6 @@ class Estimate:
         return {"risk": self.risk, "stderr": self.stderr, "n": self.n}
 
 
-def linear_rt_risk(
-    dist: Section2, clf: SlotClassifier, n_positions: int, *, n: int = 200_000, seed: int = 0
-) -> Estimate:
-    """RT risk (x0 moved to the worst of N positions) of a slot classifier, by Monte Carlo on margins."""
-    s = SlotSample.draw(dist, n_positions, n, np.random.default_rng(seed))
-    return Estimate.of(clf.margins(s) + clf.rt_gain(s) <= 0)
-
-
 def _slot_family(n_theta: int, n_phi: int) -> list[SlotClassifier]:
     out = []
     for theta in np.linspace(0.0, math.pi / 2, n_theta):

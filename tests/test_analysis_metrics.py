@@ -9,14 +9,13 @@ import pytest
 from analysis import load_results
 from analysis.metrics import (
     affine_rows,
-    average_accuracy,
+    estimate,
     family_accuracy,
     group_table,
     masking_flag,
     opt_bounds,
     per_input,
     sweep_curves,
-    union_accuracy,
 )
 from analysis.stats import (
     Estimate,
@@ -78,9 +77,9 @@ def test_worst_case_union_average(hand_run):
     rows = hand_run.rows
     assert family_accuracy(rows, "m-max", "linf") == Estimate(6.0, 10)
     assert family_accuracy(rows, "m-max", "l1") == Estimate(7.0, 10)
-    assert union_accuracy(rows, "m-max", ["linf", "l1"]) == Estimate(4.0, 10)
-    assert average_accuracy(rows, "m-max", ["linf", "l1"]).value == pytest.approx(0.65)
     df = per_input(rows, "m-max", ["linf", "l1"])
+    assert estimate(df["union"]) == Estimate(4.0, 10)
+    assert estimate(df["average"]).value == pytest.approx(0.65)
     assert list(df.index[df["union"]]) == [5, 6, 7, 8]
 
 

@@ -69,11 +69,10 @@ def toy_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_report(toy_run):
     """The default report (every format, RUN_DIR/report), without the theory panel (tested
-    separately with a stand-in) so the expected file set does not depend on analysis.theory*."""
+    separately with a stand-in) so the expected file set does not depend on analysis.theory_plot."""
     out = toy_run / "report"
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("analysis.theory", "analysis.theory_plot"):
-            mp.setitem(sys.modules, name, types.SimpleNamespace())
+        mp.setitem(sys.modules, "analysis.theory_plot", types.SimpleNamespace())
         written = make_report(toy_run, None, None)
     return out, written
 
@@ -178,9 +177,8 @@ def test_theory_panel_is_called_for_toy(toy_run, tmp_path, monkeypatch):
         shutil.copy(path.parent / "fig1_toy.png", path)  # any PNG will do; Figure 1 is drawn first
         return [path]
 
-    monkeypatch.setitem(sys.modules, "analysis.theory",
+    monkeypatch.setitem(sys.modules, "analysis.theory_plot",
                         types.SimpleNamespace(toy_panel=toy_panel))
-    monkeypatch.setitem(sys.modules, "analysis.theory_plot", types.SimpleNamespace())
     written = make_report(toy_run, tmp_path / "out", "html")
     (params, models), = calls
     assert params == {"d": 99, "alpha": 2.0, "p0": 0.9, "x0": "sign"}
@@ -200,7 +198,6 @@ def test_theory_panel_is_called_for_toy(toy_run, tmp_path, monkeypatch):
     ids=["absent", "raises"],
 )
 def test_theory_panel_problems_become_notes(toy_run, tmp_path, monkeypatch, module, note):
-    monkeypatch.setitem(sys.modules, "analysis.theory", module)
     monkeypatch.setitem(sys.modules, "analysis.theory_plot", module)
     make_report(toy_run, tmp_path, "md")
     assert note in (tmp_path / "report.md").read_text(encoding="utf-8")
