@@ -22,16 +22,18 @@ from torch import nn
 
 @dataclass
 class StepOutput:
-    """What one training step produced.
+    """What one training step produced, on the device (nothing here waits for the device).
 
-    ``loss``: scalar to back-propagate. ``adv_correct``: per training attack (in the order given),
-    how many of the B clean inputs the model still classified correctly at the attack's example.
-    ``n``: B, the number of clean inputs.
+    ``loss``: scalar to back-propagate. ``n``: B, the number of clean inputs.
+    ``adv_correct``: long ``[K]``, per training attack (in the order given), how many of the
+    inputs it attacked the model still classified correctly at the attack's example.
+    ``attacked``: ``[K]``, how many inputs each attack ran on (B for every attack it ran).
     """
 
     loss: torch.Tensor
     n: int
-    adv_correct: list[int] = field(default_factory=list)
+    adv_correct: torch.Tensor
+    attacked: list[int] = field(default_factory=list)
 
 
 def _run_attacks(
@@ -44,10 +46,16 @@ def _run_attacks(
     return [attack(model, x, y, generator=generator) for attack in attacks]
 
 
+def _robust(results: Sequence[Any]) -> torch.Tensor:
+    """``[K]`` long: per attack result, the inputs it did not fool (a device tensor, no sync)."""
+    return torch.stack([(~r.success).sum() for r in results])
+
+
 def nat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any], *,
         generator: torch.Generator | None = None) -> StepOutput:
     """Clean training: ``attacks`` is ignored (and empty in a valid config)."""
-    return StepOutput(loss=F.cross_entropy(model(x), y), n=len(y))
+    none = torch.zeros(0, dtype=torch.long, device=x.device)
+    return StepOutput(loss=F.cross_entropy(model(x), y), n=len(y), adv_correct=none)
 
 
 def single(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Any], *,
@@ -59,7 +67,8 @@ def single(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence
     return StepOutput(
         loss=F.cross_entropy(model(res.x_adv.detach()), y),
         n=len(y),
-        adv_correct=[int((~res.success).sum())],
+        adv_correct=_robust([res]),
+        attacked=[len(y)],
     )
 
 
@@ -74,7 +83,8 @@ def avg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[An
     return StepOutput(
         loss=F.cross_entropy(model(x_all), y_all),
         n=len(y),
-        adv_correct=[int((~r.success).sum()) for r in results],
+        adv_correct=_robust(results),
+        attacked=[len(y)] * len(results),
     )
 
 
@@ -99,7 +109,8 @@ def max_(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[A
     return StepOutput(
         loss=F.cross_entropy(model(x_max), y),
         n=len(y),
-        adv_correct=[int((~r.success).sum()) for r in results],
+        adv_correct=_robust(results),
+        attacked=[len(y)] * len(results),
     )
 
 

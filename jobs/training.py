@@ -8,7 +8,12 @@
   (data order, augmentation, attack starts, torch's global CPU/CUDA state, Python's ``random``)
   and the metrics so far. A run restarted on the same folder continues from the last completed
   epoch and ends with the same weights, bit for bit, as a run that was never interrupted;
-- ``metrics.jsonl``: one JSON object per completed epoch;
+- ``metrics.jsonl``: one JSON object per completed epoch: ``train_loss`` (mean cross-entropy of
+  the training forward passes, per clean input), ``clean_acc`` (accuracy in eval mode at the end
+  of the epoch on the first ``CLEAN_ACC_EXAMPLES`` unaugmented training inputs: a fixed subset,
+  so epochs compare), ``adv_acc/<family>`` (per training attack, the fraction of the inputs it
+  attacked that it did not fool, at the model of each step), ``lr``, ``start_small``,
+  ``seconds`` and ``examples_per_s`` (the epoch's steps, the clean-accuracy pass excluded);
 - ``checkpoint.pt``: the final weights and config (``jobs.checkpoint`` format), written at the end.
 
 Randomness is drawn from explicit generators only, so that saving their states is enough to
@@ -50,6 +55,11 @@ STATE_FILE = "state.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+
+#: Steps between the host's reads of the training metrics (divergence check, ``on_step``).
+SYNC_EVERY = 50
+#: ``clean_acc`` is measured at the end of each epoch on this many (unaugmented) training inputs.
+CLEAN_ACC_EXAMPLES = 1000
 
 
 class TrainingDivergedError(MpoError, RuntimeError):
@@ -153,14 +163,23 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    sync_every: int = SYNC_EVERY,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir``; resume from ``out_dir/state.pt`` when present.
 
-    ``on_epoch(metrics)`` runs after each epoch's state is saved; ``on_step(info)`` after every
-    batch with ``{"epoch", "step", "steps_per_epoch", "loss"}`` (for progress bars).
-    Raises ``TrainingDivergedError`` on a NaN/inf loss (the last saved state stays as it was),
-    ``ResumeError`` when ``out_dir`` holds another config's state.
+    The host waits for the device only every ``sync_every`` steps and at the end of each epoch
+    (a sync point): no training step synchronises on its own (the attacks may: see
+    ``jobs.strategies``). ``on_epoch(metrics)`` runs after each epoch's state is saved;
+    ``on_step(info)`` at each sync point with ``{"epoch", "step", "steps_per_epoch", "loss"}``
+    (``loss``: the mean over the steps since the previous sync point; for progress bars).
+
+    Raises ``TrainingDivergedError`` at the first sync point after a NaN/inf loss, naming the
+    first such step (epoch, step, global step); the state saved after the last completed epoch
+    stays as it was (the steps after the bad one are discarded with the in-memory model).
+    Raises ``ResumeError`` when ``out_dir`` holds another config's state.
     """
+    if sync_every < 1:
+        raise ValueError(f"sync_every = {sync_every}: must be >= 1")
     if not isinstance(config, TrainConfig):
         config = make_train_config(config)
     out = Path(out_dir)
@@ -185,7 +204,8 @@ def train(
 
         for epoch in range(state.epoch, config.epochs):
             attacks = attacks_small if epoch == 0 else attacks_full
-            record = train_epoch(state, data, strategy, attacks, state_path=state_path, on_step=on_step)
+            record = train_epoch(state, data, strategy, attacks, state_path=state_path,
+                                 on_step=on_step, sync_every=sync_every)
             state.metrics.append(record)
             state.epoch = epoch + 1
             save_state(state, state_path)
@@ -206,76 +226,113 @@ def train_epoch(
     *,
     state_path: Path,
     on_step: Callable[[dict[str, Any]], None] | None,
+    sync_every: int,
 ) -> dict[str, Any]:
-    """One pass over a fresh permutation of the data; returns the epoch's metrics record."""
+    """One pass over a fresh permutation of the data; returns the epoch's metrics record.
+
+    The steps' metrics stay on the device; the host reads them every ``sync_every`` steps and
+    at the end of the epoch (``EpochMeter.sync``), the only points where this loop waits for
+    the device."""
     config, model, dev = state.config, state.model, state.device
-    epoch, steps = state.epoch, data.steps_per_epoch
+    steps = data.steps_per_epoch
     model.train()
     perm = torch.randperm(len(data.x), generator=state.gens.data).to(dev)
+    meter = EpochMeter(steps, len(attacks), dev)
     t0 = time.perf_counter()
-    loss_sum, seen, clean_correct = 0.0, 0, 0
-    adv_correct = [0] * len(attacks)
     for step in range(steps):
         xb, yb = data.batch(perm, step, config.batch_size, state.gens.augment)
-        result, loss_value = train_step(state, data, strategy, attacks, xb, yb)
-        if not math.isfinite(loss_value):
-            raise _diverged(state, loss_value, step, steps, state_path)
-        model.eval()
-        with torch.no_grad():
-            clean_correct += int((model(xb).argmax(1) == yb).sum())
-        model.train()
-        loss_sum += loss_value * result.n
-        seen += result.n
-        for i, c in enumerate(result.adv_correct):
-            adv_correct[i] += c
-        if on_step is not None:
-            on_step({"epoch": epoch + 1, "step": step + 1, "steps_per_epoch": steps, "loss": loss_value})
+        meter.add(train_step(state, data, strategy, attacks, xb, yb))
+        if (step + 1) % sync_every == 0 or step + 1 == steps:
+            loss, bad = meter.sync()
+            if bad is not None:
+                raise _diverged(state, meter, bad, state_path)
+            if on_step is not None:
+                on_step({"epoch": state.epoch + 1, "step": step + 1, "steps_per_epoch": steps,
+                         "loss": loss})  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
+    clean = clean_accuracy(model, data.x[:CLEAN_ACC_EXAMPLES], data.y[:CLEAN_ACC_EXAMPLES])
+    model.train()
     record: dict[str, Any] = {
-        "epoch": epoch + 1,
+        "epoch": state.epoch + 1,
         "step": state.step,
-        "train_loss": loss_sum / max(seen, 1),
-        "clean_acc": clean_correct / max(seen, 1),
+        "train_loss": meter.mean_loss(),
+        "clean_acc": clean,
         "lr": learning_rate(config, state.step - 1, data.total_steps),
-        "start_small": bool(config.start_small and epoch == 0),
-        "examples_per_s": seen / seconds if seconds > 0 else float("nan"),
+        "start_small": bool(config.start_small and state.epoch == 0),
+        "examples_per_s": meter.seen / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
     }
-    for name, c in zip(metric_names(config.families()), adv_correct, strict=True):
-        record[name] = c / max(seen, 1)
+    record.update(meter.adv_accuracy(metric_names(config.families())))
     return record
 
 
 def train_step(state: TrainingState, data: TrainingData, strategy: StrategyFn, attacks: list[Any],
-               xb: torch.Tensor, yb: torch.Tensor) -> tuple[StepOutput, float]:
-    """One optimiser step on the batch ``xb`` ``[B, ...]``; (the strategy's output, its loss).
-
-    A non-finite loss is returned before the update, so the model is not stepped with it."""
+               xb: torch.Tensor, yb: torch.Tensor) -> StepOutput:
+    """One optimiser step on the batch ``xb`` ``[B, ...]``; returns the strategy's output."""
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.config, state.step, data.total_steps)
     result = strategy(state.model, xb, yb, attacks, generator=state.gens.attack)
-    loss_value = float(result.loss.detach())
-    if not math.isfinite(loss_value):
-        return result, loss_value
     state.optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     state.optimizer.step()
     state.step += 1
-    return result, loss_value
+    return result
 
 
-def _diverged(state: TrainingState, loss_value: float, step: int, steps: int,
+class EpochMeter:
+    """An epoch's per-step metrics, accumulated on the device without waiting for it."""
+
+    def __init__(self, steps: int, n_attacks: int, device: torch.device):
+        # float64: the sum over an epoch of float32 losses keeps full precision
+        self.losses = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.sizes: list[int] = []  # clean inputs per step (the last batch may be short)
+        self.adv_correct = torch.zeros(n_attacks, dtype=torch.long, device=device)
+        self.attacked = [0] * n_attacks
+        self.synced = 0  # steps already read by the host
+
+    @property
+    def seen(self) -> int:
+        return sum(self.sizes)
+
+    def add(self, out: StepOutput) -> None:
+        self.losses[len(self.sizes)] = out.loss.detach()
+        self.sizes.append(out.n)
+        self.adv_correct += out.adv_correct
+        self.attacked = [a + b for a, b in zip(self.attacked, out.attacked, strict=True)]
+
+    def sync(self) -> tuple[float, int | None]:
+        """Read the steps since the last sync (one wait for the device): (their mean loss, the
+        index of the first non-finite loss among them, or None)."""
+        window = self.losses[self.synced : len(self.sizes)].cpu()
+        start, self.synced = self.synced, len(self.sizes)
+        bad = (~torch.isfinite(window)).nonzero()
+        return float(window.mean()), (start + int(bad[0]) if len(bad) else None)
+
+    def mean_loss(self) -> float:
+        """The epoch's training loss per clean input."""
+        sizes = torch.tensor(self.sizes, dtype=torch.float64)
+        return float((self.losses[: len(self.sizes)].cpu() * sizes).sum() / max(self.seen, 1))
+
+    def adv_accuracy(self, names: list[str]) -> dict[str, float]:
+        """Per training attack: robust accuracy on the inputs it attacked (nan if none)."""
+        correct = self.adv_correct.tolist()
+        return {name: c / a if a else float("nan")
+                for name, c, a in zip(names, correct, self.attacked, strict=True)}  # fmt: skip
+
+
+def _diverged(state: TrainingState, meter: EpochMeter, bad: int,
               state_path: Path) -> TrainingDivergedError:
     last = (
         f"the last good state is {state_path} (after epoch {state.epoch})"
         if state.epoch > 0
         else "no epoch completed, so there is no saved state"
     )
+    steps, taken = len(meter.losses), len(meter.sizes)
     return TrainingDivergedError(
-        f"training diverged: loss = {loss_value} at epoch {state.epoch + 1}, "
-        f"step {step + 1} of {steps} (global step {state.step + 1}); {last}. "
+        f"training diverged: loss = {float(meter.losses[bad])} at epoch {state.epoch + 1}, "
+        f"step {bad + 1} of {steps} (global step {state.step - taken + bad + 1}); {last}. "
         "Try a lower learning rate."
     )
 

@@ -226,7 +226,7 @@ def test_avg_trains_on_every_attack_batch():
     out = avg(model, x, y, attacks)
     (trained_on,) = model.seen
     assert trained_on[:, 0].tolist() == [1.0] * 3 + [2.0] * 3 + [3.0] * 3
-    assert all(a.calls == 1 for a in attacks) and out.adv_correct == [3, 3, 3]
+    assert all(a.calls == 1 for a in attacks) and out.adv_correct.tolist() == [3, 3, 3]
 
 
 @pytest.mark.parametrize("name", ["avg", "max", "single"])
@@ -400,3 +400,38 @@ def test_state_file_loads_with_weights_only(tmp_path):
     extra = state["extra"]
     assert {"optimizer", "epoch", "step", "rng", "metrics"} <= set(extra)
     assert {"data", "augment", "attack", "torch_cpu", "python"} <= set(extra["rng"])
+
+
+HOST_READS = ("item", "__float__", "__int__", "__bool__", "tolist", "cpu", "numpy")
+
+
+def test_training_steps_do_not_wait_for_the_device(tmp_path, monkeypatch):
+    """The host reads tensors a fixed number of times per epoch, however many steps it has
+    (nat: no attack whose own checks read tensors; SGD: Adam reads its CPU step counters)."""
+    reads = {"n": 0}
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, **kwargs):
+            reads["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    per_run = []
+    for steps in (3, 12):
+        cfg = toy_config(strategy="nat", attacks=[], epochs=1, steps_per_epoch=steps,
+                         dataset={"name": "toy", "params": {"n_train": 1000, "n_test": 10}},
+                         optimizer={"name": "sgd", "lr": 0.01})
+        reads["n"] = 0
+        train(cfg, tmp_path / str(steps), sync_every=100)
+        per_run.append(reads["n"])
+    assert per_run[0] == per_run[1] > 0
+
+
+def test_on_step_runs_at_sync_points_with_the_mean_loss(tmp_path):
+    seen = []
+    train(toy_config(epochs=1, steps_per_epoch=5), tmp_path, on_step=seen.append, sync_every=2)
+    assert [s["step"] for s in seen] == [2, 4, 5]
+    assert all(s["steps_per_epoch"] == 5 and s["loss"] > 0 for s in seen)
+    with pytest.raises(ValueError, match="sync_every = 0"):
+        train(toy_config(epochs=1), tmp_path / "x", sync_every=0)

@@ -63,8 +63,9 @@ def theory(
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.theory import Section2, theory_report
+    from analysis.theory import Section2
     from analysis.theory_plot import theory_figure
+    from analysis.theory_report import theory_report
 
     console = Console()
     dist = Section2(d=d, alpha=alpha, p0=p0)

@@ -58,6 +58,7 @@ def train(
     epochs_task = progress.add_task("epochs", total=cfg.epochs, info="")
     batch_task = progress.add_task("batches", total=1, info="")
 
+    # called every 10 steps (a host read of the loss each time): often enough for the bar
     def on_step(info: dict) -> None:
         progress.update(
             batch_task, completed=info["step"], total=info["steps_per_epoch"],
@@ -72,7 +73,7 @@ def train(
     with progress:
         result = run_training(
             cfg, out, data_dir=data_dir, download=download, device=dev,
-            on_epoch=on_epoch, on_step=on_step, resume=not fresh,
+            on_epoch=on_epoch, on_step=on_step, sync_every=10, resume=not fresh,
         )
 
     if result.resumed_from_epoch:
