@@ -7,28 +7,27 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from analysis.theory import (
     LinearClassifier,
     Section2,
-    SlotClassifier,
-    SlotSample,
     TheoryError,
     claim3_gap,
     constant_classifier,
-    feature_shift,
     interpolating_classifier,
-    linear_optimal,
     linear_risk,
     linear_union_risk,
-    mc_risks,
     theorem1_sweep,
-    theorem2_table,
-    theorem4_affine,
-    x0_shift,
-    x0_swaps,
 )
+from analysis.theory_mc import feature_shift, linear_optimal, mc_risks, x0_shift, x0_swaps
+from analysis.theory_plot import toy_panel
+from analysis.theory_rt import SlotClassifier, SlotSample, theorem2_table, theorem4_affine
+from analysis.theory_torch import checkpoint_classifier
+from jobs.checkpoint import save_checkpoint
+from jobs.data import dataset_info
+from jobs.models import build_model
 
 DISTS = [Section2(), Section2(d=9, alpha=1.0, p0=0.7), Section2(d=16, alpha=2.0, x0="gaussian")]
 
@@ -201,8 +200,6 @@ def test_other_invalid_inputs() -> None:
 
 
 def test_toy_panel_writes_png_and_svg(tmp_path) -> None:
-    from analysis.theory_plot import toy_panel
-
     models = [
         {"label": "Nat", "risk_linf": 0.95, "risk_l1": 0.05},
         {"label": "Adv_inf", "risk_linf": 0.12, "risk_l1": 0.99, "risk_union": 0.99},
@@ -238,15 +235,9 @@ def test_cli_prints_tables_and_writes_files(tmp_path) -> None:
 
 
 def test_checkpoint_classifier_round_trip(tmp_path) -> None:
-    torch = pytest.importorskip("torch")
-    models = pytest.importorskip("jobs.models")
-    from analysis.theory import checkpoint_classifier
-    from jobs.checkpoint import save_checkpoint
-    from jobs.data import dataset_info
-
     dist = Section2(d=15, alpha=2.0, p0=0.9)
     params = {"d": 15, "alpha": 2.0, "p0": 0.9, "x0": "sign"}
-    model = models.build_model("linear", dataset_info("toy", params))
+    model = build_model("linear", dataset_info("toy", params))
     with torch.no_grad():  # logit(+1) - logit(-1) = x0 : the classifier sign(x0)
         model.fc.weight.zero_()
         model.fc.bias.zero_()
