@@ -1,17 +1,23 @@
-"""Fault injection for the sweep's own tests. Not for users.
+"""TEST-ONLY fault injection: how the sweep's own tests make trials and workers fail on purpose.
 
-The driver reads ``MPO_TEST_FAULTS`` (a JSON object) when a sweep starts and passes it to every
-trial in its config; the trainable and the evaluation tasks honour it. Each fault fires once per
-run folder (a marker file under ``RUN_DIR/faults/`` remembers that it fired), so a retried trial
-or task then succeeds. Keys:
+Production code touches this module at three places, each one call:
+
+- ``requested_faults()`` when a sweep starts (``orchestrator.runfolder.settings_for``): the
+  faults asked for in the ``MPO_TEST_FAULTS`` environment variable (a JSON object; without it,
+  none), which travel to every trial in its Tune config;
+- ``after_epoch(...)`` in the trainable, after each epoch's state and Tune checkpoint are saved;
+- ``before_shard(...)`` in each evaluation task, before it evaluates.
+
+Each fault fires once per run folder (a marker file under ``RUN_DIR/faults/`` remembers that it
+fired), so a retried trial or task then succeeds. Keys:
 
 - ``"train_fail_after_epoch": N`` and ``"train_fail_model": LABEL``: the trial of that label
-  raises after epoch N's state and Tune checkpoint are saved (the trial is restarted by Tune).
+  raises ``InjectedFault`` after epoch N (Tune restarts it from its checkpoint);
 - ``"eval_crash_model": LABEL``: the first evaluation task of that label kills its own worker
-  process (``os._exit``), a system failure that Ray retries.
+  process (``os._exit``), a system failure that Ray retries;
 - ``"train_sleep": SECONDS``: sleep this long after every epoch (to kill a driver mid-training).
 
-Without the variable nothing here does anything.
+With no faults requested, the hooks return at once and nothing here does anything.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 ENV_VAR = "MPO_TEST_FAULTS"
 KNOWN = ("train_fail_after_epoch", "train_fail_model", "eval_crash_model", "train_sleep")
+
+#: the requested faults: key -> epoch number, label or seconds
+Faults = dict[str, float | int | str]
 
 
 class InjectedFault(RuntimeError):
     """Raised by an injected training fault (tests only)."""
 
 
-def from_env() -> dict[str, Any]:
+def requested_faults() -> Faults:
     raw = os.environ.get(ENV_VAR)
     if not raw:
         return {}
@@ -55,7 +63,8 @@ def _fire_once(run_dir: Path, name: str) -> bool:
     return True
 
 
-def after_epoch(faults: dict[str, Any], run_dir: Path, label: str, epoch: int) -> None:
+def after_epoch(faults: Faults, run_dir: Path, label: str, epoch: int) -> None:
+    """The trainable's hook: sleep, or fail the trial once, after ``epoch``."""
     if not faults:
         return
     if faults.get("train_sleep"):
@@ -66,6 +75,7 @@ def after_epoch(faults: dict[str, Any], run_dir: Path, label: str, epoch: int) -
         raise InjectedFault(f"injected training failure after epoch {epoch} ({ENV_VAR})")
 
 
-def before_shard(faults: dict[str, Any], run_dir: Path, label: str) -> None:
+def before_shard(faults: Faults, run_dir: Path, label: str) -> None:
+    """The evaluation task's hook: kill this worker process once."""
     if faults and faults.get("eval_crash_model") == label and _fire_once(run_dir, f"eval-{label}"):
         os._exit(1)

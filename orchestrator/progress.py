@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 STATE_STYLE = {"done": "green", "error": "red", "training": "cyan", "evaluating": "magenta"}
 
@@ -94,12 +97,19 @@ class LiveTable(tune.Callback):
         if self.live is not None:
             self.live.update(self.render(), refresh=self.console.is_terminal)
 
-    def _row(self, trial: Any) -> Row | None:
+    def _row(self, trial: Trial) -> Row | None:
         payload = trial.config.get("trial") or {}
         return self.rows.get(payload.get("model_id"))
 
+    def _end(self, trial: Trial, state: str) -> None:
+        row = self._row(trial)
+        if row is not None:
+            row.state, row.ended = state, time.time()
+            self._refresh()
+
     # -- Tune events ----------------------------------------------------------------------------
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
         row = self._row(trial)
         if row is not None:
             row.state = "training"
@@ -107,11 +117,12 @@ class LiveTable(tune.Callback):
             row.ended = None
             self._refresh()
 
-    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial,
+                         **info: Any) -> None:
         self.on_trial_start(iteration, trials, trial)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict[str, Any], **info: Any) -> None:
         row = self._row(trial)
         if row is None:
             return
@@ -142,21 +153,18 @@ class LiveTable(tune.Callback):
                 row.union = " ".join(parts)
         self._refresh()
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._row(trial)
-        if row is not None:
-            row.state, row.ended = "done", time.time()
-            self._refresh()
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info: Any) -> None:
+        self._end(trial, "done")
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
+                         **info: Any) -> None:
         row = self._row(trial)
         if row is not None:
             row.errors += 1
             row.state = "restarting"
             self._refresh()
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._row(trial)
-        if row is not None:
-            row.state, row.ended = "error", time.time()
-            self._refresh()
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
+                       **info: Any) -> None:
+        self._end(trial, "error")

@@ -15,17 +15,21 @@ Restart and resume rules (what makes ``--max-failures`` and ``mpo sweep --resume
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
 
-from orchestrator import faults as _faults
-from orchestrator.rundir import RunDir
+from jobs.io import read_json, write_json_atomic
+from orchestrator import fault_injection
+from orchestrator.fault_injection import Faults
+from orchestrator.runfolder import RunDir
+
+if TYPE_CHECKING:
+    from jobs.evaluation import EvalSuite
 
 PROGRESS_FILE = "progress.json"
 
@@ -34,7 +38,7 @@ class ShardsFailedError(RuntimeError):
     """Evaluation shards that failed after all their retries."""
 
 
-def flatten(prefix: str, obj: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+def flatten(prefix: str, obj: object, out: dict[str, float] | None = None) -> dict[str, float]:
     """{"a": {"b": 1}} -> {"prefix/a/b": 1}, keeping only numbers (Tune's metrics)."""
     out = {} if out is None else out
     if isinstance(obj, dict):
@@ -60,14 +64,13 @@ def _tune_epoch() -> int | None:
         return None
     with ckpt.as_directory() as d:
         path = Path(d) / PROGRESS_FILE
-        return int(json.loads(path.read_text())["epoch"]) if path.exists() else None
+        return int(read_json(path)["epoch"]) if path.exists() else None
 
 
 def _report_epoch(metrics: dict[str, Any], *, model_id: str, total_epochs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="mpo-ckpt-") as d:
-        (Path(d) / PROGRESS_FILE).write_text(
-            json.dumps({"model_id": model_id, "epoch": int(metrics["epoch"])})
-        )
+        write_json_atomic(Path(d) / PROGRESS_FILE,
+                          {"model_id": model_id, "epoch": int(metrics["epoch"])})
         tune.report(
             {**flatten("", metrics), "phase": "train", "epochs": total_epochs},
             checkpoint=tune.Checkpoint.from_directory(d),
@@ -76,7 +79,7 @@ def _report_epoch(metrics: dict[str, Any], *, model_id: str, total_epochs: int) 
 
 def evaluate_shard_task(
     checkpoint: str,
-    suite: Any,
+    suite: EvalSuite,
     attack: str,
     start: int,
     stop: int,
@@ -86,14 +89,14 @@ def evaluate_shard_task(
     label: str,
     groups: list[str],
     threads: int,
-    faults: dict[str, Any],
+    faults: Faults,
 ) -> str:
     """One evaluation shard, run as a Ray task inside the trial's placement group."""
     import torch
 
     from jobs.evaluation import evaluate_shard
 
-    _faults.before_shard(faults, Path(run_dir), label)
+    fault_injection.before_shard(faults, Path(run_dir), label)  # tests only (MPO_TEST_FAULTS)
     torch.set_num_threads(threads)
     path = evaluate_shard(
         checkpoint, suite, attack, start, stop, run_dir,
@@ -103,7 +106,7 @@ def evaluate_shard_task(
 
 
 def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dict[str, Any],
-              faults: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+              faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
     """Fan the trial's shards out as Ray tasks; (result paths, failed shards)."""
     from jobs.evaluation import plan_shards
 
@@ -155,7 +158,7 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dic
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable. ``config``: {"trial": payload, "run_dir", "settings", "faults"}.
 
-    The payload is built by ``orchestrator.sweep.trial_payload``: model_id, label, dataset,
+    The payload is built by ``orchestrator.tune_driver.trial_payload``: model_id, label, dataset,
     groups ({group: {"families", "affine"}}), config (TrainConfig dict), attacks (suite attack
     names), n_test, shard_size and suite (a jobs.evaluation.EvalSuite).
     """
@@ -195,7 +198,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
             def on_epoch(metrics: dict[str, Any]) -> None:
                 _report_epoch(metrics, model_id=mid, total_epochs=epochs)
-                _faults.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
+                # tests only (MPO_TEST_FAULTS)
+                fault_injection.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
 
             result = train(
                 trial["config"], out, data_dir=settings["data_dir"], download=settings["download"],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.runs import SweepError, describe_changes, make_resources
+from orchestrator.resources import Cluster, SweepError, check_resources, make_resources
+from orchestrator.runfolder import describe_changes
 
 
 def resources(**kw):
@@ -69,9 +70,6 @@ def test_bad_resources(kw, match):
 
 
 def test_check_resources_refuses_what_would_wait_forever():
-    pytest.importorskip("ray")
-    from orchestrator.sweep import Cluster, check_resources
-
     cpu_only = Cluster(False, "127.0.0.1:6379", None, {"CPU": 2.0}, None, {"CPU": 2.0})
     with pytest.raises(SweepError, match=r"has no GPUs.*--gpus-per-trial 0"):
         check_resources(resources(gpus_per_trial=1), cpu_only)

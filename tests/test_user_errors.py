@@ -47,7 +47,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """Every bad file of the table, and a real toy checkpoint and run folder to misuse."""
     from jobs.training import train
     from orchestrator.grid import load_plan
-    from orchestrator.runs import make_resources, prepare_run, settings_for
+    from orchestrator.resources import make_resources
+    from orchestrator.runfolder import prepare_run, settings_for
 
     d = tmp_path_factory.mktemp("bad-inputs")
     grid = yaml.safe_load(builtin_grid_path("toy").read_text())

@@ -28,7 +28,7 @@ def update_manifest(out: Path, suite: Any, config: Any, model_id: str, label: st
                     groups: list[str], shards: list[dict[str, Any]]) -> None:
     """Merge this evaluation into ``manifest.json`` (groups, trials, shards)."""
     from jobs.io import read_json, write_json_atomic
-    from orchestrator.rundir import RunDirError
+    from orchestrator.runfolder import RunDirError
 
     path = out / "manifest.json"
     manifest: dict[str, Any] = {"groups": {}, "trials": {}, "shards": []}
