@@ -101,7 +101,7 @@ def mnist_model(mnist_dir):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster (2 CPUs) for the whole test run; shut down at the end."""
-    ray = pytest.importorskip("ray")
+    import ray
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
