@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
 def _fmt(x: float, se: float | None = None) -> str:
     return f"{x:.3f}" if se is None else f"{x:.3f} ± {se:.3f}"
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 @click.command()
@@ -56,8 +69,6 @@ def theory(
 ) -> None:
     """Tramer & Boneh Section 2: Theorem 1 (l_inf vs l_1), Theorem 2 (l_inf vs RT), Claim 3 and
     Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
-    import csv
-    import json
     from pathlib import Path
 
     from rich.console import Console
@@ -66,6 +77,7 @@ def theory(
     from analysis.theory import Section2
     from analysis.theory_plot import theory_figure
     from analysis.theory_report import theory_report
+    from jobs.io import write_json_atomic, write_text_atomic
 
     console = Console()
     dist = Section2(d=d, alpha=alpha, p0=p0)
@@ -153,12 +165,9 @@ def theory(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "theory.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    write_json_atomic(out / "theory.json", report)
     for name, table_rows in (("theorem1.csv", rows), ("theorem2.csv", report["theorem2"])):
-        with (out / name).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(table_rows[0]))
-            writer.writeheader()
-            writer.writerows(table_rows)
+        write_text_atomic(out / name, _csv_text(table_rows))
     figs = theory_figure(report, out / "theory")
     console.print(
         f"wrote {', '.join(str(f) for f in figs)}, {out / 'theory.json'}, {out / 'theorem1.csv'}, {out / 'theorem2.csv'}"
