@@ -12,6 +12,7 @@ No Ray: ``mpo sweep --dry-run`` uses this module without starting or importing R
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,14 +21,15 @@ from jobs.errors import MpoError
 if TYPE_CHECKING:
     from orchestrator.grid import SweepPlan
 
+
+class SweepError(MpoError, RuntimeError):
+    """A sweep that cannot start or resume; the message says why and what to do."""
+
+
 #: Default GPU fraction of one evaluation worker when trials use GPUs.
 EVAL_GPU_SHARE = 0.5
 #: Default CPUs of each of the two bundles of a CPU-only trial with one evaluation worker.
 CPU_SHARE = 0.5
-
-
-class SweepError(MpoError, RuntimeError):
-    """A sweep that cannot start or resume; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,13 @@ class Cluster:
         return max(self.resources.get("GPU", 0.0), (self.max_resources or {}).get("GPU", 0.0))
 
 
-def _exceeds(need: dict[str, float], limits: dict[str, float]) -> tuple[str, float] | None:
-    """The first resource of ``need`` above ``limits`` (a rounding margin of 1e-9), if any."""
+def _check_fits(need: dict[str, float], limits: dict[str, float],
+                refusal: Callable[[str, float], str]) -> None:
+    """``SweepError(refusal(key, limit))`` for the first resource of ``need`` above ``limits``
+    (with a rounding margin of 1e-9)."""
     for key, value in need.items():
         if value > limits.get(key, 0.0) + 1e-9:
-            return key, limits.get(key, 0.0)
-    return None
+            raise SweepError(refusal(key, limits.get(key, 0.0)))
 
 
 def check_resources(res: Resources, cluster: Cluster) -> None:
@@ -130,20 +133,15 @@ def check_resources(res: Resources, cluster: Cluster) -> None:
             "Run with --gpus-per-trial 0 on this cluster, or connect to one with GPUs (--address)."
         )
     for bundle in res.bundles():
-        over = _exceeds(bundle, cluster.max_resources or cluster.largest_node)
-        if over:
-            raise SweepError(
-                f"a trial needs a bundle {bundle} but the largest node of the cluster at "
-                f"{cluster.address} has {over[0]} {over[1]:g}; lower "
-                "--cpus-per-trial / --gpus-per-trial / --cpus-per-eval-worker"
-            )
-    over = _exceeds(need, cluster.max_resources or cluster.resources)
-    if over:
-        raise SweepError(
-            f"one trial reserves {over[0]} {need[over[0]]:g} ({res.bundles()}) but the cluster "
-            f"at {cluster.address} has {over[0]} {over[1]:g} in all; lower "
-            "--eval-workers or the per-trial resources"
-        )
+        _check_fits(bundle, cluster.max_resources or cluster.largest_node,
+                    lambda key, have, bundle=bundle: (
+                        f"a trial needs a bundle {bundle} but the largest node of the cluster at "
+                        f"{cluster.address} has {key} {have:g}; lower "
+                        "--cpus-per-trial / --gpus-per-trial / --cpus-per-eval-worker"))
+    _check_fits(need, cluster.max_resources or cluster.resources, lambda key, have: (
+        f"one trial reserves {key} {need[key]:g} ({res.bundles()}) but the cluster at "
+        f"{cluster.address} has {key} {have:g} in all; lower "
+        "--eval-workers or the per-trial resources"))
 
 
 # ----------------------------------------------------------------------------------------------
