@@ -8,14 +8,20 @@ Writes the run-folder layout the sweep writes: ``OUT/run.json`` (created once),
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from orchestrator.commands import progress_bars
 from orchestrator.commands.data import DATA_DIR_OPTION
 
+if TYPE_CHECKING:
+    import torch
 
-def write_run_json(out: Path, *, name: str, device: Any) -> None:
+    from jobs.config import TrainConfig
+
+
+def write_run_json(out: Path, *, name: str, device: torch.device) -> None:
     """``run.json`` once per run folder (an existing one is kept)."""
     from jobs.io import run_record, write_json_atomic
 
@@ -24,7 +30,7 @@ def write_run_json(out: Path, *, name: str, device: Any) -> None:
         write_json_atomic(path, run_record(name, device=device))
 
 
-def update_manifest(out: Path, suite: Any, config: Any, model_id: str, label: str,
+def update_manifest(out: Path, suite: Any, config: TrainConfig, model_id: str, label: str,
                     groups: list[str], shards: list[dict[str, Any]]) -> None:
     """Merge this evaluation into ``manifest.json`` (groups, trials, shards)."""
     from jobs.io import read_json, write_json_atomic
@@ -87,7 +93,6 @@ def eval_command(
     Shards already evaluated with the same content are skipped, so re-running is cheap.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from jobs.checkpoint import CheckpointFormatError
@@ -126,10 +131,7 @@ def eval_command(
         f"device {dev} -> {out}"
     )
 
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console,
-    )
+    progress = progress_bars(console)
     task = progress.add_task("attacks", total=len(names) * len(shards))
 
     def on_shard(name: str, start: int, stop: int, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from orchestrator.commands import progress_bars
 from orchestrator.commands.data import DATA_DIR_OPTION
 
 
@@ -33,7 +34,6 @@ def train(
     from pathlib import Path
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from jobs.config import resolve_train_config
@@ -51,10 +51,7 @@ def train(
         f"[{', '.join(cfg.families()) or 'clean'}]  device {dev}  -> {out}"
     )
 
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-    )
+    progress = progress_bars(console, info=True)
     epochs_task = progress.add_task("epochs", total=cfg.epochs, info="")
     batch_task = progress.add_task("batches", total=1, info="")
 
