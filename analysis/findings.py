@@ -39,7 +39,7 @@ from analysis.metrics import (
     per_input,
 )
 from analysis.paper import match_table, paper_results
-from analysis.stats import ALPHA, mcnemar_exact, paired_sign_test
+from analysis.stats import ALPHA, fmt_pct, mcnemar_exact, paired_sign_test
 from analysis.theory import Section2
 
 REPRODUCED = "reproduced"
@@ -101,7 +101,8 @@ class Finding:
 
 
 def _pct(value: float) -> str:
-    return "—" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
+    """A fraction in [0, 1] as a percentage."""
+    return fmt_pct(100.0 * value)
 
 
 def _paired(a: pd.Series, b: pd.Series, *, binary: bool) -> tuple[float, float, float]:

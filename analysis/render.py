@@ -1,249 +1,39 @@
-"""Renderers: one document model (blocks) turned into Markdown, LaTeX, HTML and rich tables;
-CSV is written from the report's data directly (tidy, one row per number)."""
+"""Renderers: the report's document (``analysis.document``) written as Markdown, LaTeX, HTML
+and rich console tables; summary.md (the compact tables a README shows); and CSV, written from
+the report's data directly (tidy, one row per number). Every file goes through ``jobs.io``."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import html
-import json
+import io
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.findings import METHOD as FINDINGS_METHOD
-from analysis.findings import REPRODUCED
-from analysis.metrics import Cell, GroupTable, attack_accuracies
-from analysis.report import METHODS, Report, fmt_pct, group_epsilon, source_line
+from rich.console import Console
+from rich.table import Table as RichTable
 
-# --------------------------------------------------------------------------------------------
-# Document model
-
-
-@dataclass(frozen=True)
-class TCell:
-    """A table cell: main text, optional confidence interval, bold, marks and a hover title."""
-
-    text: str
-    ci: str = ""
-    bold: bool = False
-    marks: str = ""
-    flagged: bool = False
-    title: str = ""
-
-
-@dataclass
-class Table:
-    caption: str
-    headers: list[str]
-    rows: list[list[TCell]]
-    key: str = ""
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Image:
-    path: Path
-    alt: str
-
-
-@dataclass(frozen=True)
-class Pre:
-    text: str
-
-
-@dataclass
-class Document:
-    title: str
-    blocks: list = field(default_factory=list)
-
-
-def _cell(cell: Cell | None) -> TCell:
-    if cell is None or cell.estimate is None:
-        return TCell("—")
-    e = cell.estimate
-    marks, title = "", ""
-    if cell.masking is not None:
-        marks = "‡"
-        title = "gradient masking: " + ", ".join(f"{a} fools {n} more" for a, n in
-                                                 cell.masking.attacks)
-    return TCell(fmt_pct(e.percent), f"[{fmt_pct(100 * e.low)}, {fmt_pct(100 * e.high)}]",
-                 bold=cell.bold, marks=marks, flagged=cell.masking is not None, title=title)
-
-
-def group_block(table: GroupTable) -> Table:
-    headers = ["model", "n", *table.columns]
-    rows = []
-    for r in table.rows:
-        rows.append([TCell(r.display, marks="*" if r.incomplete else ""), TCell(str(r.n_inputs)),
-                     *(_cell(r.cells[c]) for c in table.columns)])
-    opt = table.opt
-    if opt.complete:
-        rows.append([TCell("OPT"), TCell(""), TCell("")]
-                    + [TCell(fmt_pct(100 * opt.per_family[f][1].value)) for f in table.families]
-                    + [TCell(fmt_pct(100 * opt.union)), TCell(fmt_pct(100 * opt.average))])
-    caption = (f"Group {table.group} ({table.dataset}; families {', '.join(table.families)}): "
-               "accuracy (%) with Wilson 95% intervals")
-    return Table(caption, headers, rows, key=table.group)
-
-
-def attack_block(report: Report, table: GroupTable) -> Table:
-    """Accuracy against each attack alone (full budget), one row per model of the group."""
-    attacks, acc = attack_accuracies(report.rs, table.group)
-    rows = [[TCell(r.display)] + [TCell(fmt_pct(acc[r.model.model_id][a].percent))
-                                  if a in acc.get(r.model.model_id, {}) else TCell("—")
-                                  for a in attacks]
-            for r in table.rows]
-    return Table(f"Group {table.group}: accuracy (%) against each attack alone at the full budget "
-                 "(the family columns above take the worst case over these, per input)",
-                 ["model", *attacks], rows, key=f"{table.group}-attacks")
-
-
-FINDINGS_HEADERS = ["finding", "group", "model", "this run (%)", "paper (%)", "p", "verdict"]
-
-
-def _findings_rows(report: Report) -> list[list[str]]:
-    return [[f.name, f.group, f.subject, f.run, f.paper,
-             "—" if f.p_value is None else f"{f.p_value:.2g}", f.verdict]
-            for f in report.findings]
-
-
-def findings_block(report: Report) -> Table:
-    rows = [[TCell(text) for text in row[:-1]] + [TCell(row[-1], bold=row[-1] == REPRODUCED)]
-            for row in _findings_rows(report)]
-    return Table("The paper's findings tested on this run (paired exact tests, alpha 0.05; "
-                 "verdict: reproduced = the paper's direction holds and is significant)",
-                 FINDINGS_HEADERS, rows, key="findings")
-
-
-def build_document(report: Report, figure_root: Path) -> Document:
-    rs = report.rs
-    run = rs.run
-    doc = Document(title=f"mpo report: {run.get('name') or rs.run_dir.name}")
-    b = doc.blocks
-    meta = [f"run folder: {rs.run_dir}"]
-    for key in ("created", "git_commit", "mpo_version", "command"):
-        if run.get(key):
-            meta.append(f"{key}: {run[key]}")
-    for key in ("versions", "hardware"):
-        if run.get(key):
-            meta.append(f"{key}: {json.dumps(run[key], sort_keys=True)}")
-    sweeps = [s for s in run.get("sweeps") or [] if isinstance(s, dict)]
-    if sweeps:
-        total = sum(float(s.get("wall_seconds") or 0.0) for s in sweeps)
-        meta.append(f"sweep wall time: {total / 60:.1f} min in {len(sweeps)} driver run(s), "
-                    f"last finished {sweeps[-1].get('finished', '?')}")
-    b.append(Bullets(tuple(meta)))
-    b += [Heading(2, "Method"), Para(METHODS)]
-    for table in report.tables:
-        b.append(Heading(2, f"Group {table.group}"))
-        b.append(group_block(table))
-        flags = [c.masking for r in table.rows for c in r.cells.values() if c.masking]
-        if flags:
-            b.append(Bullets(tuple(
-                f"‡ {f.label} / {f.family}: {f.extra} inputs fooled only by "
-                f"{', '.join(f'{a} ({n})' for a, n in f.attacks)}, {f.fewer} only by the "
-                f"first-order attacks ({', '.join(f.first_order)}); one-sided p = {f.p_value:.2g}"
-                for f in flags)))
-        b.append(attack_block(report, table))
-    if report.affine:
-        b.append(Heading(2, "Table 3: union vs affine adversary (Adv_max models)"))
-        rows = [[TCell(a.display), TCell(a.group), TCell(a.affine_family), TCell(str(a.union.n)),
-                 *(TCell(fmt_pct(e.percent), f"[{fmt_pct(100 * e.low)}, {fmt_pct(100 * e.high)}]")
-                   for e in (a.union, a.affine, a.union_and_affine))] for a in report.affine]
-        b.append(Table("Union accuracy over the affine family's components vs accuracy against "
-                       "the affine attacks, on the same inputs",
-                       ["model", "group", "affine family", "n", "union", "affine alone",
-                        "union and affine"],
-                       rows, key="affine"))
-    if report.masking:
-        b.append(Heading(2, "Gradient-masking checks"))
-        rows = [[TCell(f.label), TCell(f.family), TCell(", ".join(f.first_order)),
-                 TCell(", ".join(f"{a} ({n})" for a, n in f.attacks) or "—"),
-                 TCell(str(f.extra)), TCell(str(f.fewer)), TCell(f"{f.p_value:.3g}"),
-                 TCell("yes" if f.flagged else "no", bold=f.flagged, flagged=f.flagged)]
-                for f in report.masking]
-        b.append(Table("Inputs fooled only by gradient-free/grid attacks (extra) or only by "
-                       "first-order attacks (fewer)",
-                       ["model", "family", "first-order", "disagreeing attacks", "extra", "fewer",
-                        "p", "flag"], rows, key="masking"))
-    if report.figures:
-        b.append(Heading(2, "Figures"))
-        b.append(Para("Accuracy of the Adv_max model against each family as its budget grows "
-                      "(solid, shaded Wilson 95% band) and against their union (dotted); dashed: "
-                      "single-perturbation models against their own family at the full budget. "
-                      "Points below the full budget use only the attacks the suite sweeps "
-                      "(those with budgets); the full-budget point is the worst case over every "
-                      "attack of the family."))
-        for p in report.figures:
-            if p.suffix == ".png":
-                b.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
-                               p.stem))
-    if report.findings:
-        b += [Heading(2, "The paper's findings in this run"), Para(FINDINGS_METHOD),
-              Bullets(tuple(f"{name}: {statement}" for name, statement in
-                            dict.fromkeys((f.name, f.statement) for f in report.findings))),
-              findings_block(report)]
-    b.append(Heading(2, "Paper vs this run"))
-    if report.comparisons:
-        rows = [[TCell(c.table), TCell(c.model), TCell(c.column), TCell(fmt_pct(c.paper)),
-                 TCell(fmt_pct(c.run)),
-                 TCell("—" if c.difference is None else f"{c.difference:+.1f}")]
-                for c in report.comparisons]
-        b.append(Table(f"Published accuracy (%) beside this run's. Source: {source_line()}",
-                       ["paper table", "model", "column", "paper", "this run", "difference"],
-                       rows, key="paper"))
-    else:
-        b.append(Para("No group of this run matches a published table (matched by dataset and "
-                      f"set of families). Source of the published numbers: {source_line()}"))
-    b.append(Heading(2, "Completeness"))
-    items = []
-    for mid in rs.missing_trials:
-        m = rs.models.get(mid)
-        state = f" (trial state {m.state})" if m and m.state else ""
-        items.append(f"missing trial {m.label if m else ''} {mid}: no results{state}")
-    for m in rs.failed_trials:
-        if m.model_id not in rs.missing_trials:
-            items.append(f"failed trial {m.label} {m.model_id} (state {m.state}); "
-                         "its existing results are used")
-    for s in rs.missing_shards:
-        items.append(f"missing shard {s.model_id} {s.attack} [{s.start}, {s.stop}): {s.reason}")
-    for s in rs.skipped_files:
-        items.append(f"skipped file {s.path.relative_to(rs.run_dir)}: {s.reason}")
-    if rs.manifest is not None and not items:
-        items.append("every expected trial and shard is present")
-    if rs.manifest is None:
-        items.append("no manifest.json: expected trials and shards unknown; groups inferred "
-                     "from the results files")
-    items += rs.warnings + report.notes
-    b.append(Bullets(tuple(items)))
-    trials = sorted(rs.models.values(), key=lambda m: (m.label, m.model_id))
-    if trials:
-        b.append(Heading(2, "Trials"))
-        b.append(Table("Trials of the run", ["model", "id", "strategy", "state", "wall time (s)"],
-                       [[TCell(m.label), TCell(m.model_id), TCell(m.strategy),
-                         TCell(m.state or "—"),
-                         TCell("—" if m.wall_seconds is None else f"{m.wall_seconds:.1f}")]
-                        for m in trials], key="trials"))
-    if rs.grid_text:
-        b += [Heading(2, "Grid"), Pre(rs.grid_text)]
-    return doc
-
+from analysis.build import Report, group_epsilon
+from analysis.document import (
+    FINDINGS_HEADERS,
+    METHODS,
+    Bullets,
+    Document,
+    Heading,
+    Image,
+    Para,
+    Pre,
+    Table,
+    TCell,
+    build_document,
+    findings_rows,
+    group_block,
+    tested_claims,
+)
+from analysis.metrics import GroupTable
+from analysis.stats import fmt_pct
+from jobs.io import write_text_atomic
 
 # --------------------------------------------------------------------------------------------
 # Markdown
@@ -253,12 +43,18 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _md_cell(c: TCell) -> str:
-    text = f"**{c.text}**" if c.bold and c.text else c.text
-    parts = [text + c.marks]
-    if c.ci:
-        parts.append(c.ci)
-    return _md_escape(" ".join(parts))
+def _md_cell(c: TCell, *, ci: bool = True) -> str:
+    text = (f"**{c.text}**" if c.bold and c.text else c.text) + c.marks
+    if ci and c.ci:
+        text += " " + c.ci
+    return _md_escape(text)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table; the cells are Markdown already (escaped), the headers are plain text."""
+    return (["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def to_markdown(doc: Document) -> str:
@@ -275,29 +71,82 @@ def to_markdown(doc: Document) -> str:
         elif isinstance(blk, Image):
             lines += [f"![{blk.alt}]({blk.path.as_posix()})", ""]
         elif isinstance(blk, Table):
-            lines += [f"*{_md_escape(blk.caption)}*", "",
-                      "| " + " | ".join(_md_escape(h) for h in blk.headers) + " |",
-                      "|" + "|".join("---" for _ in blk.headers) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in blk.rows]
+            lines += [f"*{_md_escape(blk.caption)}*", ""]
+            lines += _md_table(blk.headers, [[_md_cell(c) for c in row] for row in blk.rows])
             lines.append("")
     return "\n".join(lines)
 
 
 def write_markdown(report: Report, out_dir: Path) -> list[Path]:
-    path = out_dir / "report.md"
-    path.write_text(to_markdown(build_document(report, out_dir)), encoding="utf-8")
-    return [path]
+    return [write_text_atomic(out_dir / "report.md",
+                              to_markdown(build_document(report, out_dir)))]
 
 
-def _summary_cell(c: TCell) -> str:
-    text = f"**{c.text}**" if c.bold and c.text else c.text
-    return _md_escape(text + c.marks)
+# --------------------------------------------------------------------------------------------
+# summary.md: the compact tables a README shows
 
 
-def _md_rows(headers: list[str], rows: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(_md_escape(h) for h in headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+def _summary_group(report: Report, t: GroupTable) -> list[str]:
+    """One group's accuracy table without the n column and the intervals."""
+    blk = group_block(t)
+    eps = group_epsilon(report.rs, t.group)
+    budgets = ", ".join(f"{f} {eps[f]:g}" for f in t.families
+                        if f in eps and not math.isnan(eps[f]))
+    n = max((r.n_inputs for r in t.rows), default=0)
+    table = _md_table(blk.headers[:1] + blk.headers[2:],
+                      [[_md_cell(c, ci=False) for c in row[:1] + row[2:]] for row in blk.rows])
+    return [f"#### {t.group} ({t.dataset}, {n} test points; families "
+            f"{', '.join(t.families)}; epsilon {budgets or '—'})", "", *table, ""]
+
+
+def _summary_affine(report: Report) -> list[str]:
+    if not report.affine:
+        return []
+    table = _md_table(["model", "group", "affine family", "union", "affine alone",
+                       "union and affine"],
+                      [[_md_escape(a.display), a.group, a.affine_family,
+                        *(fmt_pct(e.percent) for e in (a.union, a.affine, a.union_and_affine))]
+                       for a in report.affine])
+    return ["#### Table 3: Adv_max against the union and the affine adversary", "", *table, ""]
+
+
+def _summary_masking(report: Report) -> list[str]:
+    if not report.flagged:
+        return []
+    items = [f"- {f.label} / {f.family}: "
+             + ", ".join(f"{a} fools {n} more" for a, n in f.attacks)
+             + f" than {', '.join(f.first_order)} (fewer: {f.fewer}; p = {f.p_value:.2g})"
+             for f in report.flagged]
+    return ["‡ gradient masking (gradient-free or grid attacks fool significantly more "
+            "inputs than the first-order ones):", "", *items, ""]
+
+
+def _summary_findings(report: Report) -> list[str]:
+    if not report.findings:
+        return []
+    claims = [f"- **{name}**: {statement}"
+              for name, statement in tested_claims(report.findings).items()]
+    table = _md_table(FINDINGS_HEADERS,
+                      [[_md_escape(x) for x in row] for row in findings_rows(report)])
+    return ["#### The paper's findings in this run", "", *claims, "", *table, ""]
+
+
+def _summary_paper(report: Report) -> list[str]:
+    """One table per published table: the paper's number / this run's, per model and column."""
+    lines: list[str] = []
+    for name in dict.fromkeys(c.table for c in report.comparisons):
+        comps = [c for c in report.comparisons if c.table == name]
+        models = list(dict.fromkeys(c.model for c in comps))
+        columns = list(dict.fromkeys(c.column for c in comps))
+        cell = {(c.model, c.column): c for c in comps}
+        lines += [f"#### Paper vs this run: {name}, paper / this run (%)", ""]
+        lines += _md_table(["model", *columns],
+                           [[_md_escape(m), *(f"{fmt_pct(cell[m, col].paper)} / "
+                                              f"{fmt_pct(cell[m, col].run)}"
+                                              if (m, col) in cell else "" for col in columns)]
+                            for m in models])
+        lines.append("")
+    return lines
 
 
 def summary_markdown(report: Report) -> str:
@@ -307,61 +156,16 @@ def summary_markdown(report: Report) -> str:
     pasted under any section; every line comes from the report (nothing is typed by hand)."""
     lines: list[str] = []
     for t in report.tables:
-        blk = group_block(t)
-        eps = group_epsilon(report.rs, t.group)
-        budgets = ", ".join(f"{f} {eps[f]:g}" for f in t.families
-                            if f in eps and not math.isnan(eps[f]))
-        n = max((r.n_inputs for r in t.rows), default=0)
-        lines += [f"#### {t.group} ({t.dataset}, {n} test points; families "
-                  f"{', '.join(t.families)}; epsilon {budgets or '—'})", ""]
-        lines += _md_rows(blk.headers[:1] + blk.headers[2:],
-                          [[_summary_cell(c) for c in row[:1] + row[2:]] for row in blk.rows])
-        lines.append("")
-    if report.affine:
-        lines += ["#### Table 3: Adv_max against the union and the affine adversary", ""]
-        lines += _md_rows(["model", "group", "affine family", "union", "affine alone",
-                           "union and affine"],
-                          [[_md_escape(a.display), a.group, a.affine_family,
-                            *(fmt_pct(e.percent) for e in (a.union, a.affine, a.union_and_affine))]
-                           for a in report.affine])
-        lines.append("")
-    if report.flagged:
-        lines += ["‡ gradient masking (gradient-free or grid attacks fool significantly more "
-                  "inputs than the first-order ones):", ""]
-        lines += [f"- {f.label} / {f.family}: "
-                  + ", ".join(f"{a} fools {n} more" for a, n in f.attacks)
-                  + f" than {', '.join(f.first_order)} (fewer: {f.fewer}; p = {f.p_value:.2g})"
-                  for f in report.flagged]
-        lines.append("")
-    if report.findings:
-        lines += ["#### The paper's findings in this run", ""]
-        lines += [f"- **{name}**: {statement}"
-                  for name, statement in dict.fromkeys((f.name, f.statement)
-                                                       for f in report.findings)]
-        lines.append("")
-        lines += _md_rows(FINDINGS_HEADERS,
-                          [[_md_escape(x) for x in row] for row in _findings_rows(report)])
-        lines.append("")
-    if report.comparisons:
-        for name in dict.fromkeys(c.table for c in report.comparisons):
-            comps = [c for c in report.comparisons if c.table == name]
-            models = list(dict.fromkeys(c.model for c in comps))
-            columns = list(dict.fromkeys(c.column for c in comps))
-            cell = {(c.model, c.column): c for c in comps}
-            lines += [f"#### Paper vs this run: {name}, paper / this run (%)", ""]
-            lines += _md_rows(["model", *columns],
-                              [[_md_escape(m), *(f"{fmt_pct(cell[m, col].paper)} / "
-                                                 f"{fmt_pct(cell[m, col].run)}"
-                                                 if (m, col) in cell else "" for col in columns)]
-                               for m in models])
-            lines.append("")
+        lines += _summary_group(report, t)
+    lines += _summary_affine(report)
+    lines += _summary_masking(report)
+    lines += _summary_findings(report)
+    lines += _summary_paper(report)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_summary(report: Report, out_dir: Path) -> list[Path]:
-    path = out_dir / "summary.md"
-    path.write_text(summary_markdown(report), encoding="utf-8")
-    return [path]
+    return [write_text_atomic(out_dir / "summary.md", summary_markdown(report))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,11 +220,8 @@ def to_latex(doc: Document, *, standalone: bool) -> str:
 
 def write_latex(report: Report, out_dir: Path) -> list[Path]:
     doc = build_document(report, out_dir)
-    tables = out_dir / "tables.tex"
-    tables.write_text(to_latex(doc, standalone=False), encoding="utf-8")
-    full = out_dir / "report.tex"
-    full.write_text(to_latex(doc, standalone=True), encoding="utf-8")
-    return [tables, full]
+    return [write_text_atomic(out_dir / "tables.tex", to_latex(doc, standalone=False)),
+            write_text_atomic(out_dir / "report.tex", to_latex(doc, standalone=True))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,9 +284,8 @@ def to_html(doc: Document, image_root: Path) -> str:
 
 
 def write_html(report: Report, out_dir: Path) -> list[Path]:
-    path = out_dir / "report.html"
-    path.write_text(to_html(build_document(report, out_dir), out_dir), encoding="utf-8")
-    return [path]
+    return [write_text_atomic(out_dir / "report.html",
+                              to_html(build_document(report, out_dir), out_dir))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,11 +297,11 @@ def _num(x: float | None) -> str:
 
 
 def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return write_text_atomic(path, buf.getvalue())
 
 
 def write_csv(report: Report, out_dir: Path) -> list[Path]:
@@ -574,11 +374,8 @@ def write_csv(report: Report, out_dir: Path) -> list[Path]:
 # Console
 
 
-def print_console(report: Report, console=None) -> None:
+def print_console(report: Report, console: Console | None = None) -> None:
     """Print the main tables with rich (bold = not significantly below the best)."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
     console = console or Console()
     for t in report.tables:
         blk = group_block(t)

@@ -69,6 +69,13 @@ class Estimate:
         return 100.0 * self.value
 
 
+def fmt_pct(value: float | None, digits: int = 1) -> str:
+    """A percentage for tables: ``digits`` decimals; "—" when there is no number."""
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the two discordant counts b and c.
 

@@ -128,8 +128,8 @@ def test_masking_is_tested_per_first_order_attack(tmp_path):
 
 
 def test_accuracy_per_attack_table(hand_run):
+    from analysis.document import attack_block
     from analysis.metrics import attack_accuracies
-    from analysis.render import attack_block
 
     attacks, acc = attack_accuracies(hand_run.rs, "g")
     assert attacks == ["pgd_linf", "slide_l1", "square_l1", "affine_linf_l1"]

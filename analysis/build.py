@@ -1,0 +1,101 @@
+"""Every number of a run's report, computed once from its ``ResultSet`` (no files, no text).
+
+``build_report(rs)`` returns a ``Report``: per group the accuracy table (Tables 1 and 2), Table 3's
+affine rows, the gradient-masking checks, the paper's numbers beside the run's, the Figure-1 sweep
+curves and the paper's findings tested on the run. ``analysis.document`` turns it into text,
+``analysis.report`` into files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis.findings import Finding, findings
+from analysis.loading import ResultSet
+from analysis.metrics import (
+    FULL_BUDGET,
+    AffineRow,
+    GroupTable,
+    MaskingFlag,
+    SweepCurves,
+    affine_rows,
+    group_table,
+    masking_flags,
+    sweep_curves,
+)
+from analysis.paper import Comparison, budget_notes, compare
+
+
+@dataclass
+class Report:
+    """Everything the renderers need, computed once from a ``ResultSet``."""
+
+    rs: ResultSet
+    tables: list[GroupTable]
+    affine: list[AffineRow]
+    masking: list[MaskingFlag]
+    comparisons: list[Comparison]
+    curves: list[SweepCurves]
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[MaskingFlag]:
+        return [f for f in self.masking if f.flagged]
+
+
+def group_epsilon(rs: ResultSet, group: str) -> dict[str, float]:
+    """The full-budget epsilon of each family of the group, as the rows record it."""
+    g = rs.groups[group]
+    rows = rs.rows[rs.rows["model_id"].isin(g.models) & rs.rows["family"].isin(g.families)]
+    rows = rows[(rows["budget"] - FULL_BUDGET).abs() < 1e-9]
+    return {fam: float(rows.loc[rows["family"] == fam, "epsilon"].median())
+            for fam in g.families if (rows["family"] == fam).any()}
+
+
+def build_report(rs: ResultSet) -> Report:
+    """Compute the tables, flags, comparisons and sweep curves of every group."""
+    tables, affine, curves, notes = [], [], [], []
+    epsilon: dict[str, dict[str, float]] = {}
+    for name in sorted(rs.groups):
+        table = group_table(rs, name)
+        if not table.rows:
+            notes.append(f"group {name}: no model has results yet; table omitted")
+            continue
+        tables.append(table)
+        notes += table.notes
+        epsilon[name] = group_epsilon(rs, name)
+        notes += budget_notes(table, epsilon[name])
+        affine += affine_rows(rs, name)
+        for model in rs.models_in(name):
+            if model.strategy != "max":
+                continue
+            c = sweep_curves(rs, name, model.model_id)
+            if c is None:
+                notes.append(f"group {name}: {model.label} has no epsilon-sweep rows (budget < 1);"
+                             " Figure-1 plot omitted")
+            else:
+                curves.append(c)
+    masking = masking_flags(rs)
+    found = findings(rs, tables, affine, masking,
+                     epsilon=epsilon,
+                     toy_params={t.group: toy_params(rs, t) for t in tables
+                                 if t.dataset == "toy"})
+    return Report(rs=rs, tables=tables, affine=affine, masking=masking,
+                  comparisons=compare(tables, affine), curves=curves, findings=found,
+                  notes=notes)
+
+
+def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:
+    """The toy dataset's parameters of a group (from a model config or the suite snapshot)."""
+    for row in table.rows:
+        p = (row.model.config.get("dataset") or {}).get("params")
+        if isinstance(p, dict) and p:
+            return p
+    for suite in rs.suites.values():  # the evaluation suite snapshot also records them
+        if suite.get("dataset") == "toy" and isinstance(suite.get("dataset_params"), dict):
+            return suite["dataset_params"]
+    return {}
