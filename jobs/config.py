@@ -7,7 +7,7 @@ A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complet
     model: {name: mnist_cnn, kwargs: {}}
     optimizer: {name: adam, lr: 1.0e-3, momentum: 0.0, weight_decay: 0.0,
                 milestones: [0.5], gamma: 0.1}          # milestones: fractions of all steps
-    strategy: max                    # nat | single | avg | max
+    strategy: max                    # nat | single | avg | max | random | eat
     attacks:                         # attack specs, as jobs.attacks.make_attack takes them
       - {type: pgd_linf, eps: 0.3, steps: 20}
     start_small: true                # first epoch: every eps and RT limit divided by 3
@@ -29,15 +29,40 @@ import os
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import MpoError
 from jobs.io import load_yaml
 
-Strategy = Literal["nat", "single", "avg", "max"]
-STRATEGIES: tuple[str, ...] = ("nat", "single", "avg", "max")
+#: The training strategies (``jobs.strategies``): the one list, which TrainConfig, grid entries
+#: and ``jobs.strategies.get_strategy`` all take their names from.
+Strategy = Literal["nat", "single", "avg", "max", "random", "eat"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+#: strategy -> (fewest, most) training attacks it takes (None: no upper bound)
+ATTACK_COUNTS: dict[str, tuple[int, int | None]] = {
+    "nat": (0, 0), "single": (1, 1), "avg": (1, None), "max": (1, None),
+    "random": (2, None), "eat": (2, None),
+}  # fmt: skip
+
+
+def check_attack_count(strategy: str, n: int) -> None:
+    """``ValueError`` unless ``strategy`` can train against ``n`` attacks."""
+    fewest, most = ATTACK_COUNTS[strategy]
+    if fewest <= n and (most is None or n <= most):
+        return
+    if most == 0:
+        raise ValueError(f"strategy '{strategy}' trains on clean inputs and takes no attacks, got {n}")
+    if fewest == most:
+        raise ValueError(f"strategy '{strategy}' needs exactly one attack, got {n}")
+    if fewest == 1:
+        raise ValueError(f"strategy '{strategy}' needs at least one attack, got none")
+    raise ValueError(
+        f"strategy '{strategy}' trains each batch against one attack drawn from several: it "
+        f"needs at least {fewest} attacks, got {n} (with one attack, use strategy 'single')"
+    )
 
 
 class ConfigError(MpoError, ValueError):
@@ -115,13 +140,7 @@ class TrainConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        n = len(self.attacks)
-        if self.strategy == "nat" and n:
-            raise ValueError(f"strategy 'nat' trains on clean inputs and takes no attacks, got {n}")
-        if self.strategy == "single" and n != 1:
-            raise ValueError(f"strategy 'single' needs exactly one attack, got {n}")
-        if self.strategy in ("avg", "max") and n == 0:
-            raise ValueError(f"strategy '{self.strategy}' needs at least one attack, got none")
+        check_attack_count(self.strategy, len(self.attacks))
         info = self.dataset_info()
         if self.augment and info.augmentation is None:
             raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")

@@ -2,8 +2,9 @@
 restored and saved.
 
 A run is resumable bit for bit because every source of randomness is an explicit generator
-whose state is saved with the weights: data order, augmentation, attack starts, and, to be safe
-against code that uses them, torch's global CPU/CUDA state and Python's ``random``.
+whose state is saved with the weights: data order, augmentation, attack starts, the strategy's
+own draws (``random``, ``eat``; with E-AT's running accuracies), and, to be safe against code
+that uses them, torch's global CPU/CUDA state and Python's ``random``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.config import TrainConfig
 from jobs.errors import MpoError
+from jobs.strategies import Strategy
 
 
 class ResumeError(MpoError, RuntimeError):
@@ -72,6 +74,7 @@ class TrainingState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     gens: Generators
+    strategy: Strategy
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken (the learning rate is a function of it)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -86,8 +89,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     )
 
 
-def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
-    """A fresh run: the model initialised from ``config.seed``, its optimiser, seeded generators.
+def new_state(config: TrainConfig, device: torch.device, strategy: Strategy) -> TrainingState:
+    """A fresh run: the model initialised from ``config.seed``, its optimiser, seeded generators,
+    and ``strategy`` (new, seeded by its maker).
 
     Seeds torch's and Python's global generators: call it inside ``torch.random.fork_rng``."""
     from jobs.models import build_model
@@ -97,7 +101,7 @@ def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     model = build_model(config.model.name, config.dataset_info(), **config.model.kwargs).to(device)
     return TrainingState(
         config=config, device=device, model=model, optimizer=build_optimizer(config, model),
-        gens=Generators.seeded(config.seed, device),
+        gens=Generators.seeded(config.seed, device), strategy=strategy,
     )  # fmt: skip
 
 
@@ -119,6 +123,8 @@ def restore_state(state: TrainingState, path: Path) -> None:
     state.model.load_state_dict(saved["state_dict"])
     state.optimizer.load_state_dict(extra["optimizer"])
     state.gens.restore(extra["rng"], state.device)
+    # state files written before strategies had state hold none (nat, single, avg, max)
+    state.strategy.load_state_dict(extra.get("strategy", {}))
     state.epoch, state.step = int(extra["epoch"]), int(extra["step"])
     state.metrics = list(extra["metrics"])
 
@@ -134,6 +140,7 @@ def save_state(state: TrainingState, path: Path) -> None:
             "epoch": state.epoch,
             "step": state.step,
             "rng": state.gens.state(state.device),
+            "strategy": state.strategy.state_dict(),
             "metrics": state.metrics,
             "model_id": state.config.model_id(),
         },

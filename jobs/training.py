@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ from jobs.checkpoint import load_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
 from jobs.errors import DeviceError, MpoError
 from jobs.io import write_json_atomic, write_jsonl_atomic
-from jobs.strategies import StepOutput, StrategyFn, get_strategy
+from jobs.strategies import StepOutput, get_strategy
 from jobs.train_state import (
     ResumeError,
     TrainingState,
@@ -48,6 +48,9 @@ from jobs.train_state import (
     save_final_checkpoint,
     save_state,
 )
+
+if TYPE_CHECKING:
+    from jobs.attacks.base import Attack
 
 START_SMALL_FACTOR = 1.0 / 3.0
 
@@ -90,7 +93,7 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return opt.lr * opt.gamma**passed
 
 
-def training_attacks(config: TrainConfig, *, factor: float = 1.0) -> list[Any]:
+def training_attacks(config: TrainConfig, *, factor: float = 1.0) -> list[Attack]:
     """The config's attacks; ``factor`` scales each one's radius (and RT limits)."""
     from jobs.attacks import make_attack
 
@@ -186,7 +189,6 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     data = load_data(config, dev, data_dir=data_dir, download=download)
-    strategy = get_strategy(config.strategy)
     attacks_full = training_attacks(config)
     attacks_small = (
         training_attacks(config, factor=START_SMALL_FACTOR) if config.start_small else attacks_full
@@ -195,7 +197,8 @@ def train(
 
     # Seeding and restoring touch torch's global generators: keep the caller's untouched.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        state = new_state(config, dev)
+        # the strategy's own draws (random, eat) get a stream apart from Generators.seeded's
+        state = new_state(config, dev, get_strategy(config.strategy, seed=config.seed + 3))
         if resume and state_path.exists():
             restore_state(state, state_path)
         write_json_atomic(out / CONFIG_FILE, config.to_dict())
@@ -204,7 +207,7 @@ def train(
 
         for epoch in range(state.epoch, config.epochs):
             attacks = attacks_small if epoch == 0 else attacks_full
-            record = train_epoch(state, data, strategy, attacks, state_path=state_path,
+            record = train_epoch(state, data, attacks, state_path=state_path,
                                  on_step=on_step, sync_every=sync_every)
             state.metrics.append(record)
             state.epoch = epoch + 1
@@ -221,8 +224,7 @@ def train(
 def train_epoch(
     state: TrainingState,
     data: TrainingData,
-    strategy: StrategyFn,
-    attacks: list[Any],
+    attacks: list[Attack],
     *,
     state_path: Path,
     on_step: Callable[[dict[str, Any]], None] | None,
@@ -241,7 +243,7 @@ def train_epoch(
     t0 = time.perf_counter()
     for step in range(steps):
         xb, yb = data.batch(perm, step, config.batch_size, state.gens.augment)
-        meter.add(train_step(state, data, strategy, attacks, xb, yb))
+        meter.add(train_step(state, data, attacks, xb, yb))
         if (step + 1) % sync_every == 0 or step + 1 == steps:
             loss, bad = meter.sync()
             if bad is not None:
@@ -268,12 +270,12 @@ def train_epoch(
     return record
 
 
-def train_step(state: TrainingState, data: TrainingData, strategy: StrategyFn, attacks: list[Any],
+def train_step(state: TrainingState, data: TrainingData, attacks: list[Attack],
                xb: torch.Tensor, yb: torch.Tensor) -> StepOutput:
     """One optimiser step on the batch ``xb`` ``[B, ...]``; returns the strategy's output."""
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.config, state.step, data.total_steps)
-    result = strategy(state.model, xb, yb, attacks, generator=state.gens.attack)
+    result = state.strategy(state.model, xb, yb, attacks, generator=state.gens.attack)
     state.optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     state.optimizer.step()
