@@ -22,6 +22,7 @@ import ray
 from ray import tune
 
 from orchestrator.grid import SweepPlan
+from orchestrator.progress import LiveTable
 from orchestrator.resources import Cluster, SweepError, trial_data_dir
 from orchestrator.runfolder import RunDir, SweepSettings, record_sweep
 from orchestrator.trainable import run_trial
@@ -114,11 +115,8 @@ def run_sweep(
     *,
     resume: bool,
     console: Console,
-    live: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run (or resume) the Tune experiment in ``rd/tune``; returns {model_id: trial.json}."""
-    from orchestrator.progress import LiveTable
-
     # Tune's own console output stays quiet: the live table is the display. The legacy output
     # path honours verbose=0 (the new one still prints a banner); experiment-state snapshot
     # warnings are expected here (a checkpoint per epoch with num_to_keep=1).
@@ -163,14 +161,12 @@ def run_sweep(
                                         trial_dirname_creator=trial_name, reuse_actors=False),
             run_config=run_config,
         )
-    if live:
-        table.start()
+    table.start()
     started = time.time()
     try:
         tuner.fit()
     finally:
-        if live:
-            table.stop()
+        table.stop()
     records = {mid: rd.trial_record(mid) for mid in plan.trials}
     record_sweep(rd, started=started, finished=time.time(), resume=resume, records=records)
     return records
