@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.errors import MpoError
+from jobs.io import read_json, read_text
 from jobs.schema import (
     COLUMNS,
     META_MODEL,
@@ -129,11 +130,15 @@ def model_sort_key(model: ModelInfo) -> tuple:
     return (rank, model.label, model.seed if model.seed is not None else -1, model.model_id)
 
 
-def _read_json(path: Path, warnings: list[str]) -> Any:
+def _read_optional_json(path: Path, warnings: list[str]) -> Any:
+    """The JSON content of ``path``; None (and a warning) when it is absent or unreadable: a
+    run folder's records only add to the results, so a broken one is listed, not fatal."""
+    if not path.exists():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        warnings.append(f"could not read {path}: {exc}")
+        return read_json(path, error=RunFolderError)
+    except RunFolderError as exc:
+        warnings.append(f"could not read {exc}")
         return None
 
 
@@ -208,57 +213,102 @@ def load_results(run_dir: str | Path) -> ResultSet:
     Raises ``RunFolderError`` when the folder does not exist, is empty, or has no readable
     results; files of another schema version are skipped and listed in ``skipped_files``.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise RunFolderError(f"run folder {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise RunFolderError(f"run folder {run_dir} is not a directory")
+    run_dir = _check_run_dir(Path(run_dir))
     warnings: list[str] = []
-    manifest_path = run_dir / "manifest.json"
-    manifest = _read_json(manifest_path, warnings) if manifest_path.exists() else None
+    manifest = _read_optional_json(run_dir / "manifest.json", warnings)
     files = sorted((run_dir / "results").glob("**/*.parquet"))
     if not files and manifest is None:
         raise RunFolderError(
             f"run folder {run_dir} has no results: expected results/<model_id>/*.parquet "
             "(written by `mpo sweep` or `mpo eval --out`) and found none, and no manifest.json"
         )
+    shards = _read_shards(files, run_dir, warnings)
+    if not shards.tables and manifest is None:
+        listing = "; ".join(f"{s.path.relative_to(run_dir)}: {s.reason}" for s in shards.skipped)
+        raise RunFolderError(f"run folder {run_dir} has no readable results: {listing}")
+    if not shards.tables:
+        warnings.append(f"no readable results in {run_dir / 'results'}; every expected shard is missing")
+    rows = _concat_rows(shards.tables, warnings)
+    models = _collect_models(rows, shards.model_meta, manifest, run_dir, warnings)
+    missing_trials, missing_shards = _missing_work(manifest, models, shards)
+    run = _read_optional_json(run_dir / "run.json", warnings)
+    grid_path = run_dir / "grid.yaml"
+    return ResultSet(
+        run_dir=run_dir,
+        rows=rows,
+        groups=_collect_groups(rows, shards.suite_groups, manifest, models),
+        models=models,
+        run=run if isinstance(run, dict) else {},
+        grid_text=read_text(grid_path, error=RunFolderError) if grid_path.exists() else None,
+        manifest=manifest,
+        skipped_files=shards.skipped,
+        missing_shards=missing_shards,
+        missing_trials=missing_trials,
+        warnings=warnings,
+        suites=shards.suites,
+    )
 
-    tables: list[pa.Table] = []
-    skipped: list[SkippedFile] = []
-    model_meta: dict[str, dict[str, Any]] = {}
-    suite_groups: dict[str, dict[str, list[str]]] = {}
-    suites: dict[str, dict[str, Any]] = {}
-    loaded_shards: set[tuple[str, str, int, int]] = set()
-    skipped_names: dict[tuple[str, str], str] = {}
+
+def _check_run_dir(run_dir: Path) -> Path:
+    if not run_dir.exists():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} is not a directory")
+    return run_dir
+
+
+ShardKey = tuple[str, str, int, int]  # (model_id, attack, start, stop)
+
+
+@dataclass
+class _Shards:
+    """What the readable results files hold, and which files were skipped and why."""
+
+    tables: list[pa.Table] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    #: (model_id, file stem) -> why that file was skipped
+    skipped_names: dict[tuple[str, str], str] = field(default_factory=dict)
+    loaded: set[ShardKey] = field(default_factory=set)
+    model_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suite_groups: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, table: pa.Table, meta: dict[str, Any], model_dir: str) -> None:
+        """Record one readable file: its rows, its model's config, its shard and its suite."""
+        self.tables.append(table)
+        shard = meta.get("shard") or {}
+        for model_id in set(table.column("model_id").to_pylist()) or {model_dir}:
+            self.model_meta.setdefault(model_id, meta.get("model") or {})
+            if {"attack", "start", "stop"} <= shard.keys():
+                self.loaded.add(
+                    (model_id, str(shard["attack"]), int(shard["start"]), int(shard["stop"]))
+                )
+        suite = meta.get("suite") or {}
+        self.suites.setdefault(str(suite.get("name", "")), suite)
+        for name, spec in _suite_groups(suite).items():
+            known = self.suite_groups.setdefault(name, {"families": [], "affine": []})
+            for key in ("families", "affine"):
+                known[key] += [f for f in spec[key] if f not in known[key]]
+
+
+def _read_shards(files: list[Path], run_dir: Path, warnings: list[str]) -> _Shards:
+    shards = _Shards()
     for path in files:
         table, meta, reason = _read_shard(path, run_dir)
         if reason is not None:
-            skipped.append(SkippedFile(path, reason))
-            skipped_names[(path.parent.name, path.stem)] = reason
+            shards.skipped.append(SkippedFile(path, reason))
+            shards.skipped_names[(path.parent.name, path.stem)] = reason
             continue
         assert table is not None
         if table.num_rows == 0:
             warnings.append(f"{path.relative_to(run_dir)}: no rows")
-        tables.append(table)
-        ids = set(table.column("model_id").to_pylist()) or {path.parent.name}
-        for model_id in ids:
-            model_meta.setdefault(model_id, meta.get("model") or {})
-            shard = meta.get("shard") or {}
-            if {"attack", "start", "stop"} <= shard.keys():
-                loaded_shards.add(
-                    (model_id, str(shard["attack"]), int(shard["start"]), int(shard["stop"]))
-                )
-        suite = meta.get("suite") or {}
-        suites.setdefault(str(suite.get("name", "")), suite)
-        for name, spec in _suite_groups(suite).items():
-            known = suite_groups.setdefault(name, {"families": [], "affine": []})
-            for key in ("families", "affine"):
-                known[key] += [f for f in spec[key] if f not in known[key]]
+        shards.add(table, meta, path.parent.name)
+    return shards
 
-    if not tables and manifest is None:
-        listing = "; ".join(f"{s.path.relative_to(run_dir)}: {s.reason}" for s in skipped)
-        raise RunFolderError(f"run folder {run_dir} has no readable results: {listing}")
 
+def _concat_rows(tables: list[pa.Table], warnings: list[str]) -> pd.DataFrame:
+    """One frame of every row (the schema's columns even when there are none); a row read twice
+    (same model, attack, budget and input) is kept once, from the last file read."""
     if tables:
         rows = pa.concat_tables(tables).to_pandas()
     else:
@@ -271,47 +321,28 @@ def load_results(run_dir: str | Path) -> ResultSet:
             f"{before - len(rows)} duplicate rows (same model, attack, budget and input) "
             "were dropped, keeping the last file read"
         )
-    rows = rows.reset_index(drop=True)
+    return rows.reset_index(drop=True)
 
-    models = _collect_models(rows, model_meta, manifest, run_dir, warnings)
-    groups = _collect_groups(rows, suite_groups, manifest, models)
 
+def _missing_work(
+    manifest: dict[str, Any] | None, models: dict[str, ModelInfo], shards: _Shards
+) -> tuple[list[str], list[MissingShard]]:
+    """The manifest's trials with no results at all, and its shards with no results file."""
+    if manifest is None:
+        return [], []
+    missing_trials = [m for m in manifest.get("trials", {})
+                      if not models.get(m, ModelInfo(m, "")).has_results]
     missing_shards: list[MissingShard] = []
-    missing_trials: list[str] = []
-    if manifest is not None:
-        for model_id in manifest.get("trials", {}):
-            if not models.get(model_id, ModelInfo(model_id, "")).has_results:
-                missing_trials.append(model_id)
-        for shard in manifest.get("shards", []):
-            key = (str(shard["model_id"]), str(shard["attack"]), int(shard["start"]),
-                   int(shard["stop"]))
-            # A trial with no results at all is listed once, as a missing trial.
-            if key in loaded_shards or key[0] in missing_trials:
-                continue
-            stem = f"{key[1]}__{key[2]}-{key[3]}"
-            reason = skipped_names.get((key[0], stem), "no results file")
-            missing_shards.append(MissingShard(*key, reason=reason))
-
-    run_json = run_dir / "run.json"
-    run = (_read_json(run_json, warnings) or {}) if run_json.exists() else {}
-    grid_path = run_dir / "grid.yaml"
-    grid_text = grid_path.read_text() if grid_path.exists() else None
-    if not tables:
-        warnings.append(f"no readable results in {run_dir / 'results'}; every expected shard is missing")
-    return ResultSet(
-        run_dir=run_dir,
-        rows=rows,
-        groups=groups,
-        models=models,
-        run=run if isinstance(run, dict) else {},
-        grid_text=grid_text,
-        manifest=manifest,
-        skipped_files=skipped,
-        missing_shards=missing_shards,
-        missing_trials=missing_trials,
-        warnings=warnings,
-        suites=suites,
-    )
+    for shard in manifest.get("shards", []):
+        key = (str(shard["model_id"]), str(shard["attack"]), int(shard["start"]),
+               int(shard["stop"]))
+        # A trial with no results at all is listed once, as a missing trial.
+        if key in shards.loaded or key[0] in missing_trials:
+            continue
+        stem = f"{key[1]}__{key[2]}-{key[3]}"
+        reason = shards.skipped_names.get((key[0], stem), "no results file")
+        missing_shards.append(MissingShard(*key, reason=reason))
+    return missing_trials, missing_shards
 
 
 def _collect_models(
@@ -321,21 +352,9 @@ def _collect_models(
     run_dir: Path,
     warnings: list[str],
 ) -> dict[str, ModelInfo]:
-    models: dict[str, ModelInfo] = {}
-    if len(rows):
-        first = rows.groupby("model_id", sort=False).first()
-        for model_id, row in first.iterrows():
-            models[str(model_id)] = ModelInfo(
-                model_id=str(model_id),
-                label=str(row["model_label"]),
-                dataset=str(row["dataset"]),
-                strategy=str(row["strategy"]),
-                train_families=_json_list(row["train_attacks"]),
-                groups=_json_list(row["groups"]),
-                seed=int(row["seed"]) if pd.notna(row["seed"]) else None,
-                config=model_meta.get(str(model_id), {}),
-                has_results=True,
-            )
+    """Every model the run knows of: from the rows, then the manifest's trials, then the trial
+    folders (state, wall time, config), each adding what the earlier ones lack."""
+    models = _models_from_rows(rows, model_meta)
     for model_id, trial in ((manifest or {}).get("trials") or {}).items():
         info = models.get(model_id)
         if info is None:
@@ -354,16 +373,40 @@ def _collect_models(
             info = models.get(trial_dir.name)
             if info is None:
                 info = models[trial_dir.name] = ModelInfo(trial_dir.name, trial_dir.name)
-            trial_json = trial_dir / "trial.json"
-            if trial_json.exists():
-                data = _read_json(trial_json, warnings) or {}
-                info.state = None if data.get("state") is None else str(data["state"])
-                wall = data.get("wall_seconds")
-                info.wall_seconds = float(wall) if isinstance(wall, (int, float)) else None
-            config_json = trial_dir / "config.json"
-            if not info.config and config_json.exists():
-                info.config = _read_json(config_json, warnings) or {}
+            _add_trial_folder(info, trial_dir, warnings)
     return models
+
+
+def _models_from_rows(
+    rows: pd.DataFrame, model_meta: dict[str, dict[str, Any]]
+) -> dict[str, ModelInfo]:
+    models: dict[str, ModelInfo] = {}
+    if not len(rows):
+        return models
+    for model_id, row in rows.groupby("model_id", sort=False).first().iterrows():
+        models[str(model_id)] = ModelInfo(
+            model_id=str(model_id),
+            label=str(row["model_label"]),
+            dataset=str(row["dataset"]),
+            strategy=str(row["strategy"]),
+            train_families=_json_list(row["train_attacks"]),
+            groups=_json_list(row["groups"]),
+            seed=int(row["seed"]) if pd.notna(row["seed"]) else None,
+            config=model_meta.get(str(model_id), {}),
+            has_results=True,
+        )
+    return models
+
+
+def _add_trial_folder(info: ModelInfo, trial_dir: Path, warnings: list[str]) -> None:
+    """The trial's state and wall time (trial.json), and its config when no other source had it."""
+    if (trial_dir / "trial.json").exists():
+        data = _read_optional_json(trial_dir / "trial.json", warnings) or {}
+        info.state = None if data.get("state") is None else str(data["state"])
+        wall = data.get("wall_seconds")
+        info.wall_seconds = float(wall) if isinstance(wall, (int, float)) else None
+    if not info.config:
+        info.config = _read_optional_json(trial_dir / "config.json", warnings) or {}
 
 
 def _collect_groups(
