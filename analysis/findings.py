@@ -36,10 +36,11 @@ from analysis.metrics import (
     MaskingFlag,
     display_names,
     masking_flag,
+    on_shared_inputs,
     per_input,
 )
 from analysis.paper import match_table, paper_results
-from analysis.stats import ALPHA, fmt_pct, mcnemar_exact, paired_sign_test
+from analysis.stats import ALPHA, fmt_pct, paired_sign_test
 from analysis.theory import Section2
 
 REPRODUCED = "reproduced"
@@ -105,15 +106,11 @@ def _pct(value: float) -> str:
     return fmt_pct(100.0 * value)
 
 
-def _paired(a: pd.Series, b: pd.Series, *, binary: bool) -> tuple[float, float, float]:
-    """Means of ``a`` and ``b`` on their shared inputs and the two-sided exact paired p-value."""
-    shared = a.index.intersection(b.index)
-    x, y = a.loc[shared].astype(float), b.loc[shared].astype(float)
-    if binary:
-        p = mcnemar_exact(int(((x > 0) & (y == 0)).sum()), int(((x == 0) & (y > 0)).sum()))
-    else:
-        p = paired_sign_test(x.to_numpy(), y.to_numpy())
-    return float(x.mean()), float(y.mean()), p
+def _paired(a: pd.Series, b: pd.Series) -> tuple[float, float, float]:
+    """Means of ``a`` and ``b`` on their shared inputs and the two-sided exact paired p-value
+    (the sign test: McNemar's on boolean outcomes)."""
+    x, y = on_shared_inputs(a, b)
+    return float(x.mean()), float(y.mean()), paired_sign_test(x, y)
 
 
 def _verdict(holds: bool, p: float) -> str:
@@ -135,8 +132,7 @@ def _union_findings(table: GroupTable, scores: dict[str, pd.DataFrame], names: d
     out = []
     for m in multis:
         best = max(singles, key=lambda s: scores[s.model_id]["union"].mean())
-        mine, theirs, p = _paired(scores[m.model_id]["union"], scores[best.model_id]["union"],
-                                  binary=True)
+        mine, theirs, p = _paired(scores[m.model_id]["union"], scores[best.model_id]["union"])
         paper_m = _paper_value(ref, m.label, "union")
         paper_singles = {s.label: _paper_value(ref, s.label, "union") for s in singles}
         paper_singles = {k: v for k, v in paper_singles.items() if v is not None}
@@ -161,9 +157,8 @@ def _opt_findings(rs: ResultSet, table: GroupTable, scores: dict[str, pd.DataFra
     opt_avg = pd.concat(own.values(), axis=1, join="inner").astype(float).mean(axis=1)
     out = []
     for m in multis:
-        for column, target, binary in (("union", own[weakest], True),
-                                       ("average", opt_avg, False)):
-            mine, bound, p = _paired(scores[m.model_id][column], target, binary=binary)
+        for column, target in (("union", own[weakest]), ("average", opt_avg)):
+            mine, bound, p = _paired(scores[m.model_id][column], target)
             paper_m, paper_opt = _paper_value(ref, m.label, column), _paper_value(ref, "OPT", column)
             paper = ("—" if paper_m is None or paper_opt is None
                      else f"{column} {paper_m:.1f} vs OPT {paper_opt:.1f}")
@@ -180,7 +175,7 @@ def _affine_findings(rs: ResultSet, rows: list[AffineRow]) -> list[Finding]:
         df = per_input(rs.rows, a.model_id, [*a.components, a.affine_family])
         union = df[list(a.components)].all(axis=1)
         both = union & df[a.affine_family]
-        u, ua, p = _paired(union, both, binary=True)
+        u, ua, p = _paired(union, both)
         ref = refs.get((rs.groups[a.group].dataset, a.affine_family))
         label = a.display.split(" (")[0]
         cols = ref["rows"].get(label, {}) if ref else {}
@@ -242,7 +237,7 @@ def group_findings(rs: ResultSet, table: GroupTable, *, epsilon: dict[str, float
     names = display_names(models)
     present = {r.model.model_id for r in table.rows
                if all(r.cells[c].estimate is not None for c in ("union", "average"))}
-    scores = {mid: per_input(rs.rows, mid, table.families) for mid in present}
+    scores = table.scores
     singles = [m for m in models if m.model_id in present and m.strategy == "single"]
     multis = [m for m in models if m.model_id in present and m.strategy in MULTI_STRATEGIES]
     out = []

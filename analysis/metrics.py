@@ -26,7 +26,7 @@ import pandas as pd
 from scipy.stats import fisher_exact
 
 from analysis.loading import ModelInfo, ResultSet
-from analysis.stats import ALPHA, Estimate, binomial_one_sided, mcnemar_exact, paired_sign_test
+from analysis.stats import ALPHA, Estimate, binomial_one_sided, paired_sign_test
 
 FULL_BUDGET = 1.0
 FIRST_ORDER = "first-order"
@@ -54,10 +54,7 @@ def per_input(
     out = pd.DataFrame(columns=["clean"], dtype=bool)
     if sub.empty:
         return out
-    n_attacks = sub["attack"].nunique()
-    coverage = sub.groupby("index")["attack"].nunique()
-    common = coverage.index[coverage == n_attacks]
-    sub = sub[sub["index"].isin(common)]
+    sub = _evaluated_by_all(sub)
     clean = sub.groupby("index")["clean_correct"].all()
     out = pd.DataFrame({"clean": clean})
     present = []
@@ -72,6 +69,12 @@ def per_input(
         out["union"] = out[present].all(axis=1)
         out["average"] = out[present].astype(float).mean(axis=1)
     return out.sort_index()
+
+
+def _evaluated_by_all(sub: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the inputs that every attack in ``sub`` evaluated."""
+    coverage = sub.groupby("index")["attack"].nunique()
+    return sub[sub["index"].isin(coverage.index[coverage == sub["attack"].nunique()])]
 
 
 def estimate(scores: pd.Series) -> Estimate:
@@ -151,12 +154,16 @@ class OptBounds:
 
 @dataclass
 class GroupTable:
+    """One group's accuracy table; ``scores`` holds, per model id, the per-input outcomes its
+    cells were computed from (``per_input`` over the group's families), for paired tests."""
+
     group: str
     dataset: str
     families: tuple[str, ...]
     rows: list[TableRow]
     opt: OptBounds
     notes: list[str] = field(default_factory=list)
+    scores: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -200,10 +207,7 @@ def masking_flag(
     other = sorted(set(sub.loc[sub["kind"] != FIRST_ORDER, "attack"]))
     if not first or not other:
         return None
-    sub = sub[sub["attack"].isin([*first, *other])]
-    coverage = sub.groupby("index")["attack"].nunique()
-    common = coverage.index[coverage == len(first) + len(other)]
-    sub = sub[sub["index"].isin(common)]
+    sub = _evaluated_by_all(sub[sub["attack"].isin([*first, *other])])
     clean = sub.groupby("index")["clean_correct"].all()
     sub = sub[sub["index"].isin(clean.index[clean])]
     fooled = sub.pivot_table(index="index", columns="attack", values="fooled", aggfunc="any")
@@ -245,21 +249,23 @@ def masking_flags(rs: ResultSet, *, alpha: float = ALPHA) -> list[MaskingFlag]:
     return out
 
 
+def on_shared_inputs(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two per-input score series restricted to the inputs both have, as floats."""
+    shared = a.index.intersection(b.index)
+    return a.loc[shared].astype(float), b.loc[shared].astype(float)
+
+
 def not_below_best(
-    best: pd.Series, other: pd.Series, *, binary: bool, alpha: float = ALPHA
+    best: pd.Series, other: pd.Series, *, alpha: float = ALPHA
 ) -> tuple[bool, float]:
     """Is ``other`` not significantly below ``best``? Returns (bold, p-value).
 
-    Paired on the inputs both were evaluated on: exact McNemar for boolean outcomes, exact sign
-    test for fractional scores. Without shared inputs, an unpaired Fisher exact test on counts.
+    Paired on the inputs both were evaluated on: the exact sign test, which on boolean outcomes
+    is exactly McNemar's test. Without shared inputs, an unpaired Fisher exact test on counts.
     """
-    shared = best.index.intersection(other.index)
-    if len(shared):
-        a, b = best.loc[shared].astype(float), other.loc[shared].astype(float)
-        if binary:
-            p = mcnemar_exact(int(((a > 0) & (b == 0)).sum()), int(((a == 0) & (b > 0)).sum()))
-        else:
-            p = paired_sign_test(a.to_numpy(), b.to_numpy())
+    a, b = on_shared_inputs(best, other)
+    if len(a):
+        p = paired_sign_test(a, b)
     else:
         kb, ko = round(best.astype(float).sum()), round(other.astype(float).sum())
         _, p = fisher_exact([[kb, len(best) - kb], [ko, len(other) - ko]])
@@ -295,7 +301,7 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
     incomplete = rs.incomplete_models()
     table = GroupTable(group=group, dataset=g.dataset, families=g.families, rows=[],
                        opt=opt_bounds(rs, group))
-    scores: dict[str, pd.DataFrame] = {}
+    scores = table.scores
     for model in models:
         df = per_input(rs.rows, model.model_id, g.families)
         if df.empty:
@@ -322,8 +328,7 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
         best = max(ranked, key=lambda r: r.cells[col].estimate.value)
         best_scores = scores[best.model.model_id][col]
         for row in ranked:
-            bold, _ = not_below_best(best_scores, scores[row.model.model_id][col],
-                                     binary=col != "average", alpha=alpha)
+            bold, _ = not_below_best(best_scores, scores[row.model.model_id][col], alpha=alpha)
             row.cells[col] = Cell(row.cells[col].estimate, bold=bold or row is best,
                                   masking=row.cells[col].masking)
     if table.opt.missing and table.opt.per_family:

@@ -8,9 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from analysis.metrics import AffineRow, GroupTable
+from jobs.errors import MpoError
+from jobs.io import load_yaml
 
 #: The published numbers, shipped as package data next to this module.
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
@@ -18,12 +18,13 @@ PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
 
 @lru_cache(maxsize=1)
 def paper_results() -> dict[str, Any]:
-    """The parsed ``analysis/paper_results.yaml`` (tables, affine, source)."""
-    text = PAPER_RESULTS.read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    """The parsed ``analysis/paper_results.yaml`` (tables, affine, source).
+
+    A researcher may add published tables to it, so a broken file is an input error."""
+    data = load_yaml(PAPER_RESULTS, what="published numbers")
     for key in ("source", "tables", "affine"):
-        if key not in data:
-            raise ValueError(f"analysis/paper_results.yaml: missing top-level key '{key}'")
+        if not isinstance(data, dict) or key not in data:
+            raise MpoError(f"{PAPER_RESULTS}: missing top-level key '{key}'")
     return data
 
 

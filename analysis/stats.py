@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import binom
 
 #: Two-sided 95% normal quantile.
@@ -99,7 +100,7 @@ def binomial_one_sided(b: int, c: int) -> float:
     return float(binom.sf(b - 1, n, 0.5))
 
 
-def paired_sign_test(a: np.ndarray, b: np.ndarray) -> float:
+def paired_sign_test(a: ArrayLike, b: ArrayLike) -> float:
     """Two-sided exact sign test on paired per-input scores (ties dropped).
 
     For boolean scores this is exactly McNemar's exact test; for the per-input fraction of
