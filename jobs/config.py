@@ -189,28 +189,12 @@ class TrainConfig(_Frozen):
         return make_train_config(data)
 
 
-def scale_spec(spec: dict[str, Any], factor: float) -> dict[str, Any]:
-    """A copy of an attack spec with its radius scaled by ``factor``.
+def scale_spec(spec: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of an attack spec dict on its ball scaled by ``factor`` (``AttackSpec.scaled``: the
+    radius and step size, RT limits, both parts of an affine attack). ``start_small`` uses 1/3."""
+    from jobs.attacks.spec import parse_spec
 
-    l_p: ``epsilon`` and the step ``a`` (the step/radius ratio is kept); rt: ``spatial_limits``;
-    affine: both sub-attacks. Used by ``start_small`` (factor 1/3) and by budget sweeps.
-    """
-    if not factor > 0:
-        raise ValueError(f"scale factor = {factor}: must be > 0")
-    out = dict(spec)
-    typ = spec.get("type")
-    if typ in ("linf", "l2", "l1"):
-        out["epsilon"] = float(spec["epsilon"]) * factor
-        if spec.get("a") is not None:
-            out["a"] = float(spec["a"]) * factor
-    elif typ == "rt":
-        limits = spec.get("spatial_limits", [3.0, 3.0, 30.0])
-        out["spatial_limits"] = [float(v) * factor for v in limits]
-    elif typ == "affine":
-        out["attacks"] = [scale_spec(s, factor) for s in spec["attacks"]]
-    else:
-        raise ValueError(f"attack spec type {typ!r}: no radius to scale")
-    return out
+    return parse_spec(spec).scaled(factor).to_dict()
 
 
 def _normalise_attack(spec: Any, index: int, bounds: tuple[float, float] | None) -> dict[str, Any]:

@@ -6,16 +6,21 @@
     result.x_adv, result.success, result.loss, result.pred, result.norm, result.transform
 
 Spec keys are those of the paper's public config files (see ``jobs.attacks.spec``); the
-library attacks ``{"type": "foolbox" | "autoattack", ...}`` are in ``jobs.attacks.library``.
+library attacks ``{"type": "foolbox" | "autoattack", ...}`` are in ``jobs.attacks.library_spec``.
+Each type's spec class (registered in ``jobs.attacks.spec.SPEC_TYPES``) parses, scales and builds
+it, and names the ball the evaluation checks its results against.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from jobs.attacks.affine import AffineLinfL1, AffineLinfRT
-from jobs.attacks.base import Attack, AttackConstraintError, AttackResult, margin_loss
+from jobs.attacks.base import Attack, AttackConstraintError, AttackResult, AttackSpec, margin_loss
+from jobs.attacks.checks import AttackSpecError
 from jobs.attacks.norms import (
+    LP_FAMILIES,
     linf_l1_gauge,
     perturbation_norm,
     project,
@@ -25,16 +30,18 @@ from jobs.attacks.norms import (
 )
 from jobs.attacks.pgd import PGDAttack, pgd
 from jobs.attacks.spatial import DEFAULT_EVAL_BATCH, RTAttack, rt_grid, rt_transform
-from jobs.attacks.spec import AffineSpec, AttackSpecError, LpSpec, RTSpec, parse_spec
+from jobs.attacks.spec import parse_spec
 from jobs.attacks.threats import L1Threat, L2Threat, LinfThreat, Threat
 
 __all__ = [
     "DEFAULT_EVAL_BATCH",
+    "LP_FAMILIES",
     "AffineLinfL1",
     "AffineLinfRT",
     "Attack",
     "AttackConstraintError",
     "AttackResult",
+    "AttackSpec",
     "AttackSpecError",
     "L1Threat",
     "L2Threat",
@@ -57,7 +64,7 @@ __all__ = [
 ]
 
 
-def _check_bounds(bounds: Any) -> tuple[float, float] | None:
+def _check_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
     if bounds is None:
         return None
     try:
@@ -70,10 +77,11 @@ def _check_bounds(bounds: Any) -> tuple[float, float] | None:
 
 
 def make_attack(
-    spec: dict[str, Any], *, bounds: tuple[float, float] | None = (0.0, 1.0),
+    spec: Mapping[str, Any] | AttackSpec, *, bounds: tuple[float, float] | None = (0.0, 1.0),
     eval_batch: int = DEFAULT_EVAL_BATCH,
 ) -> Attack:
-    """Build an attack from a paper-style spec dict; bounds=None for unbounded inputs.
+    """Build an attack from a paper-style spec dict (or a parsed spec); bounds=None for unbounded
+    inputs.
 
     eval_batch: images per forward pass when the attack scores many transforms (rt, affine
     linf+rt). Raises AttackSpecError (naming the key) for an invalid spec.
@@ -81,17 +89,4 @@ def make_attack(
     b = _check_bounds(bounds)
     if not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
-    parsed = parse_spec(spec)
-    if not isinstance(parsed, LpSpec | RTSpec | AffineSpec):
-        # foolbox / AutoAttack (imported here and not before: `mpo --help` stays fast)
-        from jobs.attacks.library import make_library_attack
-
-        return make_library_attack(parsed, bounds=b)
-    if isinstance(parsed, LpSpec):
-        return PGDAttack(parsed, bounds=b)
-    if isinstance(parsed, RTSpec):
-        return RTAttack(parsed, bounds=b, eval_batch=eval_batch)
-    assert isinstance(parsed, AffineSpec)
-    if parsed.family == "linf+rt":
-        return AffineLinfRT(parsed, bounds=b, eval_batch=eval_batch)
-    return AffineLinfL1(parsed, bounds=b, eval_batch=eval_batch)
+    return parse_spec(spec).build(bounds=b, eval_batch=eval_batch)

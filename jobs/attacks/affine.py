@@ -14,6 +14,7 @@ of another, beta fixed (``weight``) or drawn per input (Dirichlet(1, 1), i.e. un
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +29,10 @@ from jobs.attacks.spatial import (
     rt_grid,
     rt_transform,
 )
-from jobs.attacks.spec import AffineSpec, LpSpec, RTSpec
 from jobs.attacks.threats import L1Threat, LinfThreat
+
+if TYPE_CHECKING:
+    from jobs.attacks.spec import AffineSpec, LpSpec, RTSpec
 
 
 def _shares(spec: AffineSpec, n: int, generator, device, dtype) -> Tensor:
@@ -78,8 +81,8 @@ class AffineLinfRT(_AffineBase):
 
     def __init__(self, spec: AffineSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         super().__init__(spec, bounds=bounds, eval_batch=eval_batch)
-        self.lin: LpSpec = next(s for s in spec.attacks if s.type == "linf")  # type: ignore[assignment]
-        self.rt: RTSpec = next(s for s in spec.attacks if s.type == "rt")  # type: ignore[assignment]
+        self.lin: LpSpec = spec.part("linf")  # type: ignore[assignment]
+        self.rt: RTSpec = spec.part("rt")  # type: ignore[assignment]
         g = self.rt.grid_granularity
         tries = g[0] * g[1] * g[2] if self.rt.grid_mode else self.rt.random_tries
         self.total_steps = tries * self.lin.k * spec.reps
@@ -133,8 +136,8 @@ class AffineLinfL1(_AffineBase):
 
     def __init__(self, spec: AffineSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         super().__init__(spec, bounds=bounds, eval_batch=eval_batch)
-        self.lin: LpSpec = next(s for s in spec.attacks if s.type == "linf")  # type: ignore[assignment]
-        self.l1: LpSpec = next(s for s in spec.attacks if s.type == "l1")  # type: ignore[assignment]
+        self.lin: LpSpec = spec.part("linf")  # type: ignore[assignment]
+        self.l1: LpSpec = spec.part("l1")  # type: ignore[assignment]
         self.total_steps = (self.lin.k + self.l1.k) * spec.reps
         # Alternate, starting with attacks[0]; the longer one finishes alone.
         order = ["linf", "l1"] if self.first == "linf" else ["l1", "linf"]

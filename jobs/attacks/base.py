@@ -1,5 +1,7 @@
-"""The result type, the attack base class and the shared pieces of every gradient loop.
+"""The spec and attack interfaces, the result type and the shared pieces of every gradient loop.
 
+An attack type is an ``AttackSpec`` subclass (the validated spec: parsing, scaling, the ball of
+the in-ball rule, building) and an ``Attack`` subclass (the attack it builds).
 ``Attack.__call__`` does the shared work once: checks the inputs, puts the model in eval mode
 (and restores its mode), runs the subclass's ``_run``, and builds the ``AttackResult``, where
 the constraints are asserted: a perturbation outside the budget or an input outside the box is
@@ -10,12 +12,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from jobs.attacks.norms import Ball
 
 Bounds = tuple[float, float] | None
 
@@ -113,6 +121,56 @@ class Best:
         self.pred[sel] = other.pred[take]
         self.success[sel] = other.success[take]
         return take
+
+
+class AttackSpec(ABC):
+    """A validated, immutable attack spec: everything one attack type knows about itself.
+
+    A subclass is a frozen dataclass registered under its ``type`` name(s) in
+    ``jobs.attacks.spec.SPEC_TYPES``. ``family`` is its perturbation family (``linf``, ``rt``,
+    ``linf+l1``, ...).
+    """
+
+    type: str
+    family: str
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> Self:
+        """Validate a spec dict of this type and fill in defaults. Raises ``AttackSpecError``
+        naming the key (prefixed with ``path``, e.g. ``attacks[0].``)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON-able spec dict (every default explicit), as results store it."""
+
+    def scaled(self, factor: float) -> Self:
+        """The same attack on its ball scaled by ``factor`` (radius, step size, RT limits), as
+        budget sweeps and ``start_small`` use it."""
+        if not factor > 0:
+            raise ValueError(f"scale factor = {factor}: must be > 0")
+        return self._scaled(factor)
+
+    @abstractmethod
+    def _scaled(self, factor: float) -> Self:
+        """``scaled`` for a factor already checked positive."""
+
+    def with_restarts(self, reps: int) -> Self:
+        """The same attack with ``reps`` random restarts; unchanged for types without them."""
+        return self
+
+    @abstractmethod
+    def ball(self, radius: float | None = None) -> Ball:
+        """The ball of the evaluation's in-ball rule; ``radius`` overrides an l_p radius (a
+        ``ValueError`` for families without one)."""
+
+    @abstractmethod
+    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
+        """The attack; ``eval_batch``: images per forward pass where many transforms are scored."""
+
+    def _no_radius(self, radius: float | None) -> None:
+        if radius is not None:
+            raise ValueError(f"only l_p families take a radius, not {self.family!r}")
 
 
 class Attack(ABC):

@@ -3,29 +3,11 @@
     make_attack({"type": "foolbox", "attack": "boundary_l2", "epsilon": 2.0, "steps": 5000})
     make_attack({"type": "autoattack", "attack": "apgd-ce", "norm": "linf", "epsilon": 0.3})
 
-Both libraries are regular dependencies of mpo (every shipped suite uses them). They are imported
-only when such an attack runs or is built, never when ``jobs`` is imported, so ``mpo --help``
-stays fast; a broken install raises ``MissingLibraryError`` naming the package and the fix.
-
-Spec keys (every key optional except ``type``, ``attack`` and ``epsilon``; the defaults are the
-libraries' own unless noted):
-
-- ``type: foolbox``, ``attack`` one of ``FOOLBOX_ATTACKS`` (its family is in the name:
-  ``cw_l2``, ``ead_l1``, ``boundary_l2``, ``pointwise_l1``, ``hsj_linf``, ``hsj_l2``,
-  ``fmn_linf``, ``fmn_l2``, ``fmn_l1``); the attack's parameters as in foolbox (see
-  ``FOOLBOX_ATTACKS``); ``init_steps`` for the decision-based ones (steps of the noise attack
-  that finds their starting points).
-- ``type: autoattack``, ``attack`` one of ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``,
-  ``norm`` one of ``linf``, ``l2``, ``l1``, and the attack's parameters (``n_iter``,
-  ``n_restarts``, ``n_target_classes``, ``n_queries``, ...). The defaults are those of
-  AutoAttack's ``standard`` version for that norm (e.g. l_1 APGD with 5 restarts and the
-  large-radius schedule).
-
-``epsilon`` is the radius of the family's ball. The bounded attacks (AutoAttack's) search inside
-it. The minimum-norm ones (C&W, EAD, FMN, Boundary, Pointwise, HopSkipJump) are unbounded: they
-return the smallest adversarial perturbation they find and ``AttackResult.norm`` is its true size,
-which may exceed ``epsilon``; the evaluation's in-ball rule then counts it as not fooling. Where a
-minimum-norm attack finds no adversarial input, the clean input is returned (norm 0).
+Their specs (keys, defaults, validation) are in ``jobs.attacks.library_spec``. Both libraries are
+regular dependencies of mpo (every shipped suite uses them). They are imported only when such an
+attack runs or is built, never when ``jobs`` is imported, so ``mpo --help`` stays fast; a broken
+install raises ``MissingLibraryError`` naming the package and the fix. Where a minimum-norm attack
+finds no adversarial input, the clean input is returned (norm 0).
 
 Seeds: the libraries draw from the global torch and numpy generators (AutoAttack reseeds the
 global torch generator itself), so each call draws one seed from the ``generator`` passed in
@@ -45,9 +27,9 @@ import contextlib
 import importlib
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,20 +38,24 @@ from torch import Tensor, nn
 
 from jobs.attacks.base import BUDGET_RTOL, Attack, RunOutput
 from jobs.attacks.norms import perturbation_norm
-from jobs.attacks.spec import AttackSpecError, _err, _int, _number
 from jobs.errors import MpoError
 
-LIBRARY_TYPES = ("foolbox", "autoattack")
+if TYPE_CHECKING:
+    from foolbox.attacks.base import MinimizationAttack
+
+    from jobs.attacks.library_spec import LibrarySpec
 
 #: The library behind each spec type: (import name, distribution name).
 PACKAGES = {"foolbox": ("foolbox", "foolbox"), "autoattack": ("pyautoattack", "pyautoattack")}
+#: AutoAttack's names of the l_p families.
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
 class MissingLibraryError(MpoError, ImportError):
     """An attack library cannot be imported (a broken or partial install)."""
 
 
-def require(package: str, *, attack: str) -> Any:
+def require(package: str, *, attack: str) -> ModuleType:
     """Import an attack library or raise a clear error naming the package and the fix."""
     try:
         return importlib.import_module(package)
@@ -80,200 +66,6 @@ def require(package: str, *, attack: str) -> Any:
             f"cannot be imported ({err}); it is one of mpo's dependencies: reinstall mpo "
             f"(`pip install -e .` in the checkout) or `pip install {dist}`"
         ) from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Spec tables
-
-
-@dataclass(frozen=True)
-class Param:
-    """One attack parameter: kind int | float | bool | choice, default, lower bound, choices."""
-
-    kind: str
-    default: Any
-    lo: float | None = None
-    lo_open: bool = False
-    choices: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class LibraryEntry:
-    family: str
-    gradient_free: bool
-    bounded: bool
-    params: dict[str, Param]
-
-
-_INIT = {"init_steps": Param("int", 50, lo=1)}
-_FMN = {
-    "steps": Param("int", 100, lo=1),
-    "max_stepsize": Param("float", 1.0, lo=0.0, lo_open=True),
-    "gamma": Param("float", 0.05, lo=0.0, lo_open=True),
-    "binary_search_steps": Param("int", 10, lo=1),
-}
-_HSJ = {
-    "steps": Param("int", 64, lo=1),
-    "initial_gradient_eval_steps": Param("int", 100, lo=1),
-    "max_gradient_eval_steps": Param("int", 10000, lo=1),
-    "gamma": Param("float", 1.0, lo=0.0, lo_open=True),
-    "stepsize_search": Param("choice", "geometric_progression",
-                             choices=("geometric_progression", "grid_search")),
-    **_INIT,
-}
-
-FOOLBOX_ATTACKS: dict[str, LibraryEntry] = {
-    "cw_l2": LibraryEntry("l2", False, False, {
-        "binary_search_steps": Param("int", 9, lo=1),
-        "steps": Param("int", 10000, lo=1),
-        "stepsize": Param("float", 0.01, lo=0.0, lo_open=True),
-        "confidence": Param("float", 0.0, lo=0.0),
-        "initial_const": Param("float", 0.001, lo=0.0, lo_open=True),
-        "abort_early": Param("bool", True),
-    }),
-    "ead_l1": LibraryEntry("l1", False, False, {
-        "binary_search_steps": Param("int", 9, lo=1),
-        "steps": Param("int", 10000, lo=1),
-        "initial_stepsize": Param("float", 0.01, lo=0.0, lo_open=True),
-        "confidence": Param("float", 0.0, lo=0.0),
-        "initial_const": Param("float", 0.001, lo=0.0, lo_open=True),
-        "regularization": Param("float", 0.01, lo=0.0),
-        "decision_rule": Param("choice", "EN", choices=("EN", "L1")),
-        "abort_early": Param("bool", True),
-    }),
-    "boundary_l2": LibraryEntry("l2", True, False, {
-        "steps": Param("int", 25000, lo=1),
-        "spherical_step": Param("float", 0.01, lo=0.0, lo_open=True),
-        "source_step": Param("float", 0.01, lo=0.0, lo_open=True),
-        "source_step_convergance": Param("float", 1e-7, lo=0.0),
-        "step_adaptation": Param("float", 1.5, lo=1.0, lo_open=True),
-        "update_stats_every_k": Param("int", 10, lo=1),
-        **_INIT,
-    }),
-    "pointwise_l1": LibraryEntry("l1", True, False, {
-        "l2_binary_search": Param("bool", True),
-        "init_steps": Param("int", 1000, lo=1),  # salt-and-pepper noise steps
-    }),
-    "hsj_linf": LibraryEntry("linf", True, False, dict(_HSJ)),
-    "hsj_l2": LibraryEntry("l2", True, False, dict(_HSJ)),
-    "fmn_linf": LibraryEntry("linf", False, False, dict(_FMN)),
-    "fmn_l2": LibraryEntry("l2", False, False, dict(_FMN)),
-    "fmn_l1": LibraryEntry("l1", False, False, dict(_FMN)),
-}
-
-#: AutoAttack's attacks; ``None`` defaults depend on the norm (AutoAttack's standard version).
-AUTOATTACK_ATTACKS: dict[str, LibraryEntry] = {
-    "apgd-ce": LibraryEntry("", False, True, {
-        "n_iter": Param("int", 100, lo=1),
-        "n_restarts": Param("int", None, lo=1),
-        "rho": Param("float", 0.75, lo=0.0, lo_open=True),
-        "use_largereps": Param("bool", None),
-    }),
-    "apgd-t": LibraryEntry("", False, True, {
-        "n_iter": Param("int", 100, lo=1),
-        "n_restarts": Param("int", 1, lo=1),
-        "n_target_classes": Param("int", None, lo=1),
-        "rho": Param("float", 0.75, lo=0.0, lo_open=True),
-        "use_largereps": Param("bool", None),
-    }),
-    "fab-t": LibraryEntry("", False, True, {
-        "n_iter": Param("int", 100, lo=1),
-        "n_restarts": Param("int", 1, lo=1),
-        "n_target_classes": Param("int", 9, lo=1),
-        "alpha_max": Param("float", 0.1, lo=0.0, lo_open=True),
-        "eta": Param("float", 1.05, lo=0.0, lo_open=True),
-        "beta": Param("float", 0.9, lo=0.0, lo_open=True),
-    }),
-    "square": LibraryEntry("", True, True, {
-        "n_queries": Param("int", 5000, lo=1),
-        "p_init": Param("float", 0.8, lo=0.0, lo_open=True),
-        "n_restarts": Param("int", 1, lo=1),
-    }),
-}
-AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-
-
-def _norm_defaults(attack: str, norm: str) -> dict[str, Any]:
-    """AutoAttack's standard-version settings that differ between norms."""
-    l1 = norm == "l1"
-    return {
-        "apgd-ce": {"n_restarts": 5 if l1 else 1, "use_largereps": l1},
-        "apgd-t": {"n_target_classes": 5 if l1 else 9, "use_largereps": l1},
-    }.get(attack, {})
-
-
-@dataclass(frozen=True)
-class LibrarySpec:
-    """A validated library attack spec (canonical form in ``to_dict``)."""
-
-    type: str
-    attack: str
-    family: str
-    epsilon: float
-    params: tuple[tuple[str, Any], ...]
-
-    @property
-    def entry(self) -> LibraryEntry:
-        table = FOOLBOX_ATTACKS if self.type == "foolbox" else AUTOATTACK_ATTACKS
-        return table[self.attack]
-
-    def param(self, name: str) -> Any:
-        return dict(self.params)[name]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "attack": self.attack}
-        if self.type == "autoattack":
-            out["norm"] = self.family
-        out["epsilon"] = self.epsilon
-        out.update(self.params)
-        return out
-
-
-def _param(spec: dict, key: str, p: Param, path: str) -> Any:
-    if p.kind == "int":
-        return _int(spec, key, path, default=p.default, lo=int(p.lo) if p.lo is not None else None)
-    if p.kind == "float":
-        return _number(spec, key, path, default=p.default, lo=p.lo, lo_open=p.lo_open)
-    value = spec.get(key, p.default)
-    if p.kind == "bool":
-        if not isinstance(value, bool):
-            raise _err(path, key, "must be true or false", value)
-        return value
-    if value not in p.choices:
-        raise _err(path, key, f"must be one of {list(p.choices)}", value)
-    return value
-
-
-def parse_library_spec(spec: dict, *, path: str = "") -> LibrarySpec:
-    """Validate a ``foolbox`` / ``autoattack`` spec dict (errors name the key)."""
-    typ = spec["type"]
-    table = FOOLBOX_ATTACKS if typ == "foolbox" else AUTOATTACK_ATTACKS
-    name = spec.get("attack")
-    if name not in table:
-        raise _err(path, "attack", f"must be one of {sorted(table)} for type {typ!r}", name)
-    entry = table[name]
-    fixed = ("type", "attack", "epsilon") + (("norm",) if typ == "autoattack" else ())
-    allowed = (*fixed, *entry.params)
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise AttackSpecError(
-            f"attack spec key '{path}{unknown[0]}': unknown key for {typ} attack {name!r}; "
-            f"allowed keys: {list(allowed)}"
-        )
-    if typ == "autoattack":
-        family = spec.get("norm")
-        if family not in AUTOATTACK_NORMS:
-            raise _err(path, "norm", f"must be one of {list(AUTOATTACK_NORMS)}", family)
-    else:
-        family = entry.family
-    eps = _number(spec, "epsilon", path, lo=0.0, lo_open=True)
-    defaults = _norm_defaults(name, family) if typ == "autoattack" else {}
-    params = []
-    for key, p in entry.params.items():
-        if p.default is None:
-            p = Param(p.kind, defaults[key], p.lo, p.lo_open, p.choices)
-        params.append((key, _param(spec, key, p, path)))
-    return LibrarySpec(type=typ, attack=name, family=family, epsilon=eps, params=tuple(params))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,7 +197,7 @@ class FoolboxAttack(LibraryAttack):
             return p["init_steps"] + p["steps"] + -(-p["steps"] // p["update_stats_every_k"])
         return p["init_steps"]  # pointwise: plus a data-dependent number of forward passes
 
-    def _build(self, fa: Any) -> tuple[Any, Callable[[Any, Any, Any], Any] | None]:
+    def _build(self, fa: ModuleType) -> tuple[MinimizationAttack, MinimizationAttack | None]:
         """(the foolbox attack, the starting-point attack for decision-based ones or None)."""
         p = dict(self.parsed.params)
         name = self.parsed.attack
@@ -506,9 +298,3 @@ class AutoAttackAttack(LibraryAttack):
             atk = SquareAttack(scaled, resc_schedule=False, **common, **p)
             adv = atk.perturb(u, y)
         return lo + (hi - lo) * adv.to(x.dtype)
-
-
-def make_library_attack(spec: LibrarySpec, *, bounds: tuple[float, float] | None) -> LibraryAttack:
-    """The wrapper for a parsed library spec (imports the library: clear error if missing)."""
-    cls = FoolboxAttack if spec.type == "foolbox" else AutoAttackAttack
-    return cls(spec, bounds=bounds)

@@ -9,14 +9,17 @@ forward. Restarts after the first run only on the inputs not yet misclassified (
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from jobs.attacks.base import Attack, Best, RunOutput, input_grad
 from jobs.attacks.norms import perturbation_norm
-from jobs.attacks.spec import LpSpec
 from jobs.attacks.threats import THREATS, L1Threat, Threat
+
+if TYPE_CHECKING:
+    from jobs.attacks.spec import LpSpec
 
 
 def _apply(x0: Tensor, delta: Tensor, bounds) -> Tensor:

@@ -14,13 +14,16 @@ transform-major and sent through the model in chunks of ``eval_batch`` images.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jobs.attacks.base import Attack, AttackConstraintError, Best, RunOutput
-from jobs.attacks.spec import RTSpec
+
+if TYPE_CHECKING:
+    from jobs.attacks.spec import RTSpec
 
 #: Images per forward pass when scoring transforms (no gradient is kept), per device type:
 #: on CPU small chunks keep the activations in cache (on a 2-core CPU, 2048-image chunks of the

@@ -1,9 +1,10 @@
-"""Attack specs: the paper's config keys, validated into immutable objects.
+"""Attack specs: the paper's config keys, validated into immutable objects, and the registry.
 
 A spec is a plain dict using the keys of the public MultiRobustness config files, so configs
-port directly. ``parse_spec`` checks it (every error names the key, the value and what is
-allowed; unknown keys are rejected to catch typos) and fills in defaults. ``Spec.to_dict()``
-gives the canonical JSON-able form stored in results.
+port directly. ``parse_spec`` looks its ``type`` up in ``SPEC_TYPES`` and lets that class check
+it (every error names the key, the value and what is allowed; unknown keys are rejected to catch
+typos) and fill in defaults. ``AttackSpec.to_dict()`` gives the canonical JSON-able form stored
+in results; ``build`` makes the attack.
 
 Keys per ``type``:
 - linf, l2: epsilon (required), k=100, a=2.5*epsilon/k, random_start=True, reps=1
@@ -11,38 +12,73 @@ Keys per ``type``:
 - rt: spatial_limits=[3, 3, 30], grid_granularity=[5, 5, 31], random_tries=-1 (negative: grid)
 - affine: attacks=[spec, spec] (one linf spec and one l1 or rt spec), weight (beta in [0, 1] for
   attacks[0]; absent: drawn per example, Dirichlet(1, 1)), reps=1
+- foolbox, autoattack: see ``jobs.attacks.library_spec``
+
+Adding an attack type: a spec class (an ``AttackSpec``), the attack class its ``build`` returns
+(an ``Attack``), and its entry in ``SPEC_TYPES``.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jobs.errors import MpoError
+from jobs.attacks.affine import AffineLinfL1, AffineLinfRT
+from jobs.attacks.base import AttackSpec, Bounds
+from jobs.attacks.checks import (
+    AttackSpecError,
+    check_keys,
+    flag,
+    integer,
+    is_number,
+    number,
+    spec_error,
+    triple,
+)
+from jobs.attacks.library_spec import LibrarySpec
+from jobs.attacks.norms import LP_FAMILIES, BudgetBall, GaugeBall, LpBall
+from jobs.attacks.pgd import PGDAttack
+from jobs.attacks.spatial import RTAttack
+
+if TYPE_CHECKING:
+    from jobs.attacks.base import Attack
+    from jobs.attacks.norms import Ball
+
+__all__ = [
+    "LP_FAMILIES",
+    "SPEC_TYPES",
+    "AffineSpec",
+    "AttackSpec",
+    "AttackSpecError",
+    "LibrarySpec",
+    "LpSpec",
+    "RTSpec",
+    "parse_spec",
+]
 
 
-class AttackSpecError(MpoError, ValueError):
-    """An invalid attack spec; the message names the offending key."""
-
-
-LP_TYPES = ("linf", "l2", "l1")
-TYPES = (*LP_TYPES, "rt", "affine")
-#: Attacks from optional libraries, validated in jobs.attacks.library (imported lazily).
-LIBRARY_TYPES = ("foolbox", "autoattack")
-
-_LP_KEYS = ("type", "epsilon", "k", "a", "random_start", "reps")
-ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
-    "linf": _LP_KEYS,
-    "l2": _LP_KEYS,
-    "l1": (*_LP_KEYS, "perc"),
-    "rt": ("type", "spatial_limits", "grid_granularity", "random_tries"),
-    "affine": ("type", "attacks", "weight", "reps"),
-}
+def _perc(spec: Mapping[str, Any], path: str) -> float | tuple[float, float]:
+    v = spec.get("perc", 99.0)
+    msg = "must be a number in [0, 100] or a [lo, hi] range with 0 <= lo <= hi <= 100"
+    if is_number(v):
+        if not 0 <= v <= 100:
+            raise spec_error(path, "perc", msg, v)
+        return float(v)
+    if isinstance(v, list | tuple) and len(v) == 2 and all(is_number(i) for i in v):
+        lo, hi = float(v[0]), float(v[1])
+        if not 0 <= lo <= hi <= 100:
+            raise spec_error(path, "perc", msg, v)
+        return (lo, hi)
+    raise spec_error(path, "perc", msg, v)
 
 
 @dataclass(frozen=True)
-class LpSpec:
+class LpSpec(AttackSpec):
+    """PGD on an l_p ball: l_inf and l_2 (steepest ascent), l_1 (SLIDE, with ``perc``)."""
+
     type: str
     epsilon: float
     k: int
@@ -50,6 +86,23 @@ class LpSpec:
     random_start: bool
     reps: int
     perc: float | tuple[float, float] | None = None  # l1 only
+
+    @property
+    def family(self) -> str:
+        return self.type
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> LpSpec:
+        typ = spec["type"]
+        keys = ("type", "epsilon", "k", "a", "random_start", "reps") + (("perc",) if typ == "l1" else ())
+        check_keys(spec, path, keys, f"type {typ!r}")
+        eps = number(spec, "epsilon", path, lo=0.0)
+        k = integer(spec, "k", path, default=100, lo=1)
+        a = number(spec, "a", path, default=2.5 * eps / k, lo=0.0)
+        random_start = flag(spec, "random_start", path, default=True)
+        reps = integer(spec, "reps", path, default=1, lo=1)
+        perc = _perc(spec, path) if typ == "l1" else None
+        return cls(type=typ, epsilon=eps, k=k, a=a, random_start=random_start, reps=reps, perc=perc)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,18 +117,44 @@ class LpSpec:
             out["perc"] = list(self.perc) if isinstance(self.perc, tuple) else self.perc
         return out
 
+    def _scaled(self, factor: float) -> LpSpec:
+        # the step keeps its ratio to the radius
+        return dataclasses.replace(self, epsilon=self.epsilon * factor, a=self.a * factor)
+
+    def with_restarts(self, reps: int) -> LpSpec:
+        return dataclasses.replace(self, reps=reps)
+
+    def ball(self, radius: float | None = None) -> Ball:
+        return LpBall(self.family, self.epsilon if radius is None else float(radius))
+
+    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
+        return PGDAttack(self, bounds=bounds)
+
 
 @dataclass(frozen=True)
-class RTSpec:
+class RTSpec(AttackSpec):
+    """Rotation-translation: the full grid of transforms, or ``random_tries`` random ones."""
+
     spatial_limits: tuple[float, float, float]
     grid_granularity: tuple[int, int, int]
     random_tries: int
 
     type: str = "rt"
+    family = "rt"
 
     @property
     def grid_mode(self) -> bool:
         return self.random_tries < 0
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> RTSpec:
+        check_keys(spec, path, ("type", "spatial_limits", "grid_granularity", "random_tries"), "type 'rt'")
+        limits = triple(spec, "spatial_limits", path, (3.0, 3.0, 30.0), integer=False)
+        gran = triple(spec, "grid_granularity", path, (5, 5, 31), integer=True)
+        tries = integer(spec, "random_tries", path, default=-1)
+        if tries == 0:
+            raise spec_error(path, "random_tries", "must be a positive count, or negative for the full grid", 0)
+        return cls(spatial_limits=limits, grid_granularity=gran, random_tries=tries)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,9 +164,22 @@ class RTSpec:
             "random_tries": self.random_tries,
         }
 
+    def _scaled(self, factor: float) -> RTSpec:
+        tx, ty, angle = (v * factor for v in self.spatial_limits)
+        return dataclasses.replace(self, spatial_limits=(tx, ty, angle))
+
+    def ball(self, radius: float | None = None) -> Ball:
+        self._no_radius(radius)
+        return BudgetBall(self.spatial_limits)
+
+    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
+        return RTAttack(self, bounds=bounds, eval_batch=eval_batch)
+
 
 @dataclass(frozen=True)
-class AffineSpec:
+class AffineSpec(AttackSpec):
+    """The affine adversary: a beta-share of one ball compounded with the rest of another."""
+
     attacks: tuple[LpSpec | RTSpec, LpSpec | RTSpec]
     weight: float | None
     reps: int
@@ -99,6 +191,31 @@ class AffineSpec:
         kinds = {s.type for s in self.attacks}
         return "linf+rt" if "rt" in kinds else "linf+l1"
 
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> AffineSpec:
+        check_keys(spec, path, ("type", "attacks", "weight", "reps"), "type 'affine'")
+        subs = spec.get("attacks")
+        if not isinstance(subs, list | tuple) or len(subs) != 2:
+            raise spec_error(path, "attacks", "must be a list of exactly two attack specs", subs)
+        parsed = tuple(parse_spec(s, path=f"{path}attacks[{i}].") for i, s in enumerate(subs))
+        kinds = sorted(s.type for s in parsed)
+        if kinds not in (["l1", "linf"], ["linf", "rt"]):
+            raise spec_error(path, "attacks", "must combine one 'linf' spec with one 'l1' or 'rt' spec",
+                             [s.type for s in parsed])
+        for i, s in enumerate(parsed):
+            if isinstance(s, LpSpec):
+                if s.reps != 1:
+                    raise spec_error(f"{path}attacks[{i}].", "reps", "must be 1 inside an affine attack "
+                                     "(set 'reps' on the affine spec)", s.reps)
+                if s.epsilon <= 0:
+                    raise spec_error(f"{path}attacks[{i}].", "epsilon", "must be > 0 inside an affine "
+                                     "attack", s.epsilon)
+        weight = spec.get("weight")
+        if weight is not None:
+            weight = number(spec, "weight", path, lo=0.0, hi=1.0)
+        reps = integer(spec, "reps", path, default=1, lo=1)
+        return cls(attacks=parsed, weight=weight, reps=reps)  # type: ignore[arg-type]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "affine",
@@ -107,133 +224,50 @@ class AffineSpec:
             "reps": self.reps,
         }
 
+    def _scaled(self, factor: float) -> AffineSpec:
+        first, second = (s.scaled(factor) for s in self.attacks)
+        return dataclasses.replace(self, attacks=(first, second))
 
-Spec = LpSpec | RTSpec | AffineSpec
+    def with_restarts(self, reps: int) -> AffineSpec:
+        return dataclasses.replace(self, reps=reps)
 
+    def part(self, typ: str) -> LpSpec | RTSpec:
+        """The component of type ``typ`` (``linf``, ``l1`` or ``rt``)."""
+        return next(s for s in self.attacks if s.type == typ)
 
-def _err(path: str, key: str, msg: str, value: Any) -> AttackSpecError:
-    return AttackSpecError(f"attack spec key '{path}{key}': {msg}, got {value!r}")
+    def ball(self, radius: float | None = None) -> Ball:
+        self._no_radius(radius)
+        # Two affine attacks share a ball when their components are the same attacks.
+        key = json.dumps([s.to_dict() for s in self.attacks], sort_keys=True)
+        if self.family == "linf+rt":
+            return BudgetBall(key)
+        lin, l1 = self.part("linf"), self.part("l1")
+        assert isinstance(lin, LpSpec) and isinstance(l1, LpSpec)
+        return GaugeBall(lin.epsilon, l1.epsilon, key)
 
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _number(spec: dict, key: str, path: str, *, default: Any = ..., lo: float | None = None,
-            lo_open: bool = False, hi: float | None = None) -> float:
-    if key not in spec or spec[key] is None:
-        if default is ...:
-            raise AttackSpecError(f"attack spec key '{path}{key}': required for type {spec['type']!r}")
-        return default
-    v = spec[key]
-    rng = (f"{'>' if lo_open else '>='} {lo}" if lo is not None else "") + (
-        f"{' and ' if lo is not None else ''}<= {hi}" if hi is not None else ""
-    )
-    if not _is_number(v):
-        raise _err(path, key, f"must be a finite number {rng}".rstrip(), v)
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise _err(path, key, f"must be {rng}", v)
-    if hi is not None and v > hi:
-        raise _err(path, key, f"must be {rng}", v)
-    return float(v)
+    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
+        cls = AffineLinfRT if self.family == "linf+rt" else AffineLinfL1
+        return cls(self, bounds=bounds, eval_batch=eval_batch)
 
 
-def _int(spec: dict, key: str, path: str, *, default: int, lo: int | None = None) -> int:
-    v = spec.get(key, default)
-    if v is None:
-        v = default
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _err(path, key, "must be an integer" + (f" >= {lo}" if lo is not None else ""), v)
-    if lo is not None and v < lo:
-        raise _err(path, key, f"must be an integer >= {lo}", v)
-    return v
+#: Every attack type: its ``type`` name -> the spec class that parses, scales and builds it.
+SPEC_TYPES: dict[str, type[AttackSpec]] = {
+    **dict.fromkeys(LP_FAMILIES, LpSpec),
+    "rt": RTSpec,
+    "affine": AffineSpec,
+    "foolbox": LibrarySpec,
+    "autoattack": LibrarySpec,
+}
 
 
-def _triple(spec: dict, key: str, path: str, default: tuple, *, integer: bool) -> tuple:
-    v = spec.get(key, default)
-    what = "positive integers" if integer else "non-negative numbers"
-    if not isinstance(v, list | tuple) or len(v) != 3:
-        raise _err(path, key, f"must be a list of 3 {what}", v)
-    for item in v:
-        ok = (isinstance(item, int) and not isinstance(item, bool) and item >= 1) if integer else (
-            _is_number(item) and item >= 0
-        )
-        if not ok:
-            raise _err(path, key, f"must be a list of 3 {what}", v)
-    return tuple(int(i) for i in v) if integer else tuple(float(i) for i in v)
-
-
-def _perc(spec: dict, path: str) -> float | tuple[float, float]:
-    v = spec.get("perc", 99.0)
-    msg = "must be a number in [0, 100] or a [lo, hi] range with 0 <= lo <= hi <= 100"
-    if _is_number(v):
-        if not 0 <= v <= 100:
-            raise _err(path, "perc", msg, v)
-        return float(v)
-    if isinstance(v, list | tuple) and len(v) == 2 and all(_is_number(i) for i in v):
-        lo, hi = float(v[0]), float(v[1])
-        if not 0 <= lo <= hi <= 100:
-            raise _err(path, "perc", msg, v)
-        return (lo, hi)
-    raise _err(path, "perc", msg, v)
-
-
-def _check_keys(spec: dict, path: str) -> str:
-    if not isinstance(spec, dict):
+def parse_spec(spec: Mapping[str, Any] | AttackSpec, *, path: str = "") -> AttackSpec:
+    """Validate a spec dict and return the immutable, defaults-filled spec object (a parsed spec
+    is returned as it is)."""
+    if isinstance(spec, AttackSpec):
+        return spec
+    if not isinstance(spec, Mapping):
         raise AttackSpecError(f"attack spec {path or ''}must be a dict, got {type(spec).__name__}")
     typ = spec.get("type")
-    if typ not in TYPES:
-        raise _err(path, "type", f"must be one of {list(TYPES + LIBRARY_TYPES)}", typ)
-    unknown = sorted(set(spec) - set(ALLOWED_KEYS[typ]))
-    if unknown:
-        raise AttackSpecError(
-            f"attack spec key '{path}{unknown[0]}': unknown key for type {typ!r}; "
-            f"allowed keys: {list(ALLOWED_KEYS[typ])}"
-        )
-    return typ
-
-
-def parse_spec(spec: dict, *, path: str = "") -> Spec:
-    """Validate a spec dict and return the immutable, defaults-filled spec object."""
-    if isinstance(spec, dict) and spec.get("type") in LIBRARY_TYPES:
-        from jobs.attacks.library import parse_library_spec
-
-        return parse_library_spec(spec, path=path)
-    typ = _check_keys(spec, path)
-    if typ in LP_TYPES:
-        eps = _number(spec, "epsilon", path, lo=0.0)
-        k = _int(spec, "k", path, default=100, lo=1)
-        a = _number(spec, "a", path, default=2.5 * eps / k, lo=0.0)
-        rs = spec.get("random_start", True)
-        if not isinstance(rs, bool):
-            raise _err(path, "random_start", "must be true or false", rs)
-        reps = _int(spec, "reps", path, default=1, lo=1)
-        perc = _perc(spec, path) if typ == "l1" else None
-        return LpSpec(type=typ, epsilon=eps, k=k, a=a, random_start=rs, reps=reps, perc=perc)
-    if typ == "rt":
-        limits = _triple(spec, "spatial_limits", path, (3.0, 3.0, 30.0), integer=False)
-        gran = _triple(spec, "grid_granularity", path, (5, 5, 31), integer=True)
-        tries = _int(spec, "random_tries", path, default=-1)
-        if tries == 0:
-            raise _err(path, "random_tries", "must be a positive count, or negative for the full grid", 0)
-        return RTSpec(spatial_limits=limits, grid_granularity=gran, random_tries=tries)
-    # affine
-    subs = spec.get("attacks")
-    if not isinstance(subs, list | tuple) or len(subs) != 2:
-        raise _err(path, "attacks", "must be a list of exactly two attack specs", subs)
-    parsed = tuple(parse_spec(s, path=f"{path}attacks[{i}].") for i, s in enumerate(subs))
-    kinds = sorted(s.type for s in parsed)
-    if kinds not in (["l1", "linf"], ["linf", "rt"]):
-        raise _err(path, "attacks", "must combine one 'linf' spec with one 'l1' or 'rt' spec", [s.type for s in parsed])
-    for i, s in enumerate(parsed):
-        if isinstance(s, LpSpec):
-            if s.reps != 1:
-                raise _err(f"{path}attacks[{i}].", "reps", "must be 1 inside an affine attack "
-                           "(set 'reps' on the affine spec)", s.reps)
-            if s.epsilon <= 0:
-                raise _err(f"{path}attacks[{i}].", "epsilon", "must be > 0 inside an affine attack", s.epsilon)
-    weight = spec.get("weight")
-    if weight is not None:
-        weight = _number(spec, "weight", path, lo=0.0, hi=1.0)
-    reps = _int(spec, "reps", path, default=1, lo=1)
-    return AffineSpec(attacks=parsed, weight=weight, reps=reps)  # type: ignore[arg-type]
+    if typ not in SPEC_TYPES:
+        raise spec_error(path, "type", f"must be one of {list(SPEC_TYPES)}", typ)
+    return SPEC_TYPES[typ].parse(spec, path=path)
