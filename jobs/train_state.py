@@ -21,6 +21,7 @@ from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.config import TrainConfig
 from jobs.errors import MpoError
 from jobs.strategies import Strategy
+from jobs.train_cost import training_cost
 
 
 class ResumeError(MpoError, RuntimeError):
@@ -160,5 +161,6 @@ def save_final_checkpoint(state: TrainingState, path: Path) -> None:
             "epochs": config.epochs,
             "steps": state.step,
             "final_metrics": state.metrics[-1] if state.metrics else {},
+            "cost": training_cost(state.metrics),
         },
     )

@@ -39,6 +39,7 @@ from jobs.config import TrainConfig, make_train_config, scale_spec
 from jobs.errors import DeviceError, MpoError
 from jobs.io import write_json_atomic, write_jsonl_atomic
 from jobs.strategies import StepOutput, get_strategy
+from jobs.train_cost import PassCounter, describe_device, training_cost
 from jobs.train_state import (
     ResumeError,
     TrainingState,
@@ -74,6 +75,8 @@ class TrainResult:
     checkpoint: Path
     metrics: list[dict[str, Any]]
     resumed_from_epoch: int
+    #: ``jobs.train_cost.training_cost`` of the metrics: passes per example, seconds, device
+    cost: dict[str, Any]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -218,7 +221,8 @@ def train(
 
         if not ckpt_path.exists() or resumed_from < config.epochs:
             save_final_checkpoint(state, ckpt_path)
-    return TrainResult(checkpoint=ckpt_path, metrics=state.metrics, resumed_from_epoch=resumed_from)
+    return TrainResult(checkpoint=ckpt_path, metrics=state.metrics, resumed_from_epoch=resumed_from,
+                       cost=training_cost(state.metrics))
 
 
 def train_epoch(
@@ -241,16 +245,17 @@ def train_epoch(
     perm = torch.randperm(len(data.x), generator=state.gens.data).to(dev)
     meter = EpochMeter(steps, len(attacks), dev)
     t0 = time.perf_counter()
-    for step in range(steps):
-        xb, yb = data.batch(perm, step, config.batch_size, state.gens.augment)
-        meter.add(train_step(state, data, attacks, xb, yb))
-        if (step + 1) % sync_every == 0 or step + 1 == steps:
-            loss, bad = meter.sync()
-            if bad is not None:
-                raise _diverged(state, meter, bad, state_path)
-            if on_step is not None:
-                on_step({"epoch": state.epoch + 1, "step": step + 1, "steps_per_epoch": steps,
-                         "loss": loss})  # fmt: skip
+    with PassCounter(model) as passes:
+        for step in range(steps):
+            xb, yb = data.batch(perm, step, config.batch_size, state.gens.augment)
+            meter.add(train_step(state, data, attacks, xb, yb))
+            if (step + 1) % sync_every == 0 or step + 1 == steps:
+                loss, bad = meter.sync()
+                if bad is not None:
+                    raise _diverged(state, meter, bad, state_path)
+                if on_step is not None:
+                    on_step({"epoch": state.epoch + 1, "step": step + 1, "steps_per_epoch": steps,
+                             "loss": loss})  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -263,10 +268,14 @@ def train_epoch(
         "clean_acc": clean,
         "lr": learning_rate(config, state.step - 1, data.total_steps),
         "start_small": bool(config.start_small and state.epoch == 0),
+        "examples": meter.seen,
         "examples_per_s": meter.seen / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
+        "train_seconds": sum(m["seconds"] for m in state.metrics) + seconds,
+        "device": describe_device(dev),
+        **passes.per_example(meter.seen),
     }
-    record.update(meter.adv_accuracy(metric_names(config.families())))
+    record.update(meter.per_attack(metric_names(config.families())))
     return record
 
 
@@ -317,11 +326,15 @@ class EpochMeter:
         sizes = torch.tensor(self.sizes, dtype=torch.float64)
         return float((self.losses[: len(self.sizes)].cpu() * sizes).sum() / max(self.seen, 1))
 
-    def adv_accuracy(self, names: list[str]) -> dict[str, float]:
-        """Per training attack: robust accuracy on the inputs it attacked (nan if none)."""
-        correct = self.adv_correct.tolist()
-        return {name: c / a if a else float("nan")
-                for name, c, a in zip(names, correct, self.attacked, strict=True)}  # fmt: skip
+    def per_attack(self, names: list[str]) -> dict[str, float]:
+        """Per training attack ``adv_acc/<family>``: robust accuracy on the inputs it attacked
+        (nan if none), and ``attacked/<family>``: the fraction of the epoch's inputs it attacked
+        (1 for single, avg and max; the draw frequency for random and eat)."""
+        out = {}
+        for name, correct, attacked in zip(names, self.adv_correct.tolist(), self.attacked, strict=True):
+            out[name] = correct / attacked if attacked else float("nan")
+            out[name.replace("adv_acc/", "attacked/", 1)] = attacked / max(self.seen, 1)
+        return out
 
 
 def _diverged(state: TrainingState, meter: EpochMeter, bad: int,

@@ -211,7 +211,7 @@ def run_trial(config: dict[str, Any]) -> None:
             record = rd.update_trial(
                 mid, trained=True, resumed_from_epochs=resumed, epochs_trained=len(result.metrics),
                 final_train_metrics=result.metrics[-1] if result.metrics else {},
-                train_wall_seconds=wall(),
+                train_cost=result.cost, train_wall_seconds=wall(),
             )  # fmt: skip
         rd.update_trial(mid, state="evaluating", wall_seconds=wall())
         paths, failed = _evaluate(trial, checkpoint, rd, settings, faults)

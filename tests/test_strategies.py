@@ -165,9 +165,9 @@ def test_random_draws_each_attack_equally_often_one_per_batch():
     x, y = torch.zeros(2, 1), torch.tensor([0, 1])
     attacks = [FakeAttack(float(s), [0.0] * 2) for s in (1, 2, 3)]
     strategy, model = get_strategy("random", seed=0), Recorder()
-    n = 3000
+    n = 1500
     outs = [strategy(model, x, y, attacks) for _ in range(n)]
-    assert [a.calls / n for a in attacks] == pytest.approx([1 / 3] * 3, abs=0.035)  # ~4 sigma
+    assert [a.calls / n for a in attacks] == pytest.approx([1 / 3] * 3, abs=0.05)  # ~4 sigma
     assert all(sum(o.attacked) == 2 and o.adv_correct.sum() == 2 for o in outs)
     # the batch trained on is the drawn attack's
     assert all(int(m[0, 0]) - 1 == o.attacked.index(2) for m, o in zip(model.seen, outs, strict=True))
