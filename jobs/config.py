@@ -31,10 +31,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import MpoError
 from jobs.io import load_yaml
+from jobs.validation import FrozenModel, format_validation_error
 
 #: The training strategies (``jobs.strategies``): the one list, which TrainConfig, grid entries
 #: and ``jobs.strategies.get_strategy`` all take their names from.
@@ -69,11 +70,7 @@ class ConfigError(MpoError, ValueError):
     """A config that cannot be used: names the file (when there is one), the field and the value."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetConfig(_Frozen):
+class DatasetConfig(FrozenModel):
     name: str = Field(description="dataset name: mnist, cifar10 or toy")
     params: dict[str, Any] = Field(default_factory=dict, description="toy parameters (d, alpha, ...)")
     n_train: int | None = Field(None, ge=1, description="train on a deterministic subset of this size")
@@ -89,7 +86,7 @@ class DatasetConfig(_Frozen):
         return self
 
 
-class ModelConfig(_Frozen):
+class ModelConfig(FrozenModel):
     name: str = Field(description="a name from jobs.models.MODELS")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -103,7 +100,7 @@ class ModelConfig(_Frozen):
         return name
 
 
-class OptimizerConfig(_Frozen):
+class OptimizerConfig(FrozenModel):
     name: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -124,7 +121,7 @@ class OptimizerConfig(_Frozen):
         return values
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(FrozenModel):
     label: str = Field("", description="display name, e.g. Adv_max (not part of the model id)")
     dataset: DatasetConfig
     model: ModelConfig
@@ -208,27 +205,15 @@ def _normalise_attack(spec: Any, index: int, bounds: tuple[float, float] | None)
         raise ValueError(f"attacks[{index}]: {err}") from None
 
 
-def _format_errors(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] in ("missing", "extra_forbidden"):
-            parts.append(f"field '{loc}': {msg}")
-        else:
-            parts.append(f"field '{loc}' = {e.get('input')!r}: {msg}")
-    return "; ".join(parts)
-
-
 def make_train_config(data: Mapping[str, Any], *, source: str | None = None) -> TrainConfig:
     """Validate a mapping into a TrainConfig; ``ConfigError`` names ``source`` and the field."""
-    prefix = f"{source}: " if source else ""
+    source = source or "training config"
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}a training config must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: a training config must be a mapping, got {type(data).__name__}")
     try:
         return TrainConfig.model_validate(dict(data))
     except ValidationError as err:
-        raise ConfigError(f"{prefix}invalid training config: {_format_errors(err)}") from None
+        raise ConfigError(format_validation_error(err, source=source, model=TrainConfig)) from None
 
 
 def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:

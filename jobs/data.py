@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from jobs.errors import MpoError
+from jobs.validation import FrozenModel, format_validation_error
 
 DEFAULT_DATA_DIR = Path("~/.cache/mpo/data")
 ENV_DATA_DIR = "MPO_DATA_DIR"
@@ -53,10 +54,8 @@ class DatasetInfo:
     augmentation: str | None = None
 
 
-class ToyParams(BaseModel):
+class ToyParams(FrozenModel):
     """Parameters of the Section 2 distribution."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     d: int = Field(99, ge=1, description="number of weakly correlated features x1..xd")
     alpha: float = Field(2.0, gt=0, description="signal strength: eta = alpha / sqrt(d)")
@@ -80,15 +79,9 @@ def toy_params(params: dict[str, Any] | ToyParams | None) -> ToyParams:
     try:
         return ToyParams(**(params or {}))
     except ValidationError as err:
-        raise DataError(f"toy dataset parameters: {_pydantic_message(err)}") from None
-
-
-def _pydantic_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        parts.append(f"field '{loc}' = {e.get('input')!r}: {e['msg']}")
-    return "; ".join(parts)
+        raise DataError(
+            format_validation_error(err, source="toy dataset parameters", model=ToyParams)
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
