@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.metrics import SweepCurves
+from jobs.io import atomic_write
 
 #: One colour per family, shared by the curve and its single-perturbation reference line.
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -20,7 +22,7 @@ def _family_label(family: str, eps: float) -> str:
     return family if eps is None or math.isnan(eps) else f"{family} (ε={eps:.3g})"
 
 
-def plot_sweep(curves: SweepCurves, path_without_suffix: Path) -> list[Path]:
+def plot_sweep(curves: SweepCurves, path_without_suffix: str | Path) -> list[Path]:
     """Plot ``curves`` and write PNG and SVG next to ``path_without_suffix``.
 
     Solid lines: accuracy against each family at a fraction of its full budget (shaded: Wilson
@@ -53,11 +55,18 @@ def plot_sweep(curves: SweepCurves, path_without_suffix: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path_without_suffix = Path(path_without_suffix)
-    path_without_suffix.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path_without_suffix)
+
+
+def save_figure(fig: Figure, path_without_suffix: str | Path, **savefig: Any) -> list[Path]:
+    """Write ``fig`` as PNG and SVG next to ``path_without_suffix`` (each atomically, without the
+    date and software stamps, so an unchanged figure is an unchanged file); returns the paths.
+    ``savefig`` goes to ``Figure.savefig`` (dpi, bbox_inches)."""
+    base = Path(path_without_suffix)
     out = []
     for fmt in FORMATS:
-        path = path_without_suffix.with_name(path_without_suffix.name + f".{fmt}")
-        fig.savefig(path, format=fmt, metadata=_METADATA[fmt])
-        out.append(path)
+        out.append(atomic_write(
+            base.with_name(f"{base.name}.{fmt}"),
+            lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, metadata=_METADATA[fmt], **savefig),
+        ))
     return out

@@ -15,21 +15,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from analysis.figures import save_figure
 from analysis.theory import Section2, TheoryError, interpolating_classifier, linear_risk
 
-SUFFIXES = (".png", ".svg")
 
-
-def _save(fig: Any, path_without_suffix: str | Path) -> list[Path]:
-    base = Path(path_without_suffix)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix in SUFFIXES:
-        p = base.with_name(base.name + suffix)
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-        paths.append(p)
-    plt.close(fig)
+def _save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
+    paths = save_figure(fig, path_without_suffix, dpi=150, bbox_inches="tight")
+    plt.close(fig)  # pyplot keeps every figure it made until closed
     return paths
 
 
@@ -44,7 +39,7 @@ def family_curve(dist: Section2, n: int = 181) -> tuple[np.ndarray, np.ndarray, 
     return thetas, np.array(r_inf), np.array(r_1)
 
 
-def _risk_plane(ax: Any, dist: Section2) -> None:
+def _risk_plane(ax: Axes, dist: Section2) -> None:
     """The (R_1, R_inf) plane: the classifier family, the constant classifier, and Theorem 1's bound."""
     _, r_inf, r_1 = family_curve(dist)
     grid = np.linspace(0, 1, 2)
