@@ -12,8 +12,11 @@
   the training forward passes, per clean input), ``clean_acc`` (accuracy in eval mode at the end
   of the epoch on the first ``CLEAN_ACC_EXAMPLES`` unaugmented training inputs: a fixed subset,
   so epochs compare), ``adv_acc/<family>`` (per training attack, the fraction of the inputs it
-  attacked that it did not fool, at the model of each step), ``lr``, ``start_small``,
-  ``seconds`` and ``examples_per_s`` (the epoch's steps, the clean-accuracy pass excluded);
+  attacked that it did not fool, at the model of each step), ``attacked/<family>`` (the share
+  of the epoch's inputs it attacked: 1, or the draw frequency for random and eat), ``lr``,
+  ``start_small``, ``examples``, ``seconds`` and ``examples_per_s`` (the epoch's steps, the
+  clean-accuracy pass excluded), and the cost (``jobs.train_cost``): passes per example,
+  ``train_seconds``, ``device``;
 - ``checkpoint.pt``: the final weights and config (``jobs.checkpoint`` format), written at the end.
 
 Randomness is drawn from explicit generators only, so that saving their states is enough to

@@ -41,10 +41,11 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jobs.config import Strategy
 from jobs.errors import MpoError
 from jobs.io import load_yaml, read_text
 
@@ -73,7 +74,7 @@ class EvaluationPlan(_Frozen):
 
 
 class ModelEntry(_Frozen):
-    strategy: Literal["nat", "single", "avg", "max"]
+    strategy: Strategy = Field(description="a training strategy (jobs.config.STRATEGIES)")
     attacks: list[str] = Field(default_factory=list, description="names from the attacks table")
 
 

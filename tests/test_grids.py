@@ -65,7 +65,7 @@ def write(tmp_path: Path, data: dict, name: str = "g.yaml") -> Path:
     ("path", "value", "expected"),
     [
         (["experiments", "toy", "models", "Nat", "strategy"], "sngle",
-         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg' or 'max'"),
+         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg', 'max', 'random' or 'eat'"),
         (["experiments", "toy", "modles"], {},
          r"field 'experiments\.toy\.modles': unknown field; allowed fields: families, affine, "
          r"train, attacks, models"),

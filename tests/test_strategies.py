@@ -173,3 +173,34 @@ def test_random_draws_each_attack_equally_often_one_per_batch():
     assert all(int(m[0, 0]) - 1 == o.attacked.index(2) for m, o in zip(model.seen, outs, strict=True))
     twin = get_strategy("random", seed=0)
     assert [twin.draw([1.0] * 3) for _ in range(50)] == [o.attacked.index(2) for o in outs[:50]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Grids take the same strategy names and rules
+
+
+def _grid(models: dict) -> dict:
+    return {
+        "name": "t",
+        "evaluation": {"toy": {"suite": "toy", "n_test": 40, "shard_size": 20}},
+        "experiments": {"toy": {
+            "train": {"dataset": {"name": "toy"}, "model": {"name": "linear"}, "epochs": 1,
+                      "batch_size": 100},
+            "attacks": {"linf": {"type": "linf", "epsilon": 0.4, "k": 3},
+                        "l1": {"type": "l1", "epsilon": 2.0, "k": 3}},
+            "models": models,
+        }},
+    }  # fmt: skip
+
+
+def test_grid_entries_take_random_and_eat_with_two_attacks_or_more():
+    from orchestrator.grid import GridError, expand_grid, parse_grid
+
+    models = {"Adv_rand": {"strategy": "random", "attacks": ["linf", "l1"]},
+              "Adv_eat": {"strategy": "eat", "attacks": ["linf", "l1"]}}
+    plan = expand_grid(parse_grid(_grid(models), source="g.yaml"), source="g.yaml")
+    assert sorted(t.strategy for t in plan.trials.values()) == ["eat", "random"]
+    one = parse_grid(_grid({"Adv_eat": {"strategy": "eat", "attacks": ["linf"]}}), source="g.yaml")
+    with pytest.raises(GridError, match=r"g\.yaml: experiments\.toy\.models\.Adv_eat .*strategy "
+                                        r"'eat' .*needs at least 2 attacks, got 1"):
+        expand_grid(one, source="g.yaml")

@@ -162,7 +162,10 @@ def test_replace_revalidates():
 def test_scale_spec(spec, key, expected):
     out = scale_spec(spec, 1 / 3)
     assert out[key] == pytest.approx(expected)
-    affine = scale_spec({"type": "affine", "attacks": [spec, {"type": "l1", "epsilon": 9.0}]}, 1 / 3)
+    affine = scale_spec(
+        {"type": "affine", "attacks": [{"type": "linf", "epsilon": 0.3}, {"type": "l1", "epsilon": 9.0}]},
+        1 / 3,
+    )
     assert affine["attacks"][1]["epsilon"] == pytest.approx(3.0)
 
 
