@@ -142,7 +142,7 @@ def _read_optional_json(path: Path, warnings: list[str]) -> Any:
         return None
 
 
-def _json_list(text: Any) -> tuple[str, ...]:
+def _json_list(text: object) -> tuple[str, ...]:
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ()
     try:

@@ -67,15 +67,10 @@ def _risk_plane(ax: Axes, dist: Section2) -> None:
     ax.set_aspect("equal")
 
 
-def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) -> list[Path]:
-    """Four panels from ``theory_report``: Theorem 1 (risks against theta, and the risk plane),
-    Theorem 2 (best linear R_avg against N) and Theorem 4 (affine risk against beta)."""
-    p = report["params"]
-    dist = Section2(p["d"], p["alpha"], p["p0"], p["x0"])
-    fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
-    rows = [r for r in report["theorem1"]["rows"] if r["theta_deg"] is not None]
+def _theorem1_panel(ax: Axes, dist: Section2, theorem1: Mapping[str, Any]) -> None:
+    """Risks of the interpolating classifiers against their angle theta."""
+    rows = [r for r in theorem1["rows"] if r["theta_deg"] is not None]
     th = [r["theta_deg"] for r in rows]
-    ax = axes[0, 0]
     for key, label in (
         ("nat", "natural"),
         ("linf", "l_inf"),
@@ -89,12 +84,10 @@ def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) ->
     ax.set_ylabel("risk")
     ax.set_title(f"Theorem 1 (d={dist.d}, alpha={dist.alpha:g}, p0={dist.p0:g})")
     ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    _risk_plane(ax, dist)
-    ax.set_title("Theorem 1: no classifier below the line")
-    ax.legend(fontsize=7, loc="upper right")
-    ax = axes[1, 0]
-    t2 = report["theorem2"]
+
+
+def _theorem2_panel(ax: Axes, t2: Sequence[Mapping[str, Any]]) -> None:
+    """The best linear classifier's R_avg against N, with its two risks."""
     ns = [r["n_positions"] for r in t2]
     ax.errorbar(
         ns,
@@ -111,8 +104,10 @@ def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) ->
     ax.set_ylabel("risk")
     ax.set_title("Theorem 2: R_avg >= 1/2 - O(1/sqrt N)  (x0 ~ N(y, alpha^-2))")
     ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    t4 = report["theorem4"]
+
+
+def _theorem4_panel(ax: Axes, t4: Mapping[str, Any]) -> None:
+    """The affine risk at each beta beside the union and the affine adversary's risk."""
     ax.plot(
         t4["betas"], [e["risk"] for e in t4["per_beta"]], marker="o", label="affine at fixed beta"
     )
@@ -129,6 +124,20 @@ def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) ->
         f"Theorem 4: affine l_inf+RT > union (N={t4['n_positions']}, theta={t4['theta_deg']:.0f}deg)"
     )
     ax.legend(fontsize=8)
+
+
+def theory_figure(report: Mapping[str, Any], path_without_suffix: str | Path) -> list[Path]:
+    """Four panels from ``theory_report``: Theorem 1 (risks against theta, and the risk plane),
+    Theorem 2 (best linear R_avg against N) and Theorem 4 (affine risk against beta)."""
+    p = report["params"]
+    dist = Section2(p["d"], p["alpha"], p["p0"], p["x0"])
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
+    _theorem1_panel(axes[0, 0], dist, report["theorem1"])
+    _risk_plane(axes[0, 1], dist)
+    axes[0, 1].set_title("Theorem 1: no classifier below the line")
+    axes[0, 1].legend(fontsize=7, loc="upper right")
+    _theorem2_panel(axes[1, 0], report["theorem2"])
+    _theorem4_panel(axes[1, 1], report["theorem4"])
     fig.tight_layout()
     return _save(fig, path_without_suffix)
 
