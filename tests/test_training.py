@@ -92,7 +92,7 @@ RT = {"type": "rt", "spatial_limits": [3, 3, 30], "random_tries": 2}
         ({"optimizer": {"milestones": [0.5, 1.5]}}, r"field 'optimizer.milestones'.*1.5"),
         ({"model": {"name": "resnet"}}, r"unknown model 'resnet'; valid models"),
         ({"dataset": {"name": "imagenet"}}, r"unknown dataset 'imagenet'"),
-        ({"bogus": 1}, r"field 'bogus': Extra inputs are not permitted"),
+        ({"bogus": 1}, r"field 'bogus': unknown field; allowed fields: label, dataset, model"),
         ({"attacks": [{"type": "linf", "epsilon": -1}]}, r"attacks\[0\].*'epsilon'"),
         ({"augment": True}, r"augment: dataset 'toy' has no training augmentation"),
     ],
