@@ -1,4 +1,5 @@
-"""Small exact statistics used by the report: Wilson intervals and paired exact tests.
+"""Small exact statistics used by the report: Wilson intervals and paired exact tests, and the
+one percent format (``fmt_pct``) every table and finding prints estimates with.
 
 Everything here works on counts (numpy/scipy only), so the tests can check it by hand.
 """
