@@ -16,11 +16,15 @@ Rows stay complete. An input that is already not robust after the earlier attack
 one of them, or misclassified clean) is not attacked; its row records it as fooled
 (``fooled = True``, ``robust = False``) with the breaking attack's ``adv_pred``, ``perturbation``
 and ``loss``. Which attack broke it is in the shard file's metadata (``mpo.shard`` ->
-``cascade``: ``{"after": [names], "broken_by": {index: name or "clean"}}``; ``read_cascade``).
+``cascade``: ``{"after": [names], "broken_by": {index: name or "clean"}}``;
+``jobs.results.read_cascade``).
 So a cascaded attack's rows give the cumulative verdict of the cascade up to it, and the family
 verdict (robust to every attack of the family) is the same as running every attack on every
 input, up to the randomness of the attacks (a random attack run on fewer inputs draws other
 random numbers).
+
+The evaluation runs a cascaded attack through its one loop (``jobs.evaluation.attack_inputs``)
+with the ``CascadePrior`` as a mask: the inputs it skips keep the prior's values.
 """
 
 from __future__ import annotations
@@ -29,47 +33,46 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from jobs.suite import SuiteAttack
 
 #: ``broken_by`` value of an input misclassified without any attack.
 CLEAN = "clean"
 
+#: A suite attack's ``cascade`` field: None (the suite's default), true, false or earlier names.
+CascadeRequest = bool | list[str] | None
 
-def ball_signature(attack: Any) -> tuple[Any, ...]:
+
+def ball_signature(attack: SuiteAttack) -> tuple[str, float, Hashable]:
     """What must match for two suite attacks to share a cascade: the family, the budget and the
-    ball of the in-ball rule (l_p radius; RT limits; the affine sub-balls)."""
-    spec = attack.spec
-    if attack.family in ("linf", "l2", "l1"):
-        radius = attack.epsilon if attack.epsilon is not None else float(spec["epsilon"])
-        ball: Any = round(float(radius), 12)
-    elif spec.get("type") == "rt":
-        ball = tuple(float(v) for v in spec["spatial_limits"])
-    else:
-        ball = json.dumps(spec.get("attacks"), sort_keys=True)
-    return (attack.family, round(float(attack.budget), 12), ball)
+    ball of the in-ball rule (l_p radius; RT limits; the affine components)."""
+    return (attack.family, round(float(attack.budget), 12), attack.ball().key)
 
 
 def resolve_cascades(
-    attacks: Sequence[Any],
-    requests: Mapping[str, Any],
+    attacks: Sequence[SuiteAttack],
+    requests: Mapping[str, tuple[str, CascadeRequest]],
     *,
     default: bool,
     fail: Callable[[str, str], Exception],
-) -> list[Any]:
-    """Set ``after`` on each suite attack (a ``SuiteAttack``; copies are returned).
+) -> list[SuiteAttack]:
+    """Set ``after`` on each suite attack (copies are returned).
 
     attacks: the expanded suite attacks in file order (budget copies named ``name@b`` follow
-    their attack). requests: base attack name -> its ``cascade`` field (None, bool or list of
-    names) with its position in the file as the error location ``attacks[i].cascade``.
+    their attack). requests: base attack name -> (its position in the file as the error location
+    ``attacks[i].cascade``, its ``cascade`` field).
     """
-    out: list[Any] = []
+    out: list[SuiteAttack] = []
     by_name = {a.name: a for a in attacks}
     for pos, attack in enumerate(attacks):
         base, _, frac = attack.name.partition("@")
-        where, request = requests.get(base, (None, None))
+        where, request = requests.get(base, ("", None))
         request = default if request is None else request
         earlier = attacks[:pos]
         if request is False:
@@ -79,7 +82,7 @@ def resolve_cascades(
             after = tuple(
                 a.name for a in earlier if ball_signature(a) == sig and a.kind == attack.kind
             )
-        elif isinstance(request, list) and all(isinstance(n, str) for n in request) and request:
+        else:
             names = [f"{n}@{frac}" if frac else n for n in request]
             earlier_names = {a.name for a in earlier}
             for n in names:
@@ -91,9 +94,6 @@ def resolve_cascades(
                         "a cascade runs within one family ball",
                     )
             after = tuple(dict.fromkeys(names))
-        else:
-            raise fail(where, f"{request!r}: must be true, false or a non-empty list of "
-                              "earlier attack names")
         out.append(dataclasses.replace(attack, after=after))
     return out
 
@@ -108,11 +108,16 @@ class CascadePrior:
     perturbation: list[float]
     loss: list[float]
 
+    @classmethod
+    def attack_all(cls, n: int) -> CascadePrior:
+        """No earlier attack: every one of the n inputs is attacked."""
+        return prior_from_rows([], n)
+
     def broken_map(self, start: int) -> dict[str, str]:
         return {str(start + i): b for i, b in enumerate(self.broken_by) if b is not None}
 
 
-def prior_from_rows(frames: Sequence[tuple[str, Any]], n: int) -> CascadePrior:
+def prior_from_rows(frames: Sequence[tuple[str, pd.DataFrame]], n: int) -> CascadePrior:
     """The cascade state after the earlier attacks, from their shard rows.
 
     frames: (attack name, DataFrame of its n rows in index order), in cascade order. An input
@@ -144,69 +149,3 @@ def chain_key(key: str, after_keys: Sequence[str]) -> str:
         return key
     body = json.dumps({"key": key, "after": list(after_keys)})
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def read_cascade(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A results file's cascade record ``{"after": [...], "broken_by": {index: name}}`` with
-    integer indices, or None for a shard that was not cascaded."""
-    import pyarrow.parquet as pq
-
-    from jobs.schema import META_SHARD
-
-    meta = pq.read_schema(path).metadata or {}
-    shard = json.loads(meta.get(META_SHARD, b"{}").decode())
-    record = shard.get("cascade")
-    if not record:
-        return None
-    return {"after": list(record["after"]),
-            "broken_by": {int(k): v for k, v in record["broken_by"].items()}}
-
-
-def attack_cascaded(
-    model: Any, device: Any, attack_obj: Any, entry: Any, x: Any, y: Any, seed: int,
-    batch_size: int, prior: CascadePrior, in_ball: Callable[..., Any],
-) -> dict[str, list[Any]]:
-    """``jobs.evaluation``'s per-shard columns with the attack run only where ``prior`` does not
-    skip: x [n, ...], y [n] on the CPU; ``in_ball(attack, entry, x, result)`` is the evaluation's
-    in-ball rule. Returns lists: clean_pred, adv_pred, fooled, size, loss, and epsilon [1]."""
-    import torch
-    import torch.nn.functional as F
-
-    n = len(x)
-    skip = torch.tensor(prior.skip, dtype=torch.bool)
-    adv_pred = torch.tensor(prior.adv_pred, dtype=torch.long)
-    fooled = skip.clone()
-    size = torch.tensor(prior.perturbation, dtype=torch.float64)
-    loss = torch.tensor(prior.loss, dtype=torch.float64)
-    clean_pred = torch.empty(n, dtype=torch.long)
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, n, batch_size):
-            clean_pred[i : i + batch_size] = model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    todo = (~skip).nonzero().squeeze(1)
-    for i in range(0, len(todo), batch_size):
-        idx = todo[i : i + batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        result = attack_obj(model, xb, yb, generator=gen)
-        model.eval()
-        with torch.no_grad():
-            logits = model(result.x_adv.detach())
-        pred = logits.argmax(1)
-        s, inside, _ = in_ball(attack_obj, entry, xb, result)
-        adv_pred[idx] = pred.cpu()
-        fooled[idx] = ((pred != yb) & inside).cpu()
-        size[idx] = s.detach().double().cpu()
-        loss[idx] = F.cross_entropy(logits, yb, reduction="none").double().cpu()
-    if entry.family in ("linf", "l2", "l1"):
-        eps = entry.epsilon if entry.epsilon is not None else float(attack_obj.epsilon)
-    else:
-        eps = math.nan
-    return {
-        "clean_pred": clean_pred.tolist(),
-        "adv_pred": adv_pred.tolist(),
-        "fooled": fooled.tolist(),
-        "size": size.tolist(),
-        "loss": loss.tolist(),
-        "epsilon": [eps],
-    }

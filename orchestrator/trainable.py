@@ -29,7 +29,7 @@ from orchestrator.fault_injection import Faults
 from orchestrator.runfolder import RunDir
 
 if TYPE_CHECKING:
-    from jobs.evaluation import EvalSuite
+    from jobs.suite import EvalSuite
 
 PROGRESS_FILE = "progress.json"
 
@@ -160,11 +160,11 @@ def run_trial(config: dict[str, Any]) -> None:
 
     The payload is built by ``orchestrator.tune_driver.trial_payload``: model_id, label, dataset,
     groups ({group: {"families", "affine"}}), config (TrainConfig dict), attacks (suite attack
-    names), n_test, shard_size and suite (a jobs.evaluation.EvalSuite).
+    names), n_test, shard_size and suite (a jobs.suite.EvalSuite).
     """
     import torch
 
-    from jobs.evaluation import summarize
+    from jobs.results import summarize
     from jobs.training import CHECKPOINT_FILE, train
 
     trial, settings = config["trial"], config["settings"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.cascade import CLEAN, read_cascade
+from jobs.cascade import CLEAN
 from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
-from jobs.evaluation import SuiteError, evaluate, parse_suite, read_results, shard_path
+from jobs.evaluation import evaluate, shard_path
 from jobs.models import MadryMNIST
+from jobs.results import read_cascade, read_results
+from jobs.suite import SuiteError, parse_suite
 
 N_TEST = 24
 

@@ -18,19 +18,10 @@ import torch
 
 from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
-from jobs.evaluation import (
-    SuiteError,
-    SuiteMismatchError,
-    evaluate,
-    evaluate_shard,
-    load_suite,
-    parse_suite,
-    plan_shards,
-    read_results,
-    suite_names,
-    summarize,
-)
+from jobs.evaluation import evaluate, evaluate_shard, plan_shards
+from jobs.results import read_results, summarize
 from jobs.schema import META_MODEL, META_SHARD, META_SUITE, SCHEMA, check_schema_version
+from jobs.suite import SuiteError, SuiteMismatchError, load_suite, parse_suite, suite_names
 from jobs.training import train
 
 EPS_INF = 0.4020151261036849

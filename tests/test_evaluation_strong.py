@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cascade import read_cascade
 from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
-from jobs.evaluation import evaluate, load_suite, parse_suite, read_results
+from jobs.evaluation import evaluate
 from jobs.models import MadryMNIST
+from jobs.results import read_cascade, read_results
+from jobs.suite import load_suite, parse_suite
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "jobs" / "suites"
 DECISION_BASED = ("hsj_linf", "hsj_l2", "boundary_l2", "pointwise_l1")

@@ -192,8 +192,10 @@ def test_importing_jobs_does_not_import_the_libraries():
 def test_evaluation_rows_are_identical_on_rerun(mnist_model, mnist_dir, tmp_path):
     from jobs.checkpoint import save_checkpoint
     from jobs.config import make_train_config
-    from jobs.evaluation import evaluate, parse_suite, read_results
+    from jobs.evaluation import evaluate
     from jobs.models import MadryMNIST
+    from jobs.results import read_results
+    from jobs.suite import parse_suite
 
     cfg = make_train_config({"label": "Nat", "dataset": {"name": "mnist"},
                              "model": {"name": "mnist_cnn_small"}, "strategy": "nat",

@@ -12,8 +12,10 @@ from analysis.metrics import masking_flag, per_input
 from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
 from jobs.data import DatasetInfo
-from jobs.evaluation import evaluate, parse_suite, read_results
+from jobs.evaluation import evaluate
 from jobs.models import MODELS, MadryMNIST
+from jobs.results import read_results
+from jobs.suite import parse_suite
 
 N_TEST = 24
 

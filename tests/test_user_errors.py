@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from jobs.config import recipe_path
-from jobs.evaluation import _suite_path
+from jobs.suite import suite_path
 from orchestrator.grid import builtin_grid_path
 
 MPO = shutil.which("mpo", path=str(Path(sys.executable).parent)) or "mpo"
@@ -53,7 +53,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad-inputs")
     grid = yaml.safe_load(builtin_grid_path("toy").read_text())
     recipe = yaml.safe_load(recipe_path("toy").read_text())
-    suite = yaml.safe_load(_suite_path("toy").read_text())
+    suite = yaml.safe_load(suite_path("toy").read_text())
     out: dict[str, Path] = {}
 
     def grid_variant(name, change):

@@ -260,9 +260,9 @@ SPEC_TYPES: dict[str, type[AttackSpec]] = {
 }
 
 
-def parse_spec(spec: Mapping[str, Any] | AttackSpec, *, path: str = "") -> AttackSpec:
-    """Validate a spec dict and return the immutable, defaults-filled spec object (a parsed spec
-    is returned as it is)."""
+def parse_spec(spec: object, *, path: str = "") -> AttackSpec:
+    """Validate a spec dict (any value read from a file) and return the immutable,
+    defaults-filled spec object; a parsed spec is returned as it is."""
     if isinstance(spec, AttackSpec):
         return spec
     if not isinstance(spec, Mapping):

@@ -96,13 +96,9 @@ def eval_command(
     from rich.table import Table
 
     from jobs.checkpoint import CheckpointFormatError
-    from jobs.evaluation import (
-        check_compatible,
-        evaluate,
-        load_suite,
-        plan_shards,
-        summarize,
-    )
+    from jobs.evaluation import evaluate, plan_shards
+    from jobs.results import summarize
+    from jobs.suite import check_compatible, load_suite
     from jobs.training import load_trained, resolve_device
 
     console = Console()
