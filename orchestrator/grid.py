@@ -33,21 +33,24 @@ several groups are one trial that is evaluated for all of them (Nat shared by ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jobs.config import Strategy
 from jobs.errors import MpoError
 from jobs.io import load_yaml, read_text
+from jobs.validation import FrozenModel, format_validation_error
+
+if TYPE_CHECKING:
+    from jobs.suite import EvalSuite
 
 GRID_SUFFIXES = (".yaml", ".yml")
 #: TrainConfig fields a grid sets itself, per model; an experiment's ``train`` block may not.
@@ -58,11 +61,7 @@ class GridError(MpoError, ValueError):
     """An invalid grid: the message names the file, the field, the value and what is allowed."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EvaluationPlan(_Frozen):
+class EvaluationPlan(FrozenModel):
     """How one dataset's models are evaluated."""
 
     suite: str = Field(description="a built-in suite name (jobs.evaluation) or a suite file path")
@@ -73,12 +72,12 @@ class EvaluationPlan(_Frozen):
     )
 
 
-class ModelEntry(_Frozen):
+class ModelEntry(FrozenModel):
     strategy: Strategy = Field(description="a training strategy (jobs.config.STRATEGIES)")
     attacks: list[str] = Field(default_factory=list, description="names from the attacks table")
 
 
-class Experiment(_Frozen):
+class Experiment(FrozenModel):
     families: list[str] | None = Field(None, description="families the group is reported on")
     affine: list[str] | None = Field(None, description="affine families, e.g. linf+rt")
     train: dict[str, Any]
@@ -116,7 +115,7 @@ class Experiment(_Frozen):
         return str(self.train["dataset"]["name"])
 
 
-class Grid(_Frozen):
+class Grid(FrozenModel):
     name: str = Field(min_length=1)
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -168,49 +167,6 @@ def resolve_grid_path(name_or_path: str | os.PathLike[str]) -> Path:
         f"{text}: not a grid file, and not a shipped grid; shipped grids: "
         f"{', '.join(builtin_grid_names())}"
     )
-
-
-def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """The field names allowed at ``loc`` (the parent of an extra field), or None if unknown."""
-    current: Any = model
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return None
-            current = info.annotation
-        elif typing.get_origin(current) is dict:
-            current = typing.get_args(current)[1]  # the key is a free name: skip it
-        else:
-            return None
-        while typing.get_origin(current) in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(current) if a is not type(None)]
-            current = args[0]
-    if typing.get_origin(current) is dict:
-        return None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
-
-
-def format_validation_error(err: ValidationError, *, source: str, model: type[BaseModel]) -> str:
-    """One line per error: the file, the dotted field, the value and what is allowed."""
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc[:-1])
-            extra = f"; allowed fields: {', '.join(allowed)}" if allowed else ""
-            lines.append(f"{source}: field '{where}': unknown field{extra}")
-        elif e["type"] == "missing":
-            lines.append(f"{source}: field '{where}': required but missing")
-        elif isinstance(e.get("input"), dict | list):  # a whole section: the message says what
-            lines.append(f"{source}: field '{where}': {msg}")
-        else:
-            lines.append(f"{source}: field '{where}' = {e.get('input')!r}: {msg}")
-    return "\n".join(lines)
 
 
 def parse_grid(data: Any, *, source: str) -> Grid:
@@ -299,7 +255,7 @@ class SweepPlan:
     grid: Grid
     groups: dict[str, GroupPlan]
     trials: dict[str, TrialPlan]
-    suites: dict[str, Any]  # dataset -> jobs.evaluation.EvalSuite (restarts applied)
+    suites: dict[str, EvalSuite]  # dataset -> its suite (restarts applied)
     shards: list[Shard]
     suite_files: dict[str, Path] = field(default_factory=dict)  # dataset -> suite file (not built-in)
 
@@ -328,19 +284,16 @@ class SweepPlan:
         }
 
 
-def _suite_with_restarts(suite: Any, restarts: int | None) -> Any:
-    """A copy of ``suite`` whose l_p and affine attacks use ``restarts`` random restarts."""
-    import dataclasses
+def _suite_with_restarts(suite: EvalSuite, restarts: int | None) -> EvalSuite:
+    """A copy of ``suite`` whose attacks with random restarts (l_p and affine) use ``restarts``."""
+    from jobs.attacks.spec import parse_spec
 
     if restarts is None:
         return suite
-    attacks = []
-    for att in suite.attacks:
-        spec = dict(att.spec)
-        if spec.get("type") in ("linf", "l2", "l1", "affine"):
-            spec["reps"] = restarts
-            att = dataclasses.replace(att, spec=spec)
-        attacks.append(att)
+    attacks = [
+        dataclasses.replace(att, spec=parse_spec(att.spec).with_restarts(restarts).to_dict())
+        for att in suite.attacks
+    ]
     return dataclasses.replace(suite, attacks=attacks)
 
 
@@ -350,7 +303,7 @@ def _load_suite(plan: EvaluationPlan, *, dataset: str, grid_dir: Path | None, so
 
     A suite file is looked up relative to the grid file, or in ``suite_dir`` (a run folder's
     ``suites/`` snapshot) when given."""
-    from jobs.evaluation import load_suite
+    from jobs.suite import load_suite
 
     ref = plan.suite
     is_file = Path(ref).suffix in GRID_SUFFIXES
