@@ -1,6 +1,7 @@
 """The per-example results table: one row per (model, attack, test input).
 
-Defined once here, with a version. Written by ``jobs.evaluation`` and read by ``analysis``.
+Defined once here, with a version. Written by ``jobs.evaluation``; read by ``jobs.results`` and
+``analysis``.
 This module imports only pyarrow (no torch), so the analysis can use it without torch.
 
 Rows with ``budget == 1.0`` are the evaluation at the family's full budget (the tables);
@@ -10,7 +11,8 @@ File metadata (bytes keys, JSON values):
 - ``mpo.schema_version``: ``SCHEMA_VERSION`` as a string.
 - ``mpo.model``: the model's training config snapshot (JSON object).
 - ``mpo.suite``: the evaluation suite snapshot, including ``groups`` ({group: [families]}).
-- ``mpo.shard``: {"attack", "start", "stop", "content_key"}.
+- ``mpo.shard``: {"attack", "start", "stop", "content_key"}, and for a cascaded attack
+  ``"cascade": {"after": [names], "broken_by": {index: name or "clean"}}`` (``jobs.cascade``).
 """
 
 from __future__ import annotations

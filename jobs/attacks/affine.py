@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from jobs.attacks.base import Attack, AttackConstraintError, Best, RunOutput, input_grad
+from jobs.attacks.base import Attack, AttackConstraintError, Best, Bounds, RunOutput, input_grad
 from jobs.attacks.norms import linf_l1_gauge, perturbation_norm
 from jobs.attacks.pgd import _apply, pgd_run
 from jobs.attacks.spatial import (
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from jobs.attacks.spec import AffineSpec, LpSpec, RTSpec
 
 
-def _shares(spec: AffineSpec, n: int, generator, device, dtype) -> Tensor:
+def _shares(spec: AffineSpec, n: int, generator: torch.Generator | None, device: torch.device,
+            dtype: torch.dtype) -> Tensor:
     """[n] share of attacks[0]: the fixed weight, or one uniform draw per input."""
     if spec.weight is not None:
         return torch.full((n,), spec.weight, device=device, dtype=dtype)
@@ -45,7 +46,7 @@ def _shares(spec: AffineSpec, n: int, generator, device, dtype) -> Tensor:
 class _AffineBase(Attack):
     epsilon = 1.0
 
-    def __init__(self, spec: AffineSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
+    def __init__(self, spec: AffineSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         self._spec = spec
         self.family = spec.family
         self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
@@ -56,7 +57,7 @@ class _AffineBase(Attack):
     def _linf_share(self, beta0: Tensor) -> Tensor:
         return beta0 if self.first == "linf" else 1 - beta0
 
-    def _run(self, model, x, y, generator) -> RunOutput:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         best = Best(x)
         chosen = torch.zeros(x.shape[0], 3, device=x.device, dtype=x.dtype)
         idx = torch.arange(x.shape[0], device=x.device)
@@ -72,14 +73,15 @@ class _AffineBase(Attack):
                          transform=chosen if self.family == "linf+rt" else None)
 
     @abstractmethod
-    def _one_run(self, model, x, y, generator) -> tuple[Best, Tensor | None]:
+    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
+                 generator: torch.Generator | None) -> tuple[Best, Tensor | None]:
         """One run from one random draw: the per-input best, and the transforms (or None)."""
 
 
 class AffineLinfRT(_AffineBase):
     """l_inf + rotation-translation affine adversary."""
 
-    def __init__(self, spec: AffineSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
+    def __init__(self, spec: AffineSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         super().__init__(spec, bounds=bounds, eval_batch=eval_batch)
         self.lin: LpSpec = spec.part("linf")  # type: ignore[assignment]
         self.rt: RTSpec = spec.part("rt")  # type: ignore[assignment]
@@ -87,7 +89,8 @@ class AffineLinfRT(_AffineBase):
         tries = g[0] * g[1] * g[2] if self.rt.grid_mode else self.rt.random_tries
         self.total_steps = tries * self.lin.k * spec.reps
 
-    def _one_run(self, model, x, y, generator):
+    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
+                 generator: torch.Generator | None) -> tuple[Best, Tensor]:
         b = x.shape[0]
         lin_share = self._linf_share(_shares(self._spec, b, generator, x.device, x.dtype))
         rt_share = 1 - lin_share
@@ -134,7 +137,7 @@ class AffineLinfRT(_AffineBase):
 class AffineLinfL1(_AffineBase):
     """l_inf + l_1 affine adversary: alternating PGD and SLIDE steps."""
 
-    def __init__(self, spec: AffineSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
+    def __init__(self, spec: AffineSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         super().__init__(spec, bounds=bounds, eval_batch=eval_batch)
         self.lin: LpSpec = spec.part("linf")  # type: ignore[assignment]
         self.l1: LpSpec = spec.part("l1")  # type: ignore[assignment]
@@ -149,7 +152,8 @@ class AffineLinfL1(_AffineBase):
                     self.schedule.append(name)
                     left[name] -= 1
 
-    def _one_run(self, model: nn.Module, x, y, generator):
+    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
+                 generator: torch.Generator | None) -> tuple[Best, None]:
         b = x.shape[0]
         lin_share = self._linf_share(_shares(self._spec, b, generator, x.device, x.dtype))
         l1_share = 1 - lin_share

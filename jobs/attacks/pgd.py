@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from jobs.attacks.base import Attack, Best, RunOutput, input_grad
+from jobs.attacks.base import Attack, Best, Bounds, RunOutput, input_grad
 from jobs.attacks.norms import perturbation_norm
 from jobs.attacks.threats import THREATS, L1Threat, Threat
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from jobs.attacks.spec import LpSpec
 
 
-def _apply(x0: Tensor, delta: Tensor, bounds) -> Tensor:
+def _apply(x0: Tensor, delta: Tensor, bounds: Bounds) -> Tensor:
     x = x0 + delta
     return x.clamp(*bounds) if bounds is not None else x
 
@@ -84,7 +84,7 @@ def pgd(
 class PGDAttack(Attack):
     """PGD on an l_p ball ∩ box: l_inf and l_2 (steepest ascent) and l_1 (SLIDE)."""
 
-    def __init__(self, spec: LpSpec, *, bounds=(0.0, 1.0)):
+    def __init__(self, spec: LpSpec, *, bounds: Bounds = (0.0, 1.0)):
         self._spec = spec
         self.family = spec.type
         self.epsilon = spec.epsilon
@@ -102,7 +102,7 @@ class PGDAttack(Attack):
         a = s.a * epsilon / s.epsilon if s.epsilon > 0 else 2.5 * epsilon / s.k
         return PGDAttack(dataclasses.replace(s, epsilon=float(epsilon), a=a), bounds=self.bounds)
 
-    def _run(self, model, x, y, generator) -> RunOutput:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         s = self._spec
         best = pgd(
             model, x, y, self.threat,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.attacks.base import Attack, AttackConstraintError, Best, RunOutput
+from jobs.attacks.base import Attack, AttackConstraintError, Best, Bounds, RunOutput
 
 if TYPE_CHECKING:
     from jobs.attacks.spec import RTSpec
@@ -112,7 +112,7 @@ def rt_transform_all(x: Tensor, transforms: Tensor, *, pad: int | None = None) -
 
 
 def rt_grid(limits: tuple[float, float, float], granularity: tuple[int, int, int], *,
-            device=None, dtype=torch.float32) -> Tensor:
+            device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """All grid transforms [gx*gy*ga, 3] (tx, ty, deg): linspace(-lim, lim, g) per axis."""
     axes = [torch.linspace(-lim, lim, g, device=device, dtype=dtype) if g > 1
             else torch.zeros(1, device=device, dtype=dtype) for lim, g in zip(limits, granularity, strict=True)]
@@ -129,7 +129,8 @@ def rt_fraction(transform: Tensor, limits: tuple[float, float, float]) -> Tensor
 
 
 def random_transforms(n: int, tries: int, limits: tuple[float, float, float], *,
-                      generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
+                      generator: torch.Generator | None, device: torch.device | str | None,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
     """[n, tries, 3] uniform transforms in [-limit, limit] per axis."""
     u = torch.rand((n, tries, 3), generator=generator, device=device, dtype=dtype)
     lim = torch.tensor(limits, device=device, dtype=dtype)
@@ -207,7 +208,7 @@ class RTAttack(Attack):
     family = "rt"
     epsilon = float("nan")
 
-    def __init__(self, spec: RTSpec, *, bounds=(0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
+    def __init__(self, spec: RTSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         self._spec = spec
         self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
         self.spec = spec.to_dict()
@@ -215,11 +216,13 @@ class RTAttack(Attack):
         g = spec.grid_granularity
         self.total_steps = g[0] * g[1] * g[2] if spec.grid_mode else spec.random_tries
 
-    def grid(self, *, device=None, dtype=torch.float32) -> Tensor:
+    def grid(self, *, device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         """The grid transforms [T, 3] this attack enumerates in grid mode."""
         return rt_grid(self._spec.spatial_limits, self._spec.grid_granularity, device=device, dtype=dtype)
 
-    def transforms_for(self, n: int, *, generator, device, dtype) -> Tensor:
+    def transforms_for(self, n: int, *, generator: torch.Generator | None, device: torch.device,
+                       dtype: torch.dtype) -> Tensor:
         """[T, 3] (grid mode) or [n, tries, 3] (random mode) candidate transforms."""
         s = self._spec
         if s.grid_mode:
@@ -227,7 +230,7 @@ class RTAttack(Attack):
         return random_transforms(n, s.random_tries, s.spatial_limits, generator=generator,
                                  device=device, dtype=dtype)
 
-    def _run(self, model, x, y, generator) -> RunOutput:
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         ts = self.transforms_for(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
         best, chosen = worst_transform(model, x, y, ts, bounds=self.bounds, eval_batch=self.eval_batch)
         return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred, transform=chosen)
