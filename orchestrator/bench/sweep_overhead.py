@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ray import ObjectRef
     from ray.remote_function import RemoteFunction
 
-    from jobs.evaluation import EvalSuite
+    from jobs.suite import EvalSuite
 
 SWEEP_TITLES = {
     "sweep/tune_vs_inprocess": "Tune sweep (1 at a time) / same work in one process",
@@ -139,7 +139,8 @@ def _fanout_wall(task: RemoteFunction, shards: list[tuple[str, int, int]], ckpt:
 def _fanout_figure(s: Settings, root: Path) -> Figure:
     import ray
 
-    from jobs.evaluation import load_suite, plan_shards
+    from jobs.evaluation import plan_shards
+    from jobs.suite import load_suite
     from jobs.training import train
 
     cfg = {**_toy_train_config(0), "model": {"name": "mlp", "kwargs": {"hidden": FANOUT_HIDDEN}}}

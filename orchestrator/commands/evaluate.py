@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from jobs.config import TrainConfig
+    from jobs.suite import EvalSuite
 
 
 def write_run_json(out: Path, *, name: str, device: torch.device) -> None:
@@ -30,7 +31,7 @@ def write_run_json(out: Path, *, name: str, device: torch.device) -> None:
         write_json_atomic(path, run_record(name, device=device))
 
 
-def update_manifest(out: Path, suite: Any, config: TrainConfig, model_id: str, label: str,
+def update_manifest(out: Path, suite: EvalSuite, config: TrainConfig, model_id: str, label: str,
                     groups: list[str], shards: list[dict[str, Any]]) -> None:
     """Merge this evaluation into ``manifest.json`` (groups, trials, shards)."""
     from jobs.io import read_json, write_json_atomic
