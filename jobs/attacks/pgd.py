@@ -8,7 +8,6 @@ forward. Restarts after the first run only on the inputs not yet misclassified (
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,12 +94,6 @@ class PGDAttack(Attack):
         self.threat: Threat = THREATS[spec.type](
             eps=spec.epsilon, step_size=spec.a, bounds=self.bounds, **kwargs
         )
-
-    def with_epsilon(self, epsilon: float) -> PGDAttack:
-        """The same attack with another radius (step size scaled in proportion)."""
-        s = self._spec
-        a = s.a * epsilon / s.epsilon if s.epsilon > 0 else 2.5 * epsilon / s.k
-        return PGDAttack(dataclasses.replace(s, epsilon=float(epsilon), a=a), bounds=self.bounds)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         s = self._spec
