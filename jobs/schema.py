@@ -5,12 +5,16 @@ Defined once here, with a version. Written by ``jobs.evaluation``; read by ``job
 This module imports only pyarrow (no torch), so the analysis can use it without torch.
 
 Rows with ``budget == 1.0`` are the evaluation at the family's full budget (the tables);
-rows with ``budget < 1.0`` are the epsilon sweep used by the Figure-1 plots.
+rows with other budgets are the radius sweep of Figure 1 and the robustness curves (a budget may
+be > 1.0 when a suite's radius range goes beyond the full budget).
 
 File metadata (bytes keys, JSON values):
 - ``mpo.schema_version``: ``SCHEMA_VERSION`` as a string.
-- ``mpo.model``: the model's training config snapshot (JSON object).
-- ``mpo.suite``: the evaluation suite snapshot, including ``groups`` ({group: [families]}).
+- ``mpo.model``: the model's training config snapshot (JSON object), with ``train_cost`` (the
+  checkpoint's ``jobs.train_cost.training_cost`` record) when the checkpoint has one.
+- ``mpo.suite``: the evaluation suite snapshot, including ``groups`` ({group: [families]}),
+  ``budgets_protocol`` ("full" or "reduced"), ``radii`` ({family: [radii]}), ``full_radius``
+  ({l_p family: epsilon}) and, per attack, ``base`` (the full-budget attack it is a copy of).
 - ``mpo.shard``: {"attack", "start", "stop", "content_key"}, and for a cascaded attack
   ``"cascade": {"after": [names], "broken_by": {index: name or "clean"}}`` (``jobs.cascade``).
 """
@@ -24,7 +28,7 @@ import pyarrow as pa
 
 from jobs.errors import MpoError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 META_SCHEMA_VERSION = b"mpo.schema_version"
 META_MODEL = b"mpo.model"
@@ -46,7 +50,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "family": (pa.string(), "perturbation family: linf, l1, l2, rt, or affine like linf+rt"),
     "kind": (pa.string(), "first-order, gradient-free or grid"),
     "epsilon": (pa.float64(), "radius of the family ball the in-ball rule used (NaN for rt)"),
-    "budget": (pa.float64(), "fraction of the family's full budget (1.0 = full)"),
+    "budget": (pa.float64(), "fraction of the family's full budget (1.0 = full; may be > 1)"),
     "attack_spec": (pa.string(), "the attack's full spec as JSON"),
     "eval_seed": (pa.int64(), "seed of the attack's random generator for this shard"),
     "index": (pa.int64(), "index of the test input (the first N test points)"),
@@ -56,6 +60,12 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "clean_correct": (pa.bool_(), "clean_pred == label"),
     "fooled": (pa.bool_(), "the attack found a misclassified input inside the family ball"),
     "robust": (pa.bool_(), "clean-correct and not fooled"),
+    "broken_by": (
+        pa.string(),
+        "for a non-robust row, what broke the input: 'clean' (misclassified clean), else the suite "
+        "attack that fooled it (a cascade's earlier attack; a larger radius's smaller-radius copy), "
+        "or an AutoAttack ensemble's component: apgd-ce, apgd-t, fab-t, square; '' for robust rows",
+    ),
     "perturbation": (pa.float64(), "size of the perturbation in the family's norm"),
     "loss": (pa.float64(), "cross-entropy at the adversarial input"),
     "shard_start": (pa.int64(), "first test index of the shard"),
