@@ -137,13 +137,55 @@ def random_transforms(n: int, tries: int, limits: tuple[float, float, float], *,
     return (2 * u - 1) * lim
 
 
+def _score_shared(model: nn.Module, x: Tensor, y: Tensor, transforms: Tensor, bounds: Bounds,
+                  chunk: int) -> tuple[Tensor, Tensor]:
+    """(loss, pred) [T, B] of transforms [T, 3] applied to every input: whole transforms per
+    chunk (inputs split only when B alone exceeds the chunk)."""
+    b, t_count = x.shape[0], transforms.shape[0]
+    loss = torch.empty(t_count, b, device=x.device, dtype=x.dtype)
+    pred = torch.empty(t_count, b, device=x.device, dtype=torch.long)
+    per = max(1, chunk // b)
+    for t0 in range(0, t_count, per):
+        ts = transforms[t0 : t0 + per]
+        for b0 in range(0, b, chunk):
+            xb, yb = x[b0 : b0 + chunk], y[b0 : b0 + chunk]
+            xt = rt_transform_all(xb, ts)
+            if bounds is not None:
+                xt = xt.clamp(*bounds)
+            logits = model(xt)
+            shape = (ts.shape[0], xb.shape[0])
+            loss[t0 : t0 + per, b0 : b0 + chunk] = F.cross_entropy(
+                logits, yb.repeat(ts.shape[0]), reduction="none").view(shape)
+            pred[t0 : t0 + per, b0 : b0 + chunk] = logits.argmax(1).view(shape)
+    return loss, pred
+
+
+def _score_per_input(model: nn.Module, x: Tensor, y: Tensor, transforms: Tensor, bounds: Bounds,
+                     chunk: int) -> tuple[Tensor, Tensor]:
+    """(loss, pred) [T, B] of per-input transforms [B, T, 3], pairs laid out transform-major."""
+    b, t_count = x.shape[0], transforms.shape[1]
+    total = b * t_count
+    loss = torch.empty(total, device=x.device, dtype=x.dtype)
+    pred = torch.empty(total, device=x.device, dtype=torch.long)
+    for start in range(0, total, chunk):
+        p = torch.arange(start, min(start + chunk, total), device=x.device)
+        bi, ti = p % b, p // b
+        xt = rt_transform(x[bi], transforms[bi, ti])
+        if bounds is not None:
+            xt = xt.clamp(*bounds)
+        logits = model(xt)
+        loss[start : start + p.numel()] = F.cross_entropy(logits, y[bi], reduction="none")
+        pred[start : start + p.numel()] = logits.argmax(1)
+    return loss.view(t_count, b), pred.view(t_count, b)
+
+
 def worst_transform(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     transforms: Tensor,
     *,
-    bounds,
+    bounds: Bounds,
     eval_batch: int = DEFAULT_EVAL_BATCH,
 ) -> tuple[Best, Tensor]:
     """Score every (input, transform) pair; keep the worst per input.
@@ -152,47 +194,16 @@ def worst_transform(
     ``eval_batch``: images per forward pass (DEFAULT_EVAL_BATCH: the device's size, see
     EVAL_BATCH_BY_DEVICE). Returns (Best over the pairs, chosen transform [B, 3]).
     """
-    b = x.shape[0]
     shared = transforms.dim() == 2
-    t_count = transforms.shape[0] if shared else transforms.shape[1]
     chunk = resolve_eval_batch(eval_batch, x.device)
-    loss = torch.empty(t_count, b, device=x.device, dtype=x.dtype)
-    pred = torch.empty(t_count, b, device=x.device, dtype=torch.long)
+    score = _score_shared if shared else _score_per_input
     with torch.no_grad():
-        if shared:
-            # Whole transforms per chunk (inputs split only when B alone exceeds the chunk).
-            per = max(1, chunk // b)
-            for t0 in range(0, t_count, per):
-                ts = transforms[t0 : t0 + per]
-                for b0 in range(0, b, chunk):
-                    xb, yb = x[b0 : b0 + chunk], y[b0 : b0 + chunk]
-                    xt = rt_transform_all(xb, ts)
-                    if bounds is not None:
-                        xt = xt.clamp(*bounds)
-                    logits = model(xt)
-                    shape = (ts.shape[0], xb.shape[0])
-                    loss[t0 : t0 + per, b0 : b0 + chunk] = F.cross_entropy(
-                        logits, yb.repeat(ts.shape[0]), reduction="none").view(shape)
-                    pred[t0 : t0 + per, b0 : b0 + chunk] = logits.argmax(1).view(shape)
-        else:
-            total = b * t_count
-            flat_loss, flat_pred = loss.view(-1), pred.view(-1)
-            for start in range(0, total, chunk):
-                p = torch.arange(start, min(start + chunk, total), device=x.device)
-                bi, ti = p % b, p // b  # transform-major layout
-                xt = rt_transform(x[bi], transforms[bi, ti])
-                if bounds is not None:
-                    xt = xt.clamp(*bounds)
-                logits = model(xt)
-                flat_loss[start : start + p.numel()] = F.cross_entropy(logits, y[bi], reduction="none")
-                flat_pred[start : start + p.numel()] = logits.argmax(1)
-    loss = loss.view(t_count, b)
-    pred = pred.view(t_count, b)
+        loss, pred = score(model, x, y, transforms, bounds, chunk)
     succ = pred != y[None]
     # Per input: the highest-loss misclassified transform if any, else the highest loss.
     masked = torch.where(succ, loss, torch.full_like(loss, float("-inf")))
     pick = torch.where(succ.any(0), masked.argmax(0), loss.argmax(0))
-    cols = torch.arange(b, device=x.device)
+    cols = torch.arange(x.shape[0], device=x.device)
     chosen = transforms[pick] if shared else transforms[cols, pick]
     x_adv = rt_transform(x, chosen)
     if bounds is not None:
