@@ -44,6 +44,7 @@ from jobs.io import atomic_write
 from jobs.results import existing_content_key, read_results
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata
 from jobs.suite import EvalSuite, SuiteAttack, check_compatible, load_suite, toy_identity
+from jobs.training import load_trained, resolve_device
 
 # ----------------------------------------------------------------------------------------------
 # Shards
@@ -82,8 +83,6 @@ class LoadedModel:
 
 def _load(checkpoint_path: str | os.PathLike[str], suite: EvalSuite,
           device: str | torch.device | None) -> LoadedModel:
-    from jobs.training import load_trained, resolve_device
-
     path = Path(checkpoint_path)
     dev = resolve_device(device)
     model, config, _ = load_trained(path, device=dev)
@@ -145,6 +144,7 @@ class _Shard:
 
 def _shard(loaded: LoadedModel, suite: EvalSuite, attack: str, start: int, stop: int,
            opts: _Options) -> _Shard:
+    """The shard of ``attack`` on [start, stop), labelled and grouped as ``opts`` say."""
     entry = suite.attack(attack)
     if not 0 <= start < stop:
         raise ValueError(f"shard [{start}, {stop}): need 0 <= start < stop")
