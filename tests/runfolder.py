@@ -7,13 +7,18 @@ Two levels:
   trials/*, results/*) for a preset group, with outcomes drawn so that the paper's qualitative
   picture holds (Adv_max most robust on the union, a gradient-free l1 attack revealing masking
   for Adv_inf, an epsilon sweep for Adv_max, an affine attack stronger than the union).
+
+Files follow results schema version 2: rows have ``broken_by``, and the suite metadata states
+its ``budgets_protocol``, ``radii``, ``full_radius`` and each attack's ``base`` (the contract
+in jobs.schema).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,18 +54,23 @@ class ModelSpec:
     dataset: str = "toy"
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    #: the training cost record (``jobs.train_cost.training_cost``) the model metadata carries
+    train_cost: dict[str, Any] | None = None
 
     def snapshot(self) -> dict[str, Any]:
         if self.config:
             return self.config
         params = TOY_PARAMS if self.dataset == "toy" else {}
-        return {
+        out = {
             "dataset": {"name": self.dataset, "params": params},
             "model": {"name": "linear" if self.dataset == "toy" else "mnist_cnn"},
             "strategy": self.strategy,
             "train_attacks": [{"family": f} for f in self.train_families],
             "seed": self.seed,
         }
+        if self.train_cost is not None:
+            out["train_cost"] = self.train_cost
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,36 @@ class AttackSpec:
     kind: str = "first-order"
     epsilon: float = 1.0
     budget: float = 1.0
+    #: the attack's spec as the suite metadata records it (default: ``default_spec``)
+    spec: dict[str, Any] | None = None
+    #: the full-budget attack this one is a copy of (default: the name before "@")
+    base: str = ""
+
+    def suite_entry(self) -> dict[str, Any]:
+        """This attack as an entry of the ``mpo.suite`` metadata's ``attacks``."""
+        return {"name": self.name, "family": self.family, "kind": self.kind,
+                "spec": self.spec or default_spec(self), "budget": self.budget,
+                "epsilon": self.epsilon * self.budget,
+                "base": self.base or self.name.split("@")[0]}
+
+    def at(self, budget: float) -> AttackSpec:
+        """The copy of this full-budget attack at ``budget`` (named like jobs.suite's copies)."""
+        return AttackSpec(f"{self.name}@{budget:.6g}", self.family, self.kind, self.epsilon,
+                          budget, self.spec, self.name)
+
+
+def default_spec(attack: AttackSpec) -> dict[str, Any]:
+    """A plausible spec for a synthetic attack, shaped like jobs.attacks' canonical specs."""
+    if attack.family == "rt":
+        return {"type": "rt", "spatial_limits": [3, 3, 30], "grid_granularity": [3, 3, 11],
+                "random_tries": -1}
+    if "+" in attack.family:
+        return {"type": "affine", "reps": 1, "weight": None,
+                "attacks": [{"type": f, "k": 20} for f in attack.family.split("+")]}
+    if attack.kind == "gradient-free":
+        return {"type": "foolbox", "attack": f"pointwise_{attack.family}",
+                "epsilon": attack.epsilon, "init_steps": 1000}
+    return {"type": attack.family, "epsilon": attack.epsilon, "k": 40, "reps": 2}
 
 
 def shard_table(
@@ -82,13 +122,22 @@ def shard_table(
     suite_groups: dict[str, Any] | None = None,
     suite_extra: dict[str, Any] | None = None,
     schema_version: int | None = None,
+    broken_by: Sequence[str] | None = None,
 ) -> pa.Table:
-    """One shard's rows; input ``start + i`` has outcome (clean_correct[i], fooled[i])."""
+    """One shard's rows; input ``start + i`` has outcome (clean_correct[i], fooled[i]).
+
+    ``broken_by`` (per input) overrides what broke a non-robust input; by default "clean" for a
+    clean-misclassified input, else the attack's name ("" for robust inputs).
+    """
     clean = np.asarray(clean_correct, dtype=bool)
     fool = np.asarray(fooled, dtype=bool)
     if clean.shape != fool.shape:
         raise ValueError("clean_correct and fooled must have the same length")
     n = len(clean)
+    robust = clean & ~fool
+    if broken_by is None:
+        broken_by = ["" if r else ("clean" if not c else attack.name)
+                     for r, c in zip(robust, clean, strict=True)]
     labels = np.arange(start, start + n) % 2
     clean_pred = np.where(clean, labels, 1 - labels)
     adv_pred = np.where(fool, 1 - labels, clean_pred)
@@ -115,7 +164,8 @@ def shard_table(
         "adv_pred": adv_pred.tolist(),
         "clean_correct": clean.tolist(),
         "fooled": fool.tolist(),
-        "robust": (clean & ~fool).tolist(),
+        "robust": robust.tolist(),
+        "broken_by": list(broken_by),
         "perturbation": [0.0] * n,
         "loss": [0.0] * n,
         "shard_start": [start] * n,
@@ -142,15 +192,22 @@ def write_shard(run_dir: Path, model: ModelSpec, attack: AttackSpec, **kwargs: A
     return path
 
 
-def preset_models(preset: str) -> list[ModelSpec]:
+#: Display labels of the multi-perturbation strategies (as the grids name them).
+STRATEGY_LABEL = {"avg": "Adv_avg", "max": "Adv_max", "msd": "Adv_msd", "eat": "Adv_eat",
+                  "random": "Adv_rand"}
+
+
+def preset_models(preset: str, extra_strategies: Sequence[str] = ()) -> list[ModelSpec]:
+    """Nat, one single-perturbation model per family, Adv_avg and Adv_max, then one model per
+    ``extra_strategies`` (msd, eat, random) trained on every family of the preset."""
     dataset, group, families, _ = PRESETS[preset]
     specs = [ModelSpec(f"{group}-nat", "Nat", "nat", (), (group,), dataset)]
     for fam in families:
         specs.append(ModelSpec(f"{group}-{fam}", FAMILY_LABEL[fam], "single", (fam,), (group,),
                                dataset))
-    for strategy in ("avg", "max"):
-        specs.append(ModelSpec(f"{group}-{strategy}", f"Adv_{strategy}", strategy, families,
-                               (group,), dataset))
+    for strategy in ("avg", "max", *extra_strategies):
+        specs.append(ModelSpec(f"{group}-{strategy}", STRATEGY_LABEL[strategy], strategy,
+                               families, (group,), dataset))
     return specs
 
 
@@ -186,6 +243,24 @@ def _robust_rate(model: ModelSpec, family: str) -> float:
 SWEEP_BUDGETS = (0.25, 0.5, 0.75)
 
 
+def sweep_copies(
+    attacks: Sequence[AttackSpec], families: Sequence[str], *, protocol: str,
+    radii: Mapping[str, Sequence[float]],
+) -> list[AttackSpec]:
+    """The copies of the full-budget attacks below (or beyond) the full budget: at
+    ``SWEEP_BUDGETS`` and at each radius of ``radii`` (absolute, l_p families; 0 is the clean
+    point and has no attack). The "reduced" protocol copies the first-order attacks only, the
+    "full" one every attack of the family."""
+    out = []
+    for a in attacks:
+        if a.family not in families or (protocol == "reduced" and a.kind != "first-order"):
+            continue
+        budgets = dict.fromkeys(SWEEP_BUDGETS)
+        budgets.update(dict.fromkeys(r / a.epsilon for r in radii.get(a.family, ()) if r > 0))
+        out += [a.at(b) for b in budgets if not math.isclose(b, 1.0)]
+    return out
+
+
 def build_run_folder(
     root: Path,
     *,
@@ -197,20 +272,39 @@ def build_run_folder(
     drop_shards: Sequence[tuple[str, str, int]] = (),
     failed_trials: Sequence[str] = (),
     old_schema_shards: Sequence[tuple[str, str, int]] = (),
+    protocol: str = "reduced",
+    sweep_strategies: Sequence[str] = ("max",),
+    radii: Mapping[str, Sequence[float]] | None = None,
+    extra_strategies: Sequence[str] = (),
+    train_costs: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write a realistic run folder under ``root`` and return it.
 
     ``drop_shards`` and ``old_schema_shards`` name shards as (model_id, attack, start): the
     first are listed in the manifest but not written, the second written with schema version 0.
     ``failed_trials`` are model ids whose trial.json says ERROR and that have no results.
+    The models of ``sweep_strategies`` are also evaluated below the full budget
+    (``sweep_copies`` with ``protocol`` and ``radii``, which the suite metadata states).
+    ``train_costs`` maps a strategy to its (forward, backward) passes per training example,
+    recorded in the model metadata and trial.json of its models.
     """
     dataset, group, families, affine = PRESETS[preset]
     rng = np.random.default_rng(seed)
     run_dir = Path(root)
     run_dir.mkdir(parents=True, exist_ok=True)
-    models = preset_models(preset)
+    models = preset_models(preset, extra_strategies)
+    if train_costs:
+        models = [dataclasses.replace(m, train_cost=_cost_record(*train_costs[m.strategy]))
+                  if m.strategy in train_costs else m for m in models]
     attacks = preset_attacks(preset)
+    copies = sweep_copies(attacks, families, protocol=protocol, radii=radii or {})
     suite_groups = {group: {"families": list(families), "affine": list(affine)}}
+    suite_extra = {
+        "budgets_protocol": protocol,
+        "radii": {f: list(r) for f, r in (radii or {}).items()},
+        "full_radius": {f: EPSILON[dataset][f] for f in families if f != "rt"},
+        "attacks": [a.suite_entry() for a in (*attacks, *copies)],
+    }
     (run_dir / "run.json").write_text(json.dumps({
         "name": f"synthetic-{preset}", "created": "2025-01-01T00:00:00Z", "mpo_version": "0.1.0",
         "git_commit": "deadbeef" * 5, "versions": {"torch": "2.x", "ray": "2.x", "python": "3.x"},
@@ -228,23 +322,22 @@ def build_run_folder(
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "config.json").write_text(json.dumps(model.snapshot()))
         failed = model.model_id in failed_trials
-        (trial_dir / "trial.json").write_text(json.dumps(
-            {"state": "ERROR" if failed else "DONE",
-             "wall_seconds": 12.5}))
+        trial = {"state": "ERROR" if failed else "DONE", "wall_seconds": 12.5}
+        if model.train_cost is not None:
+            trial["train_cost"] = model.train_cost
+        (trial_dir / "trial.json").write_text(json.dumps(trial))
         # One latent robustness level per input and family: robust iff u < rate.
         latent = {fam: rng.random(n) for fam in (*families, *affine)}
         suite = list(attacks)
-        if model.strategy == "max":
-            suite += [AttackSpec(f"{a.name}@{t}", a.family, a.kind, a.epsilon, t)
-                      for a in attacks if a.family in families and a.kind == "first-order"
-                      for t in SWEEP_BUDGETS]
+        if model.strategy in sweep_strategies:
+            suite += copies
         for attack in suite:
             rate = _robust_rate(model, attack.family)
             u = latent[attack.family]
             if "+" in attack.family:  # the affine attack is at least as strong as the union
                 u = np.maximum.reduce([u, *(latent[c] for c in attack.family.split("+"))])
             fooled = u >= rate
-            if attack.budget < 1.0:
+            if attack.budget != 1.0:  # a smaller radius fools fewer inputs, a larger one more
                 fooled = u >= rate + (1 - rate) * (1 - attack.budget)
             if attack.kind == "first-order" and model.label == "Adv_inf" and attack.family == "l1":
                 fooled = fooled & (u >= rate + 0.5 * (1 - rate))  # misses half: masking
@@ -257,6 +350,7 @@ def build_run_folder(
                     continue
                 write_shard(run_dir, model, attack, clean_correct=clean[start:stop],
                             fooled=fooled[start:stop], start=start, suite_groups=suite_groups,
+                            suite_extra=suite_extra,
                             schema_version=0 if key in old_schema_shards else None)
     if manifest:
         (run_dir / "manifest.json").write_text(json.dumps({
@@ -266,3 +360,9 @@ def build_run_folder(
             "shards": shards,
         }))
     return run_dir
+
+
+def _cost_record(fwd: float, bwd: float) -> dict[str, Any]:
+    """A ``jobs.train_cost.training_cost``-shaped record with these passes per example."""
+    return {"fwd_per_example": fwd, "bwd_per_example": bwd, "train_seconds": 60.0,
+            "examples": 1000, "device": "cpu (2 threads)"}

@@ -43,14 +43,14 @@ def test_only_other_schema_version(tmp_path):
 def test_other_schema_version_and_corrupt_file_are_skipped_and_listed(tmp_path):
     write_shard(tmp_path, MODEL, PGD, clean_correct=[True] * 4, fooled=[False] * 4)
     old = write_shard(tmp_path, MODEL, PGD1, clean_correct=[True] * 4, fooled=[True] * 4,
-                      schema_version=2)
+                      schema_version=1)
     bad = tmp_path / "results" / "m" / "broken__0-4.parquet"
     bad.write_bytes(b"not parquet")
     rs = load_results(tmp_path)
     assert len(rs.rows) == 4
     reasons = {s.path.name: s.reason for s in rs.skipped_files}
     assert set(reasons) == {old.name, bad.name}
-    assert "results schema version 2, this mpo reads version 1" in reasons[old.name]
+    assert "results schema version 1, this mpo reads version 2" in reasons[old.name]
     assert "unreadable parquet" in reasons[bad.name]
 
 
@@ -64,7 +64,7 @@ def test_manifest_lists_missing_shards_and_failed_trials(tmp_path):
     missing = {(s.model_id, s.attack, s.start): s.reason for s in rs.missing_shards}
     assert missing == {
         ("toy-max", "pgd_l1", 20): "no results file",
-        ("toy-nat", "pgd_linf", 0): "results schema version 0, this mpo reads version 1; "
+        ("toy-nat", "pgd_linf", 0): "results schema version 0, this mpo reads version 2; "
         "re-run the evaluation with this version of mpo or read it with the mpo that wrote it",
     }
     assert rs.incomplete_models() == {"toy-max", "toy-nat"}
