@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.suite_meta import SuiteInfo, parse_suite_info
 from jobs.errors import MpoError
 from jobs.io import read_json, read_text
 from jobs.schema import (
@@ -31,8 +32,11 @@ from jobs.schema import (
 
 #: Trial states (from trial.json) that mean the trial did not finish.
 FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"})
-#: Display order of model labels (the paper's row order); other labels follow alphabetically.
-LABEL_ORDER = ("Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_RT", "Adv_avg", "Adv_max")
+#: Row order of the training strategies (the paper's, then later work's); others follow.
+STRATEGY_ORDER = ("nat", "single", "avg", "max", "msd", "eat", "random")
+#: Row order of labels within a strategy (the paper's); other labels follow alphabetically.
+LABEL_ORDER = ("Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_RT", "Adv_avg", "Adv_max", "Adv_msd",
+               "Adv_eat", "Adv_rand")
 
 
 class RunFolderError(MpoError, ValueError):
@@ -65,10 +69,21 @@ class ModelInfo:
     state: str | None = None
     wall_seconds: float | None = None
     has_results: bool = False
+    #: the training cost record (``jobs.train_cost.training_cost``), when the run recorded it
+    train_cost: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
         return self.state is not None and self.state.lower() in FAILED_STATES
+
+    @property
+    def train_passes(self) -> float | None:
+        """Forward plus backward passes per training example, or None when not recorded."""
+        cost = self.train_cost or {}
+        passes = [cost.get(k) for k in ("fwd_per_example", "bwd_per_example")]
+        if not all(isinstance(p, (int, float)) and math.isfinite(p) for p in passes):
+            return None
+        return float(sum(passes))
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,13 @@ class ResultSet:
     missing_trials: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the suites' metadata read into ``SuiteInfo`` (same keys as ``suites``)
+    suite_info: dict[str, SuiteInfo] = field(default_factory=dict)
+
+    def group_suites(self, group: str) -> list[SuiteInfo]:
+        """The suites the group's models were evaluated with (usually one)."""
+        names = self.rows.loc[self.rows["model_id"].isin(self.groups[group].models), "suite"]
+        return [self.suite_info[s] for s in dict.fromkeys(names) if s in self.suite_info]
 
     def models_in(self, group: str) -> list[ModelInfo]:
         """The group's models that have results, in the paper's row order."""
@@ -122,12 +144,14 @@ class ResultSet:
         return {s.model_id for s in self.missing_shards}
 
 
-def model_sort_key(model: ModelInfo) -> tuple:
-    try:
-        rank = LABEL_ORDER.index(model.label)
-    except ValueError:
-        rank = len(LABEL_ORDER)
-    return (rank, model.label, model.seed if model.seed is not None else -1, model.model_id)
+def _rank(order: tuple[str, ...], value: str) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def model_sort_key(model: ModelInfo) -> tuple[int, int, str, int, str]:
+    """Rows by strategy (``STRATEGY_ORDER``, unknown strategies last), then label."""
+    return (_rank(STRATEGY_ORDER, model.strategy), _rank(LABEL_ORDER, model.label), model.label,
+            model.seed if model.seed is not None else -1, model.model_id)
 
 
 def _read_optional_json(path: Path, warnings: list[str]) -> Any:
@@ -233,6 +257,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
     missing_trials, missing_shards = _missing_work(manifest, models, shards)
     run = _read_optional_json(run_dir / "run.json", warnings)
     grid_path = run_dir / "grid.yaml"
+    suite_info = {name: parse_suite_info(suite, warnings) for name, suite in shards.suites.items()}
     return ResultSet(
         run_dir=run_dir,
         rows=rows,
@@ -246,6 +271,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
         missing_trials=missing_trials,
         warnings=warnings,
         suites=shards.suites,
+        suite_info=suite_info,
     )
 
 
@@ -394,17 +420,24 @@ def _models_from_rows(
             seed=int(row["seed"]) if pd.notna(row["seed"]) else None,
             config=model_meta.get(str(model_id), {}),
             has_results=True,
+            train_cost=_cost_record(model_meta.get(str(model_id), {}).get("train_cost")),
         )
     return models
 
 
+def _cost_record(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
 def _add_trial_folder(info: ModelInfo, trial_dir: Path, warnings: list[str]) -> None:
-    """The trial's state and wall time (trial.json), and its config when no other source had it."""
+    """The trial's state, wall time and training cost (trial.json), and its config when no
+    other source had it (the results metadata's cost, when there is one, is the one kept)."""
     if (trial_dir / "trial.json").exists():
         data = _read_optional_json(trial_dir / "trial.json", warnings) or {}
         info.state = None if data.get("state") is None else str(data["state"])
         wall = data.get("wall_seconds")
         info.wall_seconds = float(wall) if isinstance(wall, (int, float)) else None
+        info.train_cost = info.train_cost or _cost_record(data.get("train_cost"))
     if not info.config:
         info.config = _read_optional_json(trial_dir / "config.json", warnings) or {}
 
