@@ -13,7 +13,9 @@ Definitions (all per model, on the inputs every relevant attack evaluated):
   average column, which is McNemar's test generalised to scores in [0, 1]);
 - gradient masking: gradient-free or grid attacks fool significantly more clean-correct inputs
   than the family's first-order attacks (one-sided exact binomial test on the inputs only one
-  side fooled, alpha 0.05).
+  side fooled, alpha 0.05);
+- train cost: a model's training passes per example (forward + backward) divided by the mean of
+  the group's single-attack models' (strategy ``single``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def per_input(
     out = pd.DataFrame(columns=["clean"], dtype=bool)
     if sub.empty:
         return out
-    sub = _evaluated_by_all(sub)
+    sub = evaluated_by_all(sub)
     clean = sub.groupby("index")["clean_correct"].all()
     out = pd.DataFrame({"clean": clean})
     present = []
@@ -71,7 +73,7 @@ def per_input(
     return out.sort_index()
 
 
-def _evaluated_by_all(sub: pd.DataFrame) -> pd.DataFrame:
+def evaluated_by_all(sub: pd.DataFrame) -> pd.DataFrame:
     """The rows of the inputs that every attack in ``sub`` evaluated."""
     coverage = sub.groupby("index")["attack"].nunique()
     return sub[sub["index"].isin(coverage.index[coverage == sub["attack"].nunique()])]
@@ -126,6 +128,8 @@ class TableRow:
     n_inputs: int
     cells: dict[str, Cell]
     incomplete: bool = False
+    #: training passes per example relative to the group's single-attack models (None: unknown)
+    train_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,27 @@ class GroupTable:
     def columns(self) -> list[str]:
         return ["clean", *self.families, "union", "average"]
 
+    @property
+    def has_cost(self) -> bool:
+        """Did the run record a training cost for any model of the table?"""
+        return any(r.model.train_passes is not None for r in self.rows)
+
+
+def train_costs(models: list[ModelInfo]) -> tuple[dict[str, float | None], str | None]:
+    """Each model's training passes per example over the mean of the single-attack models'
+    (by model id; None where unknown), and why there are none when the run recorded costs but
+    no single-attack model's."""
+    costs: dict[str, float | None] = {m.model_id: None for m in models}
+    if all(m.train_passes is None for m in models):
+        return costs, None
+    reference = [m.train_passes for m in models
+                 if m.strategy == "single" and m.train_passes is not None]
+    if not reference:
+        return costs, "no single-attack model has a recorded training cost"
+    mean = float(np.mean(reference))
+    return {m.model_id: None if m.train_passes is None else m.train_passes / mean
+            for m in models}, None
+
 
 def display_names(models: list[ModelInfo]) -> dict[str, str]:
     """Model label, made unique with the seed (or the id) when labels repeat."""
@@ -207,7 +232,7 @@ def masking_flag(
     other = sorted(set(sub.loc[sub["kind"] != FIRST_ORDER, "attack"]))
     if not first or not other:
         return None
-    sub = _evaluated_by_all(sub[sub["attack"].isin([*first, *other])])
+    sub = evaluated_by_all(sub[sub["attack"].isin([*first, *other])])
     clean = sub.groupby("index")["clean_correct"].all()
     sub = sub[sub["index"].isin(clean.index[clean])]
     fooled = sub.pivot_table(index="index", columns="attack", values="fooled", aggfunc="any")
@@ -302,6 +327,9 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
     table = GroupTable(group=group, dataset=g.dataset, families=g.families, rows=[],
                        opt=opt_bounds(rs, group))
     scores = table.scores
+    costs, cost_note = train_costs(models)
+    if cost_note:
+        table.notes.append(f"group {group}: train cost not computed: {cost_note}")
     for model in models:
         df = per_input(rs.rows, model.model_id, g.families)
         if df.empty:
@@ -320,7 +348,8 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
                                "; union and average not computed")
         table.rows.append(TableRow(model=model, display=names[model.model_id],
                                    n_inputs=len(df), cells=cells,
-                                   incomplete=model.model_id in incomplete))
+                                   incomplete=model.model_id in incomplete,
+                                   train_cost=costs[model.model_id]))
     for col in table.columns:
         ranked = [r for r in table.rows if r.cells[col].estimate is not None]
         if not ranked:
@@ -413,6 +442,8 @@ class SweepCurves:
     family: dict[str, list[tuple[float, Estimate]]]
     union: list[tuple[float, Estimate]]
     references: list[tuple[str, str, Estimate]]  # (label, family, accuracy at full budget)
+    #: the suite says its budget points use fewer attacks than the full budget (labelled so)
+    reduced: bool = False
 
 
 def sweep_curves(rs: ResultSet, group: str, model_id: str) -> SweepCurves | None:
@@ -423,7 +454,9 @@ def sweep_curves(rs: ResultSet, group: str, model_id: str) -> SweepCurves | None
     sweep = rows[rows["budget"] < FULL_BUDGET - 1e-9]
     if sweep.empty:
         return None
-    budgets = sorted({round(float(b), _BUDGET_DECIMALS) for b in rows["budget"]})
+    # Figure 1 spans the fraction of the full budget: radii beyond it belong to the curves
+    budgets = sorted({round(float(b), _BUDGET_DECIMALS) for b in rows["budget"]
+                      if b <= FULL_BUDGET + 1e-9})
     full = per_input(rs.rows, model_id, g.families)
     clean = estimate(full["clean"]) if not full.empty else None
     curves: dict[str, list[tuple[float, Estimate]]] = {}
@@ -452,4 +485,5 @@ def sweep_curves(rs: ResultSet, group: str, model_id: str) -> SweepCurves | None
     opt = opt_bounds(rs, group)
     refs = [(names.get(mid, mid), fam, est) for fam, (mid, est) in opt.per_family.items()]
     return SweepCurves(model_id=model_id, display=names.get(model_id, model_id), group=group,
-                       epsilon=epsilon, family=curves, union=union, references=refs)
+                       epsilon=epsilon, family=curves, union=union, references=refs,
+                       reduced=any(s.reduced for s in rs.group_suites(group)))
