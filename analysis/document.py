@@ -9,16 +9,27 @@ report is the list in ``build_document`` and each section's content is in one pl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.blocks import (
+    Block,
+    Bullets,
+    Document,
+    Heading,
+    Image,
+    Para,
+    Pre,
+    Table,
+    TCell,
+    fmt_ci,
+)
 from analysis.build import Report
 from analysis.findings import METHOD as FINDINGS_METHOD
 from analysis.findings import REPRODUCED, Finding
 from analysis.loading import ResultSet
 from analysis.metrics import Cell, GroupTable, MaskingFlag, attack_accuracies
 from analysis.paper import paper_results
-from analysis.stats import Estimate, fmt_pct
+from analysis.stats import fmt_pct
 
 METHODS = (
     "Accuracies are computed from the per-example results: an input counts as robust to a "
@@ -45,77 +56,12 @@ FIGURES_CAPTION = (
 
 
 # --------------------------------------------------------------------------------------------
-# Document model
-
-
-@dataclass(frozen=True)
-class TCell:
-    """A table cell: main text, optional confidence interval, bold, marks and a hover title."""
-
-    text: str
-    ci: str = ""
-    bold: bool = False
-    marks: str = ""
-    flagged: bool = False
-    title: str = ""
-
-
-@dataclass
-class Table:
-    caption: str
-    headers: list[str]
-    rows: list[list[TCell]]
-    key: str = ""
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Image:
-    path: Path
-    alt: str
-
-
-@dataclass(frozen=True)
-class Pre:
-    text: str
-
-
-Block = Heading | Para | Bullets | Image | Pre | Table
-
-
-@dataclass
-class Document:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------------
 # Text shared by the document and the summary
 
 
 def source_line() -> str:
     """Where the published numbers come from (the paper and its tables)."""
     return str(paper_results()["source"])
-
-
-def fmt_ci(e: Estimate) -> str:
-    """The Wilson 95% interval of ``e`` in percent: "[low, high]"."""
-    return f"[{fmt_pct(100 * e.low)}, {fmt_pct(100 * e.high)}]"
 
 
 def tested_claims(found: list[Finding]) -> dict[str, str]:

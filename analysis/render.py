@@ -1,31 +1,22 @@
 """Renderers: the report's document (``analysis.document``) written as Markdown, LaTeX, HTML
-and rich console tables; summary.md (the compact tables a README shows); and CSV, written from
-the report's data directly (tidy, one row per number). Every file goes through ``jobs.io``."""
+and rich console tables, and summary.md (the compact tables a README shows); the CSV files are
+``analysis.render_csv``'s. Every file goes through ``jobs.io``."""
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import math
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from analysis.blocks import Bullets, Document, Heading, Image, Para, Pre, Table, TCell
 from analysis.build import Report, group_epsilon
 from analysis.document import (
     FINDINGS_HEADERS,
     METHODS,
-    Bullets,
-    Document,
-    Heading,
-    Image,
-    Para,
-    Pre,
-    Table,
-    TCell,
     build_document,
     findings_rows,
     group_block,
@@ -286,112 +277,6 @@ def to_html(doc: Document, image_root: Path) -> str:
 def write_html(report: Report, out_dir: Path) -> list[Path]:
     return [write_text_atomic(out_dir / "report.html",
                               to_html(build_document(report, out_dir), out_dir))]
-
-
-# --------------------------------------------------------------------------------------------
-# CSV
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.12g}"
-
-
-def _write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return write_text_atomic(path, buf.getvalue())
-
-
-#: A CSV file's header and rows.
-CsvRows = tuple[list[str], list[list[object]]]
-
-
-def _accuracy_csv(report: Report) -> CsvRows:
-    """Every cell of every group's table (with its interval, counts and marks), then OPT."""
-    rows: list[list[object]] = []
-    for t in report.tables:
-        for r in t.rows:
-            for col in t.columns:
-                c = r.cells[col]
-                e = c.estimate
-                rows.append([t.group, t.dataset, r.display, r.model.model_id, r.model.strategy,
-                             col, _num(e.value if e else None), _num(e.low if e else None),
-                             _num(e.high if e else None), _num(e.k if e else None),
-                             e.n if e else "", int(c.bold),
-                             ";".join(a for a, _ in c.masking.attacks) if c.masking else "",
-                             int(r.incomplete)])
-        if t.opt.complete:
-            rows.append([t.group, t.dataset, "OPT", "", "", "union", _num(t.opt.union), "", "",
-                         "", "", 0, "", 0])
-            rows.append([t.group, t.dataset, "OPT", "", "", "average", _num(t.opt.average), "",
-                         "", "", "", 0, "", 0])
-    return (["group", "dataset", "model", "model_id", "strategy", "column", "accuracy",
-             "ci_low", "ci_high", "k", "n", "bold", "masking_attacks", "incomplete"], rows)
-
-
-def _affine_csv(report: Report) -> CsvRows:
-    return (["group", "model", "model_id", "affine_family", "n", "union", "affine",
-             "union_and_affine"],
-            [[a.group, a.display, a.model_id, a.affine_family, a.union.n, _num(a.union.value),
-              _num(a.affine.value), _num(a.union_and_affine.value)] for a in report.affine])
-
-
-def _masking_csv(report: Report) -> CsvRows:
-    return (["model", "model_id", "family", "first_order", "disagreeing", "extra", "fewer", "n",
-             "p_value", "flagged"],
-            [[f.label, f.model_id, f.family, ";".join(f.first_order),
-              ";".join(f"{a}:{n}" for a, n in f.attacks), f.extra, f.fewer, f.n,
-              _num(f.p_value), int(f.flagged)] for f in report.masking])
-
-
-def _findings_csv(report: Report) -> CsvRows:
-    return (["claim", "statement", "group", "model", "run", "paper", "p_value", "verdict"],
-            [[f.claim, f.statement, f.group, f.subject, f.run, f.paper, _num(f.p_value),
-              f.verdict] for f in report.findings])
-
-
-def _paper_csv(report: Report) -> CsvRows:
-    return (["paper_table", "group", "model", "column", "paper", "run", "difference"],
-            [[c.table, c.group, c.model, c.column, _num(c.paper), _num(c.run),
-              _num(c.difference)] for c in report.comparisons])
-
-
-def _sweep_csv(report: Report) -> CsvRows:
-    """Figure 1's points: accuracy per family (and union) at each fraction of the budget."""
-    rows: list[list[object]] = []
-    for cv in report.curves:
-        for fam, pts in [*cv.family.items(), ("union", cv.union)]:
-            for t, e in pts:
-                rows.append([cv.group, cv.display, cv.model_id, fam, _num(t),
-                             _num(cv.epsilon.get(fam, math.nan) * t if fam != "union" else None),
-                             _num(e.value), _num(e.low), _num(e.high), e.n])
-    return (["group", "model", "model_id", "family", "budget", "epsilon", "accuracy", "ci_low",
-             "ci_high", "n"], rows)
-
-
-def _completeness_csv(report: Report) -> CsvRows:
-    """Missing trials and shards, and skipped files."""
-    rs = report.rs
-    rows: list[list[object]] = [["trial", mid, "", "", "", "no results"]
-                                for mid in rs.missing_trials]
-    rows += [["shard", s.model_id, s.attack, s.start, s.stop, s.reason]
-             for s in rs.missing_shards]
-    rows += [["file", str(s.path.relative_to(rs.run_dir)), "", "", "", s.reason]
-             for s in rs.skipped_files]
-    return (["what", "model_id_or_path", "attack", "start", "stop", "reason"], rows)
-
-
-#: The tidy CSV files of a report, in the order they are written.
-CSV_FILES = {"tables.csv": _accuracy_csv, "affine.csv": _affine_csv, "masking.csv": _masking_csv,
-             "findings.csv": _findings_csv, "paper_vs_run.csv": _paper_csv,
-             "sweep.csv": _sweep_csv, "completeness.csv": _completeness_csv}
-
-
-def write_csv(report: Report, out_dir: Path) -> list[Path]:
-    """Tidy CSV files (``CSV_FILES``): one row per number."""
-    return [_write(out_dir / name, *table(report)) for name, table in CSV_FILES.items()]
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from analysis import render
+from analysis import render, render_csv
 from analysis.build import Report, build_report, toy_params
 from analysis.figures import plot_sweep
 from analysis.loading import ResultSet, load_results
@@ -98,7 +98,7 @@ def write_report(rs: ResultSet, out: Path,
     report = build_report(rs)
     written = write_figures(report, out)
     writers = {"md": render.write_markdown, "tex": render.write_latex,
-               "html": render.write_html, "csv": render.write_csv}
+               "html": render.write_html, "csv": render_csv.write_csv}
     for fmt in fmts:
         written += writers[fmt](report, out)
     return report, written

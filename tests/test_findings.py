@@ -12,7 +12,8 @@ from scipy.stats import binom
 
 from analysis import build_report, load_results
 from analysis.findings import NOT_REPRODUCED, NOT_SIGNIFICANT, REPRODUCED
-from analysis.render import summary_markdown, write_csv
+from analysis.render import summary_markdown
+from analysis.render_csv import write_csv
 from tests.runfolder import AttackSpec, ModelSpec, build_run_folder, write_shard
 
 N = 40
