@@ -2,7 +2,8 @@
 
 ``build_report(rs)`` returns a ``Report``: per group the accuracy table (Tables 1 and 2), Table 3's
 affine rows, the gradient-masking checks, the paper's numbers beside the run's, the Figure-1 sweep
-curves and the paper's findings tested on the run. ``analysis.document`` turns it into text,
+curves, the robustness curves with their areas and CR figures, the protocol, what broke each
+input, and the paper's findings tested on the run. ``analysis.document`` turns it into text,
 ``analysis.report`` into files.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.curves import GroupCurves, group_curves
 from analysis.findings import Finding, findings
 from analysis.loading import ResultSet
 from analysis.metrics import (
@@ -26,6 +28,13 @@ from analysis.metrics import (
     sweep_curves,
 )
 from analysis.paper import Comparison, budget_notes, compare
+from analysis.protocol import (
+    BrokenBy,
+    ProtocolRow,
+    broken_by_counts,
+    protocol_rows,
+    protocol_statement,
+)
 
 
 @dataclass
@@ -41,6 +50,15 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
+    #: per group with points other than the full budget: its models' robustness curves
+    robustness: list[GroupCurves] = field(default_factory=list)
+    #: the attacks that count, per suite and family, with their points
+    protocol: list[ProtocolRow] = field(default_factory=list)
+    #: per group: which attacks Figure 1's points use
+    protocol_statements: dict[str, str] = field(default_factory=dict)
+    broken_by: list[BrokenBy] = field(default_factory=list)
+    #: group -> the robustness-curve figure's files (also in ``figures``)
+    curve_figures: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def flagged(self) -> list[MaskingFlag]:
@@ -57,8 +75,9 @@ def group_epsilon(rs: ResultSet, group: str) -> dict[str, float]:
 
 
 def build_report(rs: ResultSet) -> Report:
-    """Compute the tables, flags, comparisons and sweep curves of every group."""
+    """Compute the tables, flags, comparisons, curves and protocol of every group."""
     tables, affine, curves, notes = [], [], [], []
+    robustness, broken, statements = [], [], {}
     epsilon: dict[str, dict[str, float]] = {}
     for name in sorted(rs.groups):
         table = group_table(rs, name)
@@ -70,6 +89,11 @@ def build_report(rs: ResultSet) -> Report:
         epsilon[name] = group_epsilon(rs, name)
         notes += budget_notes(table, epsilon[name])
         affine += affine_rows(rs, name)
+        broken += broken_by_counts(rs, name)
+        rc = group_curves(rs, table)
+        if rc is not None:
+            robustness.append(rc)
+            notes += rc.notes
         for model in rs.models_in(name):
             if model.strategy != "max":
                 continue
@@ -79,6 +103,7 @@ def build_report(rs: ResultSet) -> Report:
                              " Figure-1 plot omitted")
             else:
                 curves.append(c)
+                statements[name] = protocol_statement(rs, name)
     masking = masking_flags(rs)
     found = findings(rs, tables, affine, masking,
                      epsilon=epsilon,
@@ -86,7 +111,8 @@ def build_report(rs: ResultSet) -> Report:
                                  if t.dataset == "toy"})
     return Report(rs=rs, tables=tables, affine=affine, masking=masking,
                   comparisons=compare(tables, affine), curves=curves, findings=found,
-                  notes=notes)
+                  notes=notes, robustness=robustness, protocol=protocol_rows(rs),
+                  protocol_statements=statements, broken_by=broken)
 
 
 def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:
