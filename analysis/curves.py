@@ -74,10 +74,14 @@ class GroupCurves:
     """The robustness curves of a group's models, their areas and CR figures."""
 
     group: str
-    #: the group's families, then "union" when any model has a union curve
+    #: the curves shown: the group's families, then "union", that have a point besides the
+    #: full budget (``ModelCurves.curves`` has every family and the union, for CR_ind)
     columns: tuple[str, ...]
-    #: the budget points (beyond the clean one) the group's rows have, per column
+    #: the budget points (beyond the clean one) the group's rows have, per family and union
     budgets: dict[str, tuple[float, ...]]
+    #: per family and union: what x is (``RADIUS`` or ``BUDGET``), its value at each budget
+    axes: dict[str, str]
+    xs: dict[str, tuple[float, ...]]
     models: list[ModelCurves]
     #: family -> display name of the CR reference model
     references: dict[str, str]
@@ -128,29 +132,31 @@ def group_curves(rs: ResultSet, table: GroupTable) -> GroupCurves | None:
             for f in g.families}
     xs = {(f, b): _radius(rows, f, b) if axis[f] == RADIUS else b
           for f in g.families for b in budgets}
-    outcomes = {r.model.model_id: _outcomes(rows, r.model.model_id, g.families, budgets,
-                                            table.scores[r.model.model_id]["clean"])
+    outcomes = {r.model.model_id: _outcomes(rows, r.model.model_id, g.families, budgets)
                 for r in table.rows}
-    columns = [*g.families, UNION]
-    have = {c: tuple(sorted({b for o in outcomes.values() for b in o.get(c, {})})) for c in columns}
-    if not have[UNION]:
-        columns.remove(UNION)
-    out = GroupCurves(group=table.group, columns=tuple(columns), budgets=have, models=[],
-                      references={}, reduced=any(s.reduced for s in rs.group_suites(table.group)))
+    every = [*g.families, UNION]
+    have = {c: tuple(sorted({b for o in outcomes.values() for b in o.get(c, {})})) for c in every}
+    axes = {**axis, UNION: BUDGET}
+    # A column is a curve when it has a point besides the full budget; every family's points
+    # count for CR_ind all the same.
+    columns = tuple(c for c in every if any(not math.isclose(b, FULL_BUDGET) for b in have[c]))
+    out = GroupCurves(group=table.group, columns=columns, budgets=have, axes=axes,
+                      xs={c: tuple(b if c == UNION else xs[c, b] for b in have[c])
+                          for c in every},
+                      models=[], references={},
+                      reduced=any(s.reduced for s in rs.group_suites(table.group)))
     short: dict[str, list[str]] = {}  # model -> the columns it lacks points of
     for r in table.rows:
         per = outcomes[r.model.model_id]
+        clean = table.scores[r.model.model_id]["clean"]
         curves = {}
-        for c in columns:
+        for c in every:
             points = per.get(c, {})
-            bs = [0.0, *points]
-            x = [0.0, *(b if c == UNION else xs[c, b] for b in points)]
-            clean = table.scores[r.model.model_id]["clean"]
             complete = tuple(points) == have[c]
-            if not complete:
+            if not complete and c in columns:
                 short.setdefault(r.display, []).append(c)
-            curves[c] = _curve(c, BUDGET if c == UNION else axis[c], x, bs,
-                               [clean, *points.values()], complete)
+            curves[c] = _curve(c, axes[c], [0.0, *(b if c == UNION else xs[c, b] for b in points)],
+                               [0.0, *points], [clean, *points.values()], complete)
         out.models.append(ModelCurves(r.model.model_id, r.display, curves))
     by_columns: dict[tuple[str, ...], list[str]] = {}
     for name, lacking in short.items():
@@ -164,7 +170,7 @@ def group_curves(rs: ResultSet, table: GroupTable) -> GroupCurves | None:
 
 
 def _outcomes(rows: pd.DataFrame, model_id: str, families: tuple[str, ...],
-              budgets: list[float], clean: pd.Series) -> dict[str, dict[float, pd.Series]]:
+              budgets: list[float]) -> dict[str, dict[float, pd.Series]]:
     """Per family and the union: {budget: per-input robust outcomes} at each budget the model
     has, on the inputs every attack of the group at that budget evaluated (as the tables)."""
     mine = rows[rows["model_id"] == model_id]

@@ -24,6 +24,7 @@ from analysis.blocks import (
     fmt_ci,
 )
 from analysis.build import Report
+from analysis.document_eval import broken_by_section, curves_section, protocol_section
 from analysis.findings import METHOD as FINDINGS_METHOD
 from analysis.findings import REPRODUCED, Finding
 from analysis.loading import ResultSet
@@ -47,12 +48,13 @@ METHODS = (
 )
 FINDINGS_HEADERS = ["finding", "group", "model", "this run (%)", "paper (%)", "p", "verdict"]
 FIGURES_CAPTION = (
-    "Accuracy of the Adv_max model against each family as its budget grows (solid, shaded Wilson "
-    "95% band) and against their union (dotted); dashed: single-perturbation models against their "
-    "own family at the full budget. Points below the full budget use only the attacks the suite "
-    "sweeps (those with budgets); the full-budget point is the worst case over every attack of "
-    "the family."
+    "Figure 1: accuracy of the Adv_max model against each family as its budget grows (solid, "
+    "shaded Wilson 95% band) and against their union (dotted); dashed: single-perturbation "
+    "models against their own family at the full budget. Each point is the worst case over the "
+    "attacks that run at it, per input."
 )
+TRAIN_COST = ("train cost: training passes per example (forward + backward, attacks included) "
+              "relative to the mean of the group's single-attack models'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,18 +95,22 @@ def _cell(cell: Cell | None) -> TCell:
 
 
 def group_block(table: GroupTable) -> Table:
-    headers = ["model", "n", *table.columns]
+    cost = table.has_cost
+    headers = ["model", "n", *table.columns, *(["train cost"] if cost else [])]
     rows = []
     for r in table.rows:
         rows.append([TCell(r.display, marks="*" if r.incomplete else ""), TCell(str(r.n_inputs)),
-                     *(_cell(r.cells[c]) for c in table.columns)])
+                     *(_cell(r.cells[c]) for c in table.columns),
+                     *([TCell("" if r.train_cost is None else f"{r.train_cost:.2f}")]
+                       if cost else [])])
     opt = table.opt
     if opt.complete:
         rows.append([TCell("OPT"), TCell(""), TCell("")]
                     + [TCell(fmt_pct(100 * opt.per_family[f][1].value)) for f in table.families]
-                    + [TCell(fmt_pct(100 * opt.union)), TCell(fmt_pct(100 * opt.average))])
+                    + [TCell(fmt_pct(100 * opt.union)), TCell(fmt_pct(100 * opt.average))]
+                    + ([TCell("")] if cost else []))
     caption = (f"Group {table.group} ({table.dataset}; families {', '.join(table.families)}): "
-               "accuracy (%) with Wilson 95% intervals")
+               "accuracy (%) with Wilson 95% intervals" + (f"; {TRAIN_COST}" if cost else ""))
     return Table(caption, headers, rows, key=table.group)
 
 
@@ -197,10 +203,14 @@ def masking_section(report: Report) -> list[Block]:
 
 def figures_section(report: Report, figure_root: Path) -> list[Block]:
     """The PNG figures, with paths relative to ``figure_root`` where they lie below it."""
-    if not report.figures:
+    curves = {p for paths in report.curve_figures.values() for p in paths}
+    figures = [p for p in report.figures if p not in curves]
+    if not figures:
         return []
-    out: list[Block] = [Heading(2, "Figures"), Para(FIGURES_CAPTION)]
-    for p in report.figures:
+    out: list[Block] = [Heading(2, "Figures")]
+    if report.curves:
+        out.append(Para(" ".join([FIGURES_CAPTION, *report.protocol_statements.values()])))
+    for p in figures:
         if p.suffix == ".png":
             out.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
                              p.stem))
@@ -278,11 +288,14 @@ def build_document(report: Report, figure_root: Path) -> Document:
     rs = report.rs
     doc = Document(title=f"mpo report: {rs.run.get('name') or rs.run_dir.name}")
     doc.blocks += run_facts(rs)
+    doc.blocks += protocol_section(report)
     for table in report.tables:
         doc.blocks += group_section(report, table)
     doc.blocks += affine_section(report)
     doc.blocks += masking_section(report)
     doc.blocks += figures_section(report, figure_root)
+    doc.blocks += curves_section(report, figure_root)
+    doc.blocks += broken_by_section(report)
     doc.blocks += findings_section(report)
     doc.blocks += paper_section(report)
     doc.blocks += completeness_section(report)

@@ -90,8 +90,8 @@ def plot_curves(group: GroupCurves, path_without_suffix: str | Path) -> list[Pat
             full = next((x for x, b in zip(xs, curve.budgets, strict=True) if b == 1.0), full)
         if full is not None:
             ax.axvline(full, linestyle=":", linewidth=0.8, color="gray")
-        radius = group.models[0].curves[column].axis == RADIUS
-        ax.set_xlabel("radius (ε)" if radius else "fraction of the full budget")
+        ax.set_xlabel("radius (ε)" if group.axes[column] == RADIUS
+                      else "fraction of the full budget")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0.0, 100.0)
         ax.set_title(column, fontsize=10)

@@ -89,7 +89,8 @@ def spec_radius(spec: dict[str, object], epsilon: float) -> str:
         if isinstance(limits, list) and len(limits) == 3:
             return f"±{_num(limits[0])} px, ±{_num(limits[1])} px, ±{_num(limits[2])}°"
     if spec.get("type") == "affine":
-        return " + ".join(spec_radius(p, math.nan) for p in _parts(spec))
+        parts = [spec_radius(p, math.nan) for p in _parts(spec)]
+        return " + ".join(p for p in parts if p != "—") or "—"
     eps = spec.get("epsilon", epsilon)
     return _num(float(eps)) if isinstance(eps, (int, float)) and math.isfinite(eps) else "—"
 

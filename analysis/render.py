@@ -22,6 +22,7 @@ from analysis.document import (
     group_block,
     tested_claims,
 )
+from analysis.document_eval import curves_block, protocol_block
 from analysis.metrics import GroupTable
 from analysis.stats import fmt_pct
 from jobs.io import write_text_atomic
@@ -140,18 +141,46 @@ def _summary_paper(report: Report) -> list[str]:
     return lines
 
 
+def _summary_table(title: str, blk: Table) -> list[str]:
+    """A document table under a level-4 heading, without intervals."""
+    return [f"#### {title}", "",
+            *_md_table(blk.headers, [[_md_cell(c, ci=False) for c in row] for row in blk.rows]),
+            ""]
+
+
+def _summary_curves(report: Report) -> list[str]:
+    lines: list[str] = []
+    for rc in report.robustness:
+        title = f"{rc.group}: area under the robustness curves and CR_ind (%)"
+        lines += _summary_table(title + (" (reduced protocol)" if rc.reduced else ""),
+                                curves_block(rc))
+    return lines
+
+
+def _summary_protocol(report: Report) -> list[str]:
+    lines: list[str] = []
+    for suite in report.rs.suite_info.values():
+        if any(r.suite == suite.name for r in report.protocol):
+            lines += _summary_table(f"Evaluation protocol: suite {suite.name} (budgets_protocol: "
+                                    f"{suite.budgets_protocol})", protocol_block(report, suite))
+    return lines
+
+
 def summary_markdown(report: Report) -> str:
     """A compact Markdown summary of the report for a README: each group's accuracy table
-    (estimates only; bold and marks as in the report), Table 3, the gradient-masking flags and
-    the paper's numbers beside this run's. Its first line is a heading level 4, so it can be
+    (estimates only; bold and marks as in the report), the areas under its robustness curves and
+    CR figures, Table 3, the gradient-masking flags, the paper's numbers beside this run's and
+    the evaluation protocol. Its first line is a heading level 4, so it can be
     pasted under any section; every line comes from the report (nothing is typed by hand)."""
     lines: list[str] = []
     for t in report.tables:
         lines += _summary_group(report, t)
+    lines += _summary_curves(report)
     lines += _summary_affine(report)
     lines += _summary_masking(report)
     lines += _summary_findings(report)
     lines += _summary_paper(report)
+    lines += _summary_protocol(report)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -11,9 +11,6 @@ from pathlib import Path
 from analysis.build import Report
 from jobs.io import write_text_atomic
 
-# --------------------------------------------------------------------------------------------
-# CSV
-
 
 def _num(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.12g}"
@@ -44,14 +41,15 @@ def _accuracy_csv(report: Report) -> CsvRows:
                              _num(e.high if e else None), _num(e.k if e else None),
                              e.n if e else "", int(c.bold),
                              ";".join(a for a, _ in c.masking.attacks) if c.masking else "",
-                             int(r.incomplete)])
+                             int(r.incomplete), _num(r.model.train_passes), _num(r.train_cost)])
         if t.opt.complete:
             rows.append([t.group, t.dataset, "OPT", "", "", "union", _num(t.opt.union), "", "",
-                         "", "", 0, "", 0])
+                         "", "", 0, "", 0, "", ""])
             rows.append([t.group, t.dataset, "OPT", "", "", "average", _num(t.opt.average), "",
-                         "", "", "", 0, "", 0])
+                         "", "", "", 0, "", 0, "", ""])
     return (["group", "dataset", "model", "model_id", "strategy", "column", "accuracy",
-             "ci_low", "ci_high", "k", "n", "bold", "masking_attacks", "incomplete"], rows)
+             "ci_low", "ci_high", "k", "n", "bold", "masking_attacks", "incomplete",
+             "train_passes_per_example", "train_cost"], rows)
 
 
 def _affine_csv(report: Report) -> CsvRows:
@@ -94,6 +92,51 @@ def _sweep_csv(report: Report) -> CsvRows:
              "ci_high", "n"], rows)
 
 
+def _curves_csv(report: Report) -> CsvRows:
+    """Every point of every robustness curve (x: the radius, or the budget fraction)."""
+    rows: list[list[object]] = []
+    for rc in report.robustness:
+        for m in rc.models:
+            for column in rc.columns:
+                curve = m.curves[column]
+                for b, (x, e) in zip(curve.budgets, curve.points, strict=True):
+                    rows.append([rc.group, m.display, m.model_id, column, curve.axis, _num(b),
+                                 _num(x), _num(e.value), _num(e.low), _num(e.high), e.n])
+    return (["group", "model", "model_id", "column", "axis", "budget", "x", "accuracy",
+             "ci_low", "ci_high", "n"], rows)
+
+
+def _robustness_csv(report: Report) -> CsvRows:
+    """Per model: the area under each curve (with its interval) and the CR_ind figures."""
+    rows: list[list[object]] = []
+    for rc in report.robustness:
+        for m in rc.models:
+            for column in rc.columns:
+                a = m.curves[column].area
+                rows.append([rc.group, m.display, m.model_id, "area", column,
+                             _num(a.value if a else None), _num(a.low if a else None),
+                             _num(a.high if a else None), a.n if a else ""])
+            for measure, value in (("cr_ind_avg", m.cr_avg), ("cr_ind_worst", m.cr_worst)):
+                rows.append([rc.group, m.display, m.model_id, measure, "",
+                             _num(None if value is None else value / 100), "", "", ""])
+    return (["group", "model", "model_id", "measure", "column", "value", "ci_low", "ci_high",
+             "n"], rows)
+
+
+def _protocol_csv(report: Report) -> CsvRows:
+    return (["suite", "family", "attack", "kind", "type", "radius", "steps_iterations_queries",
+             "restarts", "budgets", "radii"],
+            [[r.suite, r.family, r.attack, r.kind, r.type, r.radius, r.effort, r.restarts,
+              ";".join(_num(b) for b in r.budgets), ";".join(_num(x) for x in r.radii)]
+             for r in report.protocol])
+
+
+def _broken_by_csv(report: Report) -> CsvRows:
+    return (["group", "model", "model_id", "family", "n", "not_robust", "broken_by", "inputs"],
+            [[b.group, b.display, b.model_id, b.family, b.n, b.not_robust, value, count]
+             for b in report.broken_by for value, count in b.counts])
+
+
 def _completeness_csv(report: Report) -> CsvRows:
     """Missing trials and shards, and skipped files."""
     rs = report.rs
@@ -109,7 +152,9 @@ def _completeness_csv(report: Report) -> CsvRows:
 #: The tidy CSV files of a report, in the order they are written.
 CSV_FILES = {"tables.csv": _accuracy_csv, "affine.csv": _affine_csv, "masking.csv": _masking_csv,
              "findings.csv": _findings_csv, "paper_vs_run.csv": _paper_csv,
-             "sweep.csv": _sweep_csv, "completeness.csv": _completeness_csv}
+             "sweep.csv": _sweep_csv, "curves.csv": _curves_csv,
+             "robustness.csv": _robustness_csv, "protocol.csv": _protocol_csv,
+             "broken_by.csv": _broken_by_csv, "completeness.csv": _completeness_csv}
 
 
 def write_csv(report: Report, out_dir: Path) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from analysis import render, render_csv
 from analysis.build import Report, build_report, toy_params
-from analysis.figures import plot_sweep
+from analysis.figures import plot_curves, plot_sweep
 from analysis.loading import ResultSet, load_results
 from jobs.errors import MpoError
 from jobs.io import read_text, write_text_atomic
@@ -63,7 +63,8 @@ def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
 
 
 def write_figures(report: Report, out_dir: Path) -> list[Path]:
-    """Draw every Figure-1 plot (and the toy theory panel) under ``out_dir/figures``."""
+    """Draw every Figure-1 plot, each group's robustness curves and the toy theory panel under
+    ``out_dir/figures``."""
     fig_dir = out_dir / "figures"
     paths: list[Path] = []
     names: dict[str, int] = {}
@@ -72,6 +73,9 @@ def write_figures(report: Report, out_dir: Path) -> list[Path]:
     for c in report.curves:
         stem = f"fig1_{c.group}" if names[c.group] == 1 else f"fig1_{c.group}_{c.model_id[:8]}"
         paths += plot_sweep(c, fig_dir / stem)
+    for rc in report.robustness:
+        report.curve_figures[rc.group] = plot_curves(rc, fig_dir / f"curves_{rc.group}")
+        paths += report.curve_figures[rc.group]
     paths += _toy_panels(report, fig_dir)
     report.figures = paths
     return paths
@@ -142,6 +146,8 @@ def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
         if path.suffix != ".png":
             path.unlink()
     report.figures = [p for p in report.figures if p.suffix == ".png"]
+    report.curve_figures = {g: [p for p in paths if p.suffix == ".png"]
+                            for g, paths in report.curve_figures.items()}
     written = list(report.figures)
     written += render.write_markdown(report, out)
     written += render.write_summary(report, out)

@@ -84,6 +84,8 @@ class AttackSpec:
     spec: dict[str, Any] | None = None
     #: the full-budget attack this one is a copy of (default: the name before "@")
     base: str = ""
+    #: an affine attack's radius per component family (NaN for rt)
+    parts_epsilon: tuple[float, ...] = ()
 
     def suite_entry(self) -> dict[str, Any]:
         """This attack as an entry of the ``mpo.suite`` metadata's ``attacks``."""
@@ -94,8 +96,8 @@ class AttackSpec:
 
     def at(self, budget: float) -> AttackSpec:
         """The copy of this full-budget attack at ``budget`` (named like jobs.suite's copies)."""
-        return AttackSpec(f"{self.name}@{budget:.6g}", self.family, self.kind, self.epsilon,
-                          budget, self.spec, self.name)
+        return dataclasses.replace(self, name=f"{self.name}@{budget:.6g}", budget=budget,
+                                   base=self.name)
 
 
 def default_spec(attack: AttackSpec) -> dict[str, Any]:
@@ -104,8 +106,12 @@ def default_spec(attack: AttackSpec) -> dict[str, Any]:
         return {"type": "rt", "spatial_limits": [3, 3, 30], "grid_granularity": [3, 3, 11],
                 "random_tries": -1}
     if "+" in attack.family:
+        families = attack.family.split("+")
+        radii = attack.parts_epsilon or (math.nan,) * len(families)
+        parts = [default_spec(AttackSpec("", f, attack.kind, eps))
+                 for f, eps in zip(families, radii, strict=True)]
         return {"type": "affine", "reps": 1, "weight": None,
-                "attacks": [{"type": f, "k": 20} for f in attack.family.split("+")]}
+                "attacks": [{**p, "k": 20} if p["type"] != "rt" else p for p in parts]}
     if attack.kind == "gradient-free":
         return {"type": "foolbox", "attack": f"pointwise_{attack.family}",
                 "epsilon": attack.epsilon, "init_steps": 1000}
@@ -225,7 +231,8 @@ def preset_attacks(preset: str) -> list[AttackSpec]:
         if fam == "l1":
             out.append(AttackSpec("pointwise_l1", "l1", "gradient-free", eps[fam]))
     for aff in affine:
-        out.append(AttackSpec(f"affine_{aff.replace('+', '_')}", aff, "first-order", math.nan))
+        out.append(AttackSpec(f"affine_{aff.replace('+', '_')}", aff, "first-order", math.nan,
+                              parts_epsilon=tuple(eps[f] for f in aff.split("+"))))
     return out
 
 

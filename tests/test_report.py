@@ -81,10 +81,11 @@ def test_every_format_written(toy_report):
     out, written = toy_report
     names = {p.relative_to(out).as_posix() for p in written}
     assert names == {
-        "figures/fig1_toy.png", "figures/fig1_toy.svg", "report.md", "tables.tex", "report.tex",
+        "figures/fig1_toy.png", "figures/fig1_toy.svg", "figures/curves_toy.png",
+        "figures/curves_toy.svg", "report.md", "tables.tex", "report.tex",
         "report.html", "tables.csv", "affine.csv", "masking.csv", "findings.csv",
-        "paper_vs_run.csv",
-        "sweep.csv", "completeness.csv",
+        "paper_vs_run.csv", "sweep.csv", "curves.csv", "robustness.csv", "protocol.csv",
+        "broken_by.csv", "completeness.csv",
     }
     assert all(p.stat().st_size > 0 for p in written)
 
@@ -96,9 +97,11 @@ def test_html_is_valid_and_self_contained(toy_report):
     parser.close()
     assert parser.errors == [] and parser.stack == []
     assert parser.tags[0] == "html" and "table" in parser.tags
-    assert len(parser.images) == 1 and parser.images[0].startswith("data:image/png;base64,")
-    png = base64.b64decode(parser.images[0].split(",", 1)[1])
-    assert mpimg.imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
+    assert len(parser.images) == 2  # Figure 1 and the robustness curves
+    for image in parser.images:
+        assert image.startswith("data:image/png;base64,")
+        png = base64.b64decode(image.split(",", 1)[1])
+        assert mpimg.imread(io.BytesIO(png), format="png").shape[2] in (3, 4)
     text = " ".join(parser.text)
     for needed in ("deadbeef", "McNemar", "Wilson", "missing trial", "toy-avg", "ERROR",
                    "wall time", "schema version 0", "pointwise_l1"):
@@ -188,7 +191,7 @@ def test_theory_panel_is_called_for_toy(toy_run, tmp_path, monkeypatch):
     assert tmp_path / "out" / "figures" / "theory_toy.png" in written
     parser = StrictParser()
     parser.feed((tmp_path / "out" / "report.html").read_text(encoding="utf-8"))
-    assert len(parser.images) == 2
+    assert len(parser.images) == 3  # Figure 1, the robustness curves and the theory panel
 
 
 @pytest.mark.parametrize(
@@ -296,7 +299,8 @@ def test_snapshot_is_small_complete_and_replaces_stale_files(tmp_path):
     assert result.exit_code == 0, result.output
     files = {p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()}
     assert files == {"report.md", "summary.md", "run.json", "grid.yaml",
-                     "suites/mnist-mini.yaml", "figures/fig1_mnist-rt.png"}
+                     "suites/mnist-mini.yaml", "figures/fig1_mnist-rt.png",
+                     "figures/curves_mnist-rt.png"}
     assert mpimg.imread(snap / "figures" / "fig1_mnist-rt.png").shape[0] > 100
     assert (snap / "run.json").read_text() == (run / "run.json").read_text()
     report = build_report(load_results(run))
