@@ -12,6 +12,7 @@ Keys per ``type``:
 - rt: spatial_limits=[3, 3, 30], grid_granularity=[5, 5, 31], random_tries=-1 (negative: grid)
 - affine: attacks=[spec, spec] (one linf spec and one l1 or rt spec), weight (beta in [0, 1] for
   attacks[0]; absent: drawn per example, Dirichlet(1, 1)), reps=1
+- msd: attacks=[l_p spec, l_p spec, ...], k=100, reps=1, random_start=True: see ``jobs.attacks.msd``
 - foolbox, autoattack: see ``jobs.attacks.library_spec``
 
 Adding an attack type: a spec class (an ``AttackSpec``), the attack class its ``build`` returns
@@ -39,6 +40,7 @@ from jobs.attacks.checks import (
     triple,
 )
 from jobs.attacks.library_spec import LibrarySpec
+from jobs.attacks.msd import MsdSpec
 from jobs.attacks.norms import LP_FAMILIES, BudgetBall, GaugeBall, LpBall
 from jobs.attacks.pgd import PGDAttack
 from jobs.attacks.spatial import RTAttack
@@ -255,6 +257,7 @@ SPEC_TYPES: dict[str, type[AttackSpec]] = {
     **dict.fromkeys(LP_FAMILIES, LpSpec),
     "rt": RTSpec,
     "affine": AffineSpec,
+    "msd": MsdSpec,
     "foolbox": LibrarySpec,
     "autoattack": LibrarySpec,
 }
