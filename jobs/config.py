@@ -7,7 +7,7 @@ A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complet
     model: {name: mnist_cnn, kwargs: {}}
     optimizer: {name: adam, lr: 1.0e-3, momentum: 0.0, weight_decay: 0.0,
                 milestones: [0.5], gamma: 0.1}          # milestones: fractions of all steps
-    strategy: max                    # nat | single | avg | max | random | eat
+    strategy: max                    # nat | single | avg | max | random | eat | msd
     attacks:                         # attack specs, as jobs.attacks.make_attack takes them
       - {type: pgd_linf, eps: 0.3, steps: 20}
     start_small: true                # first epoch: every eps and RT limit divided by 3
@@ -39,14 +39,20 @@ from jobs.validation import FrozenModel, format_validation_error
 
 #: The training strategies (``jobs.strategies``): the one list, which TrainConfig, grid entries
 #: and ``jobs.strategies.get_strategy`` all take their names from.
-Strategy = Literal["nat", "single", "avg", "max", "random", "eat"]
+Strategy = Literal["nat", "single", "avg", "max", "random", "eat", "msd"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 #: strategy -> (fewest, most) training attacks it takes (None: no upper bound)
 ATTACK_COUNTS: dict[str, tuple[int, int | None]] = {
     "nat": (0, 0), "single": (1, 1), "avg": (1, None), "max": (1, None),
-    "random": (2, None), "eat": (2, None),
+    "random": (2, None), "eat": (2, None), "msd": (2, None),
 }  # fmt: skip
+#: why a strategy needs several attacks (check_attack_count's message)
+SEVERAL = {
+    "random": "trains each batch against one attack drawn from several",
+    "eat": "trains each batch against one attack drawn from several",
+    "msd": "trains against one MSD attack over the l_p balls of several attacks",
+}
 
 
 def check_attack_count(strategy: str, n: int) -> None:
@@ -61,9 +67,23 @@ def check_attack_count(strategy: str, n: int) -> None:
     if fewest == 1:
         raise ValueError(f"strategy '{strategy}' needs at least one attack, got none")
     raise ValueError(
-        f"strategy '{strategy}' trains each batch against one attack drawn from several: it "
-        f"needs at least {fewest} attacks, got {n} (with one attack, use strategy 'single')"
+        f"strategy '{strategy}' {SEVERAL[strategy]}: it needs at least {fewest} attacks, got {n} "
+        "(with one attack, use strategy 'single')"
     )
+
+
+def check_combined_attacks(strategy: str, specs: list[dict[str, Any]]) -> None:
+    """``ValueError`` unless ``strategy`` can combine its (normalised) attack specs into the one
+    attack it trains on: for ``msd``, l_p specs with the same k, reps and random_start."""
+    if strategy != "msd":
+        return
+    from jobs.attacks import AttackSpecError
+    from jobs.attacks.msd import MsdSpec
+
+    try:
+        MsdSpec.combine(specs)
+    except AttackSpecError as err:
+        raise ValueError(f"strategy 'msd': {err}") from None
 
 
 class ConfigError(MpoError, ValueError):
@@ -142,6 +162,7 @@ class TrainConfig(FrozenModel):
         if self.augment and info.augmentation is None:
             raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")
         normalised = [_normalise_attack(spec, i, info.bounds) for i, spec in enumerate(self.attacks)]
+        check_combined_attacks(self.strategy, normalised)
         # frozen model: set the normalised specs once, during validation
         object.__setattr__(self, "attacks", normalised)
         return self

@@ -7,6 +7,8 @@
 - ``random``: per batch, one of the K attacks drawn uniformly; trains on its batch.
 - ``eat``: per batch, one of the K attacks drawn with E-AT's weights (Croce & Hein, ICML 2022);
   trains on its batch.
+- ``msd``: one MSD attack (Maini, Wong & Kolter, ICML 2020; ``jobs.attacks.msd``) over the balls of
+  the K l_p attacks, built from their specs (same radii, step sizes and k); trains on its batch.
 
 ``random`` and ``eat`` cost one attack per step whatever K is ("the price of one"). They carry
 state (their generator; E-AT's running robust accuracies) that ``state_dict`` hands to the resume
@@ -268,6 +270,43 @@ class EAT(OneAttackPerBatch):
         self.correct, self.seen = list(state["correct"]), list(state["seen"])
 
 
+class MSD(Strategy):
+    """``msd``: adversarial training on one MSD attack over the balls of the K training attacks.
+
+    The config's attacks are l_p specs with the same k, reps and random_start (checked when the
+    config is validated, ``jobs.config.check_combined_attacks``); the MSD attack is built from them
+    once per list of attacks (the training loop has two: ``start_small``'s and the full one).
+    Per step and input it costs k forward+backward passes and k x K scoring forwards, where "max"
+    costs K x k forward+backward passes and K forwards. MSD attacks the union of the balls, so
+    every attack's ``adv_correct`` is the count of inputs it did not fool (and ``attacked`` is B
+    for each): ``adv_acc/<family>`` is the robust accuracy against the union for every family.
+    """
+
+    name = "msd"
+
+    def __init__(self) -> None:
+        # id(list of attacks) -> (those attacks, kept so the ids stay theirs; their MSD attack)
+        self._built: dict[tuple[int, ...], tuple[tuple[Attack, ...], Attack]] = {}
+
+    def combined(self, attacks: Sequence[Attack]) -> Attack:
+        """The MSD attack over ``attacks``' balls."""
+        key = tuple(map(id, attacks))
+        if key not in self._built:
+            from jobs.attacks import make_attack
+            from jobs.attacks.msd import MsdSpec
+
+            spec = MsdSpec.combine([a.spec for a in attacks])
+            self._built[key] = (tuple(attacks), make_attack(spec, bounds=attacks[0].bounds))
+        return self._built[key][1]
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 attacks: Sequence[Attack], *, generator: torch.Generator | None = None) -> StepOutput:
+        check_attack_count(self.name, len(attacks))
+        res = self.combined(attacks)(model, x, y, generator=generator)
+        return StepOutput(loss=F.cross_entropy(model(res.x_adv.detach()), y), n=len(y),
+                          adv_correct=_robust([res]).repeat(len(attacks)), attacked=[len(y)] * len(attacks))  # fmt: skip
+
+
 #: strategy name (``jobs.config.STRATEGIES``) -> a new strategy from a seed (for its own draws)
 BUILDERS: dict[str, Callable[[int], Strategy]] = {
     "nat": lambda seed: Stateless("nat", nat),
@@ -276,6 +315,7 @@ BUILDERS: dict[str, Callable[[int], Strategy]] = {
     "max": lambda seed: Stateless("max", max_),
     "random": lambda seed: RandomAttack(seed=seed),
     "eat": lambda seed: EAT(seed=seed),
+    "msd": lambda seed: MSD(),
 }
 
 

@@ -77,7 +77,7 @@ def test_avg_trains_on_every_attack_batch():
     assert all(a.calls == 1 for a in attacks) and out.adv_correct.tolist() == [3, 3, 3]
 
 
-@pytest.mark.parametrize("name", ["avg", "max", "single", "random", "eat"])
+@pytest.mark.parametrize("name", ["avg", "max", "single", "random", "eat", "msd"])
 def test_strategies_refuse_wrong_attack_counts(name):
     with pytest.raises(ValueError, match=f"strategy '{name}' .*needs"):
         get_strategy(name)(Recorder(), torch.zeros(2, 1), torch.tensor([0, 1]), [])
@@ -176,6 +176,30 @@ def test_random_draws_each_attack_equally_often_one_per_batch():
 
 
 # ----------------------------------------------------------------------------------------------
+# msd: one MSD attack over the training attacks' balls
+
+
+def test_msd_trains_on_one_msd_attack_built_once_per_list_of_attacks():
+    from jobs.attacks import make_attack
+    from jobs.attacks.msd import MsdSpec
+
+    specs = [{"type": "linf", "epsilon": 0.4, "k": 2}, {"type": "l1", "epsilon": 2.0, "k": 2}]
+    full = [make_attack(s, bounds=None) for s in specs]
+    small = [make_attack({**s, "epsilon": s["epsilon"] / 3}, bounds=None) for s in specs]
+    msd, model = get_strategy("msd"), Recorder()
+    x, y = torch.randn(5, 1), torch.tensor([0, 1, 0, 1, 1])
+    out = msd(model, x, y, full, generator=torch.Generator().manual_seed(0))
+    trained_on = model.seen[-1]  # the update's forward comes last
+    combined = msd.combined(full)
+    assert msd.combined(full) is combined and msd.combined(small) is not combined
+    assert combined.spec == MsdSpec.combine(specs).to_dict() and combined.family == "msd"
+    twin = combined(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(trained_on, twin.x_adv)
+    robust = int((~twin.success).sum())
+    assert out.adv_correct.tolist() == [robust, robust] and out.attacked == [5, 5]
+
+
+# ----------------------------------------------------------------------------------------------
 # Grids take the same strategy names and rules
 
 
@@ -204,3 +228,18 @@ def test_grid_entries_take_random_and_eat_with_two_attacks_or_more():
     with pytest.raises(GridError, match=r"g\.yaml: experiments\.toy\.models\.Adv_eat .*strategy "
                                         r"'eat' .*needs at least 2 attacks, got 1"):
         expand_grid(one, source="g.yaml")
+
+
+def test_grid_entries_take_msd_over_lp_attacks_only():
+    from orchestrator.grid import GridError, expand_grid, parse_grid
+
+    plan = expand_grid(parse_grid(_grid({"Adv_msd": {"strategy": "msd", "attacks": ["linf", "l1"]}}),
+                                  source="g.yaml"), source="g.yaml")  # fmt: skip
+    (trial,) = plan.trials.values()
+    assert trial.strategy == "msd" and [a["type"] for a in trial.config["attacks"]] == ["linf", "l1"]
+    data = _grid({"Adv_msd": {"strategy": "msd", "attacks": ["linf", "rt"]}})
+    data["experiments"]["toy"]["attacks"]["rt"] = {"type": "rt", "random_tries": 2}
+    with pytest.raises(GridError, match=r"g\.yaml: experiments\.toy\.models\.Adv_msd .*strategy 'msd': "
+                                        r"attack spec key 'attacks\[1\]\.type': an msd attack combines l_p "
+                                        r"balls only"):
+        expand_grid(parse_grid(data, source="g.yaml"), source="g.yaml")
