@@ -35,11 +35,11 @@ TOY = {
     },
 }
 
-PAPER_MODELS = {
-    "mnist-lp": ["Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_avg", "Adv_max"],
-    "mnist-rt": ["Nat", "Adv_inf", "Adv_RT", "Adv_avg", "Adv_max"],
-    "cifar10-l1": ["Nat", "Adv_inf", "Adv_1", "Adv_avg", "Adv_max"],
-    "cifar10-rt": ["Nat", "Adv_inf", "Adv_RT", "Adv_avg", "Adv_max"],
+PAPER_MODELS = {  # the paper's models, then MSD (l_p groups only), E-AT and random
+    "mnist-lp": ["Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_avg", "Adv_max", "Adv_msd", "Adv_eat", "Adv_rand"],
+    "mnist-rt": ["Nat", "Adv_inf", "Adv_RT", "Adv_avg", "Adv_max", "Adv_eat", "Adv_rand"],
+    "cifar10-l1": ["Nat", "Adv_inf", "Adv_1", "Adv_avg", "Adv_max", "Adv_msd", "Adv_eat", "Adv_rand"],
+    "cifar10-rt": ["Nat", "Adv_inf", "Adv_RT", "Adv_avg", "Adv_max", "Adv_eat", "Adv_rand"],
 }
 
 
@@ -65,7 +65,8 @@ def write(tmp_path: Path, data: dict, name: str = "g.yaml") -> Path:
     ("path", "value", "expected"),
     [
         (["experiments", "toy", "models", "Nat", "strategy"], "sngle",
-         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg', 'max', 'random' or 'eat'"),
+         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg', 'max', 'random', "
+         r"'eat' or 'msd'"),
         (["experiments", "toy", "modles"], {},
          r"field 'experiments\.toy\.modles': unknown field; allowed fields: families, affine, "
          r"train, attacks, models"),
@@ -178,8 +179,15 @@ def test_paper_grid_lists_every_model_of_the_paper():
     for group, labels in PAPER_MODELS.items():
         got = [plan.trials[m].label for m in plan.groups[group].models]
         assert got == labels, group
-    # Nat and Adv_inf are shared by the l_p and RT tables of each dataset: 17 distinct models
-    assert len(plan.trials) == 17
+    # Nat and Adv_inf are shared by the l_p and RT tables of each dataset: 27 distinct models
+    assert len(plan.trials) == 27
+    # the strategies beyond the paper train with Adv_max's attacks
+    for group in plan.groups.values():
+        by_label = {plan.trials[m].label: plan.trials[m] for m in group.models}
+        attacks = by_label["Adv_max"].config["attacks"]
+        for label in ("Adv_msd", "Adv_eat", "Adv_rand"):
+            if label in by_label:
+                assert by_label[label].config["attacks"] == attacks, (group.name, label)
     assert {t.dataset for t in plan.trials.values()} == {"mnist", "cifar10"}
     mnist = next(t for t in plan.trials.values() if t.dataset == "mnist")
     cifar = next(t for t in plan.trials.values() if t.dataset == "cifar10")
@@ -214,7 +222,7 @@ def test_grids_command_lists_and_shows():
     assert result.exit_code == 0, result.output
     for name in builtin_grid_names():
         assert name in result.output
-    assert "17" in result.output  # paper-grid's trials
+    assert "27" in result.output  # paper-grid's trials
     shown = CliRunner().invoke(main, ["grids", "show", "toy"])
     assert shown.exit_code == 0 and "name: toy" in shown.output
     missing = CliRunner().invoke(main, ["grids", "show", "nope"])
