@@ -194,7 +194,8 @@ def write_summary(report: Report, out_dir: Path) -> list[Path]:
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}", "—": "--", "–": "--", "ε": r"$\epsilon$",
-                "‡": r"$^{\ddagger}$", "≥": r"$\geq$", "≤": r"$\leq$"}
+                "‡": r"$^{\ddagger}$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
+                "°": r"$^{\circ}$", "×": r"$\times$"}
 
 
 def tex_escape(text: str) -> str:

@@ -156,7 +156,7 @@ def shard_table(
         "groups": [json.dumps(list(model.groups))] * n,
         "seed": [model.seed] * n,
         "checkpoint_digest": ["0" * 64] * n,
-        "suite": ["synthetic"] * n,
+        "suite": [(suite_extra or {}).get("name", "synthetic")] * n,
         "attack": [attack.name] * n,
         "family": [attack.family] * n,
         "kind": [attack.kind] * n,

@@ -109,6 +109,39 @@ def test_affine_inferred_without_manifest(tmp_path):
     assert load_results(tmp_path).groups["g"].affine == ("linf+l1",)
 
 
+def test_suite_metadata_of_schema_2(tmp_path):
+    """budgets_protocol, radii, full_radius and each attack's base are read; a copy without a
+    base takes the name before '@'; what is missing takes the contract's default; what cannot
+    be read is a warning."""
+    entries = [PGD.suite_entry(), PGD.at(0.5).suite_entry(),
+               {"name": "pgd_linf@0.25", "family": "linf", "kind": "first-order", "budget": 0.25,
+                "epsilon": 0.075, "spec": {}}]
+    write_shard(tmp_path, MODEL, PGD, clean_correct=[True] * 4, fooled=[False] * 4,
+                suite_groups={"g": ["linf"]},
+                suite_extra={"budgets_protocol": "reduced", "radii": {"linf": [0, 0.1, 0.2]},
+                             "full_radius": {"linf": 0.3}, "attacks": entries})
+    write_shard(tmp_path, MODEL, PGD1, clean_correct=[True] * 4, fooled=[False] * 4,
+                suite_extra={"name": "other", "radii": {"l1": "wide"}})
+    rs = load_results(tmp_path)
+    suite = rs.suite_info["synthetic"]
+    assert suite.reduced and suite.radii == {"linf": (0.0, 0.1, 0.2)}
+    assert suite.full_radius == {"linf": 0.3}
+    assert [(a.name, a.base, a.is_full) for a in suite.attacks] == [
+        ("pgd_linf", "pgd_linf", True), ("pgd_linf@0.5", "pgd_linf", False),
+        ("pgd_linf@0.25", "pgd_linf", False)]
+    assert suite.points("pgd_linf") == [0.25, 0.5, 1.0]
+    assert suite.attacks[0].spec == {"type": "linf", "epsilon": 0.3, "k": 40, "reps": 2}
+    other = rs.suite_info["other"]
+    assert not other.reduced and other.radii == {} and other.attacks == ()
+    assert "suite other: radii of l1 unreadable ('wide'); ignored" in rs.warnings
+    assert sorted(s.name for s in rs.group_suites("g")) == ["other", "synthetic"]
+
+
+def test_broken_by_is_read(tmp_path):
+    write_shard(tmp_path, MODEL, PGD, clean_correct=[True, True, False], fooled=[False, True, False])
+    assert load_results(tmp_path).rows["broken_by"].tolist() == ["", "pgd_linf", "clean"]
+
+
 def test_duplicate_rows_are_dropped_with_a_warning(tmp_path):
     first = write_shard(tmp_path, MODEL, PGD, clean_correct=[True] * 4, fooled=[False] * 4)
     first.rename(first.with_name("a_first_run.parquet"))  # read first, so the rerun wins
