@@ -19,7 +19,7 @@ import pandas as pd
 
 from analysis.loading import ResultSet
 from analysis.metrics import FULL_BUDGET, display_names, evaluated_by_all
-from analysis.suite_meta import SuiteAttack, SuiteInfo
+from analysis.suite_meta import RecordedAttack, SuiteInfo
 
 CLEAN = "clean"
 #: The type column's name for each spec type of jobs.attacks (others are shown as written).
@@ -129,7 +129,7 @@ def spec_restarts(spec: dict[str, object]) -> str:
     return "1"
 
 
-def _row(suite: SuiteInfo, attack: SuiteAttack) -> ProtocolRow:
+def _row(suite: SuiteInfo, attack: RecordedAttack) -> ProtocolRow:
     budgets = tuple(suite.points(attack.name))
     full = suite.full_radius.get(attack.family, attack.epsilon)
     radii = tuple(b * full for b in budgets) if math.isfinite(full) else ()

@@ -22,8 +22,10 @@ AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 @dataclass(frozen=True)
-class SuiteAttack:
-    """One attack of the suite: a full-budget attack (``base == name``) or one of its copies."""
+class RecordedAttack:
+    """One attack of the suite as recorded: a full-budget attack (``base == name``) or one of
+    its copies. (``jobs.suite.SuiteAttack`` is the live one; it builds attacks, so it needs
+    torch, which the analysis does without.)"""
 
     name: str
     family: str
@@ -52,7 +54,7 @@ class SuiteInfo:
     budgets_protocol: str
     radii: dict[str, tuple[float, ...]]
     full_radius: dict[str, float]
-    attacks: tuple[SuiteAttack, ...]
+    attacks: tuple[RecordedAttack, ...]
 
     @property
     def reduced(self) -> bool:
@@ -63,7 +65,7 @@ class SuiteInfo:
         """The families of the suite's attacks, in the order the suite lists them."""
         return list(dict.fromkeys(a.family for a in self.attacks))
 
-    def full_attacks(self, family: str) -> list[SuiteAttack]:
+    def full_attacks(self, family: str) -> list[RecordedAttack]:
         """The attacks that define ``family`` at its full budget, in suite order."""
         return [a for a in self.attacks if a.family == family and a.is_full]
 
@@ -81,13 +83,13 @@ def _float(value: object, default: float = math.nan) -> float:
         return default
 
 
-def _attack(entry: dict[str, Any]) -> SuiteAttack:
+def _attack(entry: dict[str, Any]) -> RecordedAttack:
     name = str(entry.get("name", ""))
     budget = _float(entry.get("budget"), 1.0)
     # A copy is named "<base>@<budget>" by jobs.suite; the base is stated from schema 2 on.
     base = str(entry.get("base") or (name if budget == 1.0 else name.split("@")[0]))
     spec = entry.get("spec")
-    return SuiteAttack(name=name, family=str(entry.get("family", "")),
+    return RecordedAttack(name=name, family=str(entry.get("family", "")),
                        kind=str(entry.get("kind", "")),
                        spec=spec if isinstance(spec, dict) else {}, budget=budget,
                        epsilon=_float(entry.get("epsilon")), base=base)
