@@ -132,13 +132,14 @@ def prior_from_rows(frames: Sequence[tuple[str, pd.DataFrame]], n: int) -> Casca
             raise ValueError(f"cascade: attack {name!r} has {len(df)} rows for a shard of {n}")
         robust = df["robust"].tolist()
         clean = df["clean_correct"].tolist()
-        fooled = df["fooled"].tolist()
+        by = df["broken_by"].tolist()
         preds, sizes, losses = df["adv_pred"].tolist(), df["perturbation"].tolist(), df["loss"].tolist()
         for i in range(n):
             if skip[i] or robust[i]:
                 continue
             skip[i] = True
-            broken[i] = name if (clean[i] and fooled[i]) else CLEAN
+            # the row names what broke it (the attack that found the perturbation it holds)
+            broken[i] = (by[i] or name) if clean[i] else CLEAN
             adv_pred[i], size[i], loss[i] = int(preds[i]), float(sizes[i]), float(losses[i])
     return CascadePrior(skip=skip, broken_by=broken, adv_pred=adv_pred, perturbation=size, loss=loss)
 

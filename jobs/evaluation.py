@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 import jobs.attacks
 from jobs.attacks import Attack
 from jobs.attacks.norms import Ball
-from jobs.cascade import CascadePrior, chain_key, prior_from_rows
+from jobs.cascade import CLEAN, CascadePrior, chain_key, prior_from_rows
 from jobs.checkpoint import file_digest
 from jobs.config import TrainConfig
 from jobs.data import load_split
@@ -79,15 +80,20 @@ class LoadedModel:
     config: TrainConfig
     model_id: str
     device: torch.device
+    #: the checkpoint's training cost record (``jobs.train_cost.training_cost``), if it has one
+    train_cost: dict[str, Any] | None = None
 
 
 def _load(checkpoint_path: str | os.PathLike[str], suite: EvalSuite,
           device: str | torch.device | None) -> LoadedModel:
     path = Path(checkpoint_path)
     dev = resolve_device(device)
-    model, config, _ = load_trained(path, device=dev)
+    model, config, payload = load_trained(path, device=dev)
     check_compatible(config, suite, source=f"checkpoint {path}")
-    return LoadedModel(path, file_digest(path), model, config, config.model_id(), dev)
+    extra = payload.get("extra") or {}
+    cost = extra.get("train_cost") or extra.get("cost")
+    return LoadedModel(path, file_digest(path), model, config, config.model_id(), dev,
+                       dict(cost) if cost else None)
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ class AttackedInputs:
     fooled: list[bool]
     size: list[float]
     loss: list[float]
+    #: what broke each skipped input (the prior's record); None where the attack itself ran
+    carried: list[str | None]
 
 
 def attack_inputs(
@@ -203,7 +211,7 @@ def attack_inputs(
         size[idx] = s.detach().double().cpu()
         loss[idx] = F.cross_entropy(logits, yb, reduction="none").double().cpu()
     return AttackedInputs(clean_pred.tolist(), adv_pred.tolist(), fooled.tolist(), size.tolist(),
-                          loss.tolist())
+                          loss.tolist(), list(prior.broken_by))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +241,9 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
     n = shard.stop - shard.start
     config, entry = shard.loaded.config, shard.attack
     clean_correct = [p == t for p, t in zip(out.clean_pred, labels, strict=True)]
+    robust = [c and not f for c, f in zip(clean_correct, out.fooled, strict=True)]
+    broken_by = ["" if r else CLEAN if not c else (carried or entry.name)
+                 for r, c, carried in zip(robust, clean_correct, out.carried, strict=True)]
     columns: dict[str, list[object]] = {
         "model_id": [shard.loaded.model_id] * n,
         "model_label": [shard.label] * n,
@@ -256,7 +267,8 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
         "adv_pred": out.adv_pred,
         "clean_correct": clean_correct,
         "fooled": out.fooled,
-        "robust": [c and not f for c, f in zip(clean_correct, out.fooled, strict=True)],
+        "robust": robust,
+        "broken_by": broken_by,
         "perturbation": out.size,
         "loss": out.loss,
         "shard_start": [shard.start] * n,
@@ -269,6 +281,7 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
 
 def _metadata(shard: _Shard, key: str, prior: CascadePrior) -> dict[bytes, bytes]:
     loaded = shard.loaded
+    cost = loaded.train_cost
     cascade = ({"cascade": {"after": list(shard.attack.after),
                             "broken_by": prior.broken_map(shard.start)}}
                if shard.attack.after else {})
@@ -278,6 +291,7 @@ def _metadata(shard: _Shard, key: str, prior: CascadePrior) -> dict[bytes, bytes
             "label": shard.label,
             "checkpoint_digest": loaded.digest,
             "config": loaded.config.to_dict(),
+            **({"train_cost": cost} if cost is not None else {}),
         },
         suite=shard.suite.to_dict(),
         shard={"attack": shard.attack.name, "start": shard.start, "stop": shard.stop,
