@@ -23,7 +23,10 @@ from analysis.suite_meta import RecordedAttack, SuiteInfo
 
 CLEAN = "clean"
 #: The type column's name for each spec type of jobs.attacks (others are shown as written).
-SPEC_TYPES = {"linf": "PGD", "l2": "PGD", "l1": "SLIDE", "msd": "MSD", "affine": "affine"}
+SPEC_TYPES = {"linf": "PGD", "l2": "PGD", "l1": "SLIDE"}
+#: Specs made of parts, and how their parts' radii combine: an affine attack composes its two
+#: perturbations, MSD searches the union of its balls.
+COMPOSITE = {"affine": " + ", "msd": " ∪ "}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ def spec_type(spec: dict[str, object]) -> str:
         return f"foolbox {spec.get('attack', '')}".strip()
     if typ == "affine":
         return "affine (" + " + ".join(spec_type(s) for s in _parts(spec)) + ")"
+    if typ == "msd":
+        return "MSD (" + ", ".join(str(p.get("type", "")) for p in _parts(spec)) + ")"
     return SPEC_TYPES.get(typ, typ)
 
 
@@ -88,9 +93,9 @@ def spec_radius(spec: dict[str, object], epsilon: float) -> str:
         limits = spec.get("spatial_limits")
         if isinstance(limits, list) and len(limits) == 3:
             return f"±{_num(limits[0])} px, ±{_num(limits[1])} px, ±{_num(limits[2])}°"
-    if spec.get("type") == "affine":
-        parts = [spec_radius(p, math.nan) for p in _parts(spec)]
-        return " + ".join(p for p in parts if p != "—") or "—"
+    if spec.get("type") in COMPOSITE:
+        parts = [f"{p.get('type', '')} {spec_radius(p, math.nan)}" for p in _parts(spec)]
+        return COMPOSITE[str(spec["type"])].join(parts) or "—"
     eps = spec.get("epsilon", epsilon)
     return _num(float(eps)) if isinstance(eps, (int, float)) and math.isfinite(eps) else "—"
 

@@ -195,7 +195,7 @@ _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                 "^": r"\textasciicircum{}", "—": "--", "–": "--", "ε": r"$\epsilon$",
                 "‡": r"$^{\ddagger}$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
-                "°": r"$^{\circ}$", "×": r"$\times$"}
+                "°": r"$^{\circ}$", "×": r"$\times$", "∪": r"$\cup$"}
 
 
 def tex_escape(text: str) -> str:

@@ -77,8 +77,18 @@ def test_protocol_in_every_format(full_report):
      ({"type": "rt", "spatial_limits": [3, 3, 30], "grid_granularity": [5, 5, 31],
        "random_tries": -1}, "RT grid", "±3 px, ±3 px, ±30°", "775 transforms", "1"),
      ({"type": "foolbox", "attack": "cw_l2", "epsilon": 2.0, "binary_search_steps": 9,
-       "steps": 1000}, "foolbox cw_l2", "2", "9 × 1000 steps", "1")],
-    ids=["aa-standard", "apgd-t", "square", "rt-grid", "cw"],
+       "steps": 1000}, "foolbox cw_l2", "2", "9 × 1000 steps", "1"),
+     ({"type": "msd", "k": 100, "reps": 3, "random_start": True,
+       "attacks": [{"type": "linf", "epsilon": 0.3, "a": 0.01},
+                   {"type": "l1", "epsilon": 10.0, "a": 1.0, "perc": 99}]},
+      "MSD (linf, l1)", "linf 0.3 ∪ l1 10", "100 steps", "3"),
+     ({"type": "affine", "reps": 2, "weight": None,
+       "attacks": [{"type": "rt", "spatial_limits": [3, 3, 30], "grid_granularity": [5, 5, 31],
+                    "random_tries": 10},
+                   {"type": "linf", "epsilon": 0.3, "k": 20, "a": 0.01, "reps": 1}]},
+      "affine (RT random + PGD)", "rt ±3 px, ±3 px, ±30° + linf 0.3",
+      "10 random transforms + 20 steps", "2")],
+    ids=["aa-standard", "apgd-t", "square", "rt-grid", "cw", "msd", "affine"],
 )
 def test_protocol_row_of_each_spec(tmp_path, spec, typ, radius, effort, restarts):
     attack = AttackSpec("a", "linf", "first-order", 0.3, spec=spec)
@@ -92,7 +102,8 @@ def test_protocol_row_of_each_spec(tmp_path, spec, typ, radius, effort, restarts
 def test_fmt_points_and_tex_symbols():
     assert fmt_points([0.1, 0.2, 0.3, 0.4, 0.5]) == "0.1 to 0.5 by 0.1 (5 points)"
     assert fmt_points([0.25, 0.5, 1.0]) == "0.25, 0.5, 1"
-    assert tex_escape("±3 px, ±30°; 9 × 1000") == r"$\pm$3 px, $\pm$30$^{\circ}$; 9 $\times$ 1000"
+    assert tex_escape("±3 px, ±30°; 9 × 1000; a ∪ b") == (
+        r"$\pm$3 px, $\pm$30$^{\circ}$; 9 $\times$ 1000; a $\cup$ b")
 
 
 def test_figure1_caption_states_the_protocol(full_report, tmp_path):
