@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.loading import ResultSet
-from analysis.metrics import FULL_BUDGET, GroupTable, estimate, per_input
+from analysis.metrics import FULL_BUDGET, GroupTable, budget_points, estimate, per_input
 from analysis.stats import Estimate
 
 RADIUS = "radius"
@@ -89,10 +89,6 @@ class GroupCurves:
     notes: list[str] = field(default_factory=list)
 
 
-def _budgets(rows: pd.DataFrame) -> list[float]:
-    return sorted({round(float(b), _DECIMALS) for b in rows["budget"] if b > 0})
-
-
 def _radius(rows: pd.DataFrame, family: str, budget: float) -> float:
     at = rows[(rows["family"] == family)
               & np.isclose(rows["budget"].to_numpy(dtype=float), budget, atol=1e-9)]
@@ -125,7 +121,7 @@ def group_curves(rs: ResultSet, table: GroupTable) -> GroupCurves | None:
     other than the full one: a curve needs radii)."""
     g = rs.groups[table.group]
     rows = rs.rows[rs.rows["model_id"].isin(g.models) & rs.rows["family"].isin(g.families)]
-    budgets = _budgets(rows)
+    budgets = [b for b in budget_points(rows) if b > 0]
     if not any(not math.isclose(b, FULL_BUDGET) for b in budgets):
         return None
     axis = {f: RADIUS if math.isfinite(_radius(rows, f, FULL_BUDGET)) else BUDGET
@@ -195,10 +191,9 @@ def _competitive(out: GroupCurves, table: GroupTable, families: tuple[str, ...])
     refs = {f: by_id[mid] for f, (mid, _) in table.opt.per_family.items()}
     out.references = {f: m.display for f, m in refs.items()}
     clean_ref = max(m.curves[families[0]].points[0][1].value for m in refs.values())
-    left_out: set[str] = set()
+    left_out = set() if clean_ref else {"clean"}
     for model in out.models:
-        ratios = [] if clean_ref == 0 else [model.curves[families[0]].points[0][1].value
-                                            / clean_ref]
+        ratios = [model.curves[families[0]].points[0][1].value / clean_ref] if clean_ref else []
         complete = True
         for f in families:
             for b in out.budgets[f]:

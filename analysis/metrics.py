@@ -39,6 +39,15 @@ def _at_budget(rows: pd.DataFrame, budget: float) -> pd.Series:
     return np.isclose(rows["budget"].to_numpy(dtype=float), budget, atol=1e-9)
 
 
+def budget_points(rows: pd.DataFrame) -> list[float]:
+    """The distinct budgets of ``rows``, ascending: one recorded value per budget (values that
+    agree to 6 decimals are one budget), so that ``_at_budget`` finds its rows exactly."""
+    points: dict[float, float] = {}
+    for b in rows["budget"].to_numpy(dtype=float):
+        points.setdefault(round(float(b), _BUDGET_DECIMALS), float(b))
+    return [points[k] for k in sorted(points)]
+
+
 def per_input(
     rows: pd.DataFrame, model_id: str, families: list[str] | tuple[str, ...], *,
     budget: float = FULL_BUDGET,
@@ -455,8 +464,7 @@ def sweep_curves(rs: ResultSet, group: str, model_id: str) -> SweepCurves | None
     if sweep.empty:
         return None
     # Figure 1 spans the fraction of the full budget: radii beyond it belong to the curves
-    budgets = sorted({round(float(b), _BUDGET_DECIMALS) for b in rows["budget"]
-                      if b <= FULL_BUDGET + 1e-9})
+    budgets = [b for b in budget_points(rows) if b <= FULL_BUDGET + 1e-9]
     full = per_input(rs.rows, model_id, g.families)
     clean = estimate(full["clean"]) if not full.empty else None
     curves: dict[str, list[tuple[float, Estimate]]] = {}

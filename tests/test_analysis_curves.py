@@ -162,3 +162,15 @@ def test_zero_reference_point_left_out(tmp_path):
     assert by["Adv_max"].cr_worst == pytest.approx(100 * 0.8 / 0.9)
     assert ("group g: CR_ind leaves out the points where the reference's accuracy is 0 "
             "(l1 at 1 of the budget)") in report.notes
+
+
+def test_small_radii_keep_their_points(tmp_path):
+    """Budget 1/300 (a radius of 0.0013 on the 0.4 ball): its rows are found, though the
+    budget agrees with its 6-decimal rounding only to 3e-7 (Figure 1 and the curves alike)."""
+    write_points(tmp_path, MAX, PGD_INF, {1 / 300: set(), 1 / 30: {0}, 1.0: {0, 1}})
+    write_points(tmp_path, MAX, PGD_1, {1.0: {0}})
+    report = build_report(load_results(tmp_path))
+    (rc,) = report.robustness
+    assert rc.budgets["linf"] == pytest.approx((1 / 300, 1 / 30, 1.0))
+    (fig1,) = report.curves
+    assert [t for t, _ in fig1.family["linf"]] == pytest.approx([0.0, 1 / 300, 1 / 30, 1.0])
