@@ -2,6 +2,7 @@
 
     make_attack({"type": "foolbox", "attack": "boundary_l2", "epsilon": 2.0, "steps": 5000})
     make_attack({"type": "autoattack", "attack": "apgd-ce", "norm": "linf", "epsilon": 0.3})
+    make_attack({"type": "autoattack", "version": "standard", "norm": "linf", "epsilon": 0.3})
 
 Their specs (keys, defaults, validation) are in ``jobs.attacks.library_spec``. Both libraries are
 regular dependencies of mpo (every shipped suite uses them). They are imported only when such an
@@ -27,7 +28,8 @@ import contextlib
 import importlib
 import math
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -36,14 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.attacks.base import BUDGET_RTOL, Attack, RunOutput
+from jobs.attacks.base import BUDGET_RTOL, Attack, AttackResult, RunOutput
 from jobs.attacks.norms import perturbation_norm
 from jobs.errors import MpoError
 
 if TYPE_CHECKING:
     from foolbox.attacks.base import MinimizationAttack
+    from pyautoattack import AutoAttack
 
-    from jobs.attacks.library_spec import LibrarySpec
+    from jobs.attacks.library_spec import AutoAttackStandardSpec, LibrarySpec
 
 #: The library behind each spec type: (import name, distribution name).
 PACKAGES = {"foolbox": ("foolbox", "foolbox"), "autoattack": ("pyautoattack", "pyautoattack")}
@@ -110,7 +113,8 @@ class LibraryAttack(Attack):
 
     package: str
 
-    def __init__(self, spec: LibrarySpec, *, bounds: tuple[float, float] | None):
+    def __init__(self, spec: LibrarySpec | AutoAttackStandardSpec, *,
+                 bounds: tuple[float, float] | None):
         self.parsed = spec
         self.family = spec.family
         self.epsilon = spec.epsilon
@@ -297,4 +301,134 @@ class AutoAttackAttack(LibraryAttack):
         else:
             atk = SquareAttack(scaled, resc_schedule=False, **common, **p)
             adv = atk.perturb(u, y)
+        return lo + (hi - lo) * adv.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# AutoAttack's standard ensemble
+
+#: Inputs per call of a component: run_standard_evaluation's default ``batch_size``. The results
+#: depend on it (each call reseeds), so it is AutoAttack's, not ours to choose.
+AUTOATTACK_BATCH = 250
+
+
+@dataclass(frozen=True)
+class EnsembleResult(AttackResult):
+    """An ensemble's result: per input, the component whose adversarial input it holds ("" for
+    an input no component fooled)."""
+
+    component: tuple[str, ...] = ()
+
+
+def _apgd_ce(aa: AutoAttack, x: Tensor, y: Tensor) -> Tensor:
+    aa.apgd.loss = "ce"
+    aa.apgd.seed = aa.get_seed()
+    return aa.apgd.perturb(x, y)
+
+
+def _apgd_t(aa: AutoAttack, x: Tensor, y: Tensor) -> Tensor:
+    aa.apgd_targeted.seed = aa.get_seed()
+    return aa.apgd_targeted.perturb(x, y)
+
+
+def _fab_t(aa: AutoAttack, x: Tensor, y: Tensor) -> Tensor:
+    aa.fab.targeted = True
+    aa.fab.n_restarts = 1
+    aa.fab.seed = aa.get_seed()
+    return aa.fab.perturb(x, y)
+
+
+def _square(aa: AutoAttack, x: Tensor, y: Tensor) -> Tensor:
+    aa.square.seed = aa.get_seed()
+    return aa.square.perturb(x, y)
+
+
+#: How run_standard_evaluation calls each component of the standard version.
+COMPONENTS: dict[str, Callable[[AutoAttack, Tensor, Tensor], Tensor]] = {
+    "apgd-ce": _apgd_ce, "apgd-t": _apgd_t, "fab-t": _fab_t, "square": _square,
+}
+
+
+def run_standard(aa: AutoAttack, x: Tensor, y: Tensor, *,
+                 batch_size: int = AUTOATTACK_BATCH) -> tuple[Tensor, list[str]]:
+    """``aa.run_standard_evaluation(x, y)`` step for step (its attack objects, order, seeds and
+    batches: the same robust flags and adversarial inputs), also recording, per input, the
+    component that fooled it ("" for none). x [n, ...] in [0, 1], y [n] -> (x_adv, components).
+
+    AutoAttack's own function returns only the adversarial inputs; its per-attack bookkeeping
+    is what this repeats. Clean-misclassified inputs are not attacked (component "")."""
+    n = x.shape[0]
+    component = [""] * n
+    with torch.no_grad():
+        robust = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            robust[sl] = aa.get_logits(x[sl]).max(dim=1)[1] == y[sl]
+        x_adv = x.clone()
+        for name in aa.attacks_to_run:
+            todo = robust.nonzero().flatten()
+            if todo.numel() == 0:
+                break
+            for start in range(0, todo.numel(), batch_size):
+                idx = todo[start : start + batch_size]
+                xb, yb = x[idx].clone(), y[idx].clone()
+                adv = COMPONENTS[name](aa, xb, yb)
+                fooled = aa.get_logits(adv).max(dim=1)[1] != yb
+                broken = idx[fooled]
+                robust[broken] = False
+                x_adv[broken] = adv[fooled].detach()
+                for i in broken.tolist():
+                    component[i] = name
+    return x_adv, component
+
+
+class AutoAttackStandard(LibraryAttack):
+    """AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square) at one radius and norm,
+    as ``AutoAttack(model, norm, eps, seed, version="standard").run_standard_evaluation`` runs
+    it. Its results are ``EnsembleResult``: which component broke each input."""
+
+    package = "pyautoattack"
+    parsed: AutoAttackStandardSpec
+
+    def __init__(self, spec: AutoAttackStandardSpec, *, bounds: tuple[float, float] | None):
+        super().__init__(spec, bounds=bounds)
+        # what _attack found, handed to __call__ (RunOutput has no field for it)
+        self._components: list[str] = []
+
+    def _cost(self) -> int:
+        settings = self.parsed.component_settings()
+        apgd, targeted, fab = settings["apgd-ce"], settings["apgd-t"], settings["fab-t"]
+        return (int(apgd["n_iter"]) * int(apgd["n_restarts"])
+                + int(targeted["n_iter"]) * int(targeted["n_target_classes"])
+                + int(fab["n_iter"]) * int(fab["n_target_classes"])
+                + int(settings["square"]["n_queries"]))
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *,
+                 generator: torch.Generator | None = None) -> EnsembleResult:
+        self._components = [""] * x.shape[0]
+        result = super().__call__(model, x, y, generator=generator)
+        component = tuple(c if hit else "" for c, hit in zip(self._components, result.success.tolist(),
+                                                             strict=True))
+        return EnsembleResult(**{f.name: getattr(result, f.name) for f in fields(result)},
+                              component=component)
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, box: tuple[float, float],
+                seed: int) -> Tensor:
+        require("pyautoattack", attack="autoattack version 'standard'")
+        from pyautoattack import AutoAttack
+
+        lo, hi = box
+        scaled = _Scaled(model, lo, hi)
+        u = (x - lo) / (hi - lo)
+        with torch.no_grad():
+            num_classes = scaled(u[:1]).shape[1]
+        targets = max(int(s.get("n_target_classes", 0)) for s in self.parsed.component_settings().values())
+        if num_classes <= targets:
+            raise ValueError(
+                f"autoattack version 'standard' targets {targets} other classes (apgd-t, fab-t): "
+                f"it needs a model with at least {targets + 1} classes; the model has {num_classes}"
+            )
+        aa = AutoAttack(scaled, norm=AUTOATTACK_NORMS[self.family], eps=self.epsilon / (hi - lo),
+                        seed=seed, version=self.parsed.version, device=x.device)
+        adv, self._components = run_standard(aa, u, y)
         return lo + (hi - lo) * adv.to(x.dtype)

@@ -2,6 +2,7 @@
 
     {"type": "foolbox", "attack": "boundary_l2", "epsilon": 2.0, "steps": 5000}
     {"type": "autoattack", "attack": "apgd-ce", "norm": "linf", "epsilon": 0.3}
+    {"type": "autoattack", "version": "standard", "norm": "linf", "epsilon": 0.3}
 
 Spec keys (every key optional except ``type``, ``attack`` and ``epsilon``; the defaults are the
 libraries' own unless noted):
@@ -16,6 +17,12 @@ libraries' own unless noted):
   ``n_restarts``, ``n_target_classes``, ``n_queries``, ...). The defaults are those of
   AutoAttack's ``standard`` version for that norm (e.g. l_1 APGD with 5 restarts and the
   large-radius schedule).
+- ``type: autoattack``, ``version: standard`` (instead of ``attack``), ``norm``, ``epsilon``:
+  AutoAttack's standard ensemble as its ``run_standard_evaluation`` runs it: APGD-CE, APGD-T,
+  FAB-T and Square in that order, each only on the inputs still robust, with the standard
+  version's settings for the norm (``AutoAttack._set_version``: l_1 APGD with 5 restarts, 5
+  targets and the large-radius schedule; l_inf / l_2 one restart and 9 targets; FAB-T 9 targets;
+  Square 5000 queries). No other key: the ensemble is AutoAttack's, not a variant of it.
 
 ``epsilon`` is the radius of the family's ball. The bounded attacks (AutoAttack's) search inside
 it. The minimum-norm ones (C&W, EAD, FMN, Boundary, Pointwise, HopSkipJump) are unbounded: they
@@ -29,11 +36,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jobs.attacks.base import AttackSpec, Bounds
 from jobs.attacks.checks import check_keys, choice, flag, integer, number, spec_error
-from jobs.attacks.library import AutoAttackAttack, FoolboxAttack
+from jobs.attacks.library import AutoAttackAttack, AutoAttackStandard, FoolboxAttack
 from jobs.attacks.norms import LP_FAMILIES, LpBall
 
 if TYPE_CHECKING:
@@ -120,6 +127,7 @@ FOOLBOX_ATTACKS: dict[str, LibraryEntry] = {
 }
 
 #: AutoAttack's attacks; ``None`` defaults depend on the norm (AutoAttack's standard version).
+#: Their order is the standard version's (``AutoAttack._set_version``).
 AUTOATTACK_ATTACKS: dict[str, LibraryEntry] = {
     "apgd-ce": LibraryEntry("", False, True, {
         "n_iter": Param("int", 100, lo=1),
@@ -172,9 +180,17 @@ class LibrarySpec(AttackSpec):
         table = FOOLBOX_ATTACKS if self.type == "foolbox" else AUTOATTACK_ATTACKS
         return table[self.attack]
 
+    @property
+    def minimum_norm(self) -> bool:
+        """An unbounded minimum-norm attack (foolbox's): its search does not depend on
+        ``epsilon``, which only the in-ball rule uses."""
+        return not self.entry.bounded
+
     @classmethod
-    def parse(cls, spec: Mapping[str, Any], *, path: str) -> LibrarySpec:
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> LibrarySpec | AutoAttackStandardSpec:
         typ = spec["type"]
+        if typ == "autoattack" and "version" in spec:
+            return AutoAttackStandardSpec.parse(spec, path=path)
         table = FOOLBOX_ATTACKS if typ == "foolbox" else AUTOATTACK_ATTACKS
         name = spec.get("attack")
         if name not in table:
@@ -215,6 +231,61 @@ class LibrarySpec(AttackSpec):
         """The wrapper (imports the library: a clear error if it is missing)."""
         cls = FoolboxAttack if self.type == "foolbox" else AutoAttackAttack
         return cls(self, bounds=bounds)
+
+
+#: The versions of AutoAttack's ensemble a spec may name.
+AUTOATTACK_VERSIONS = ("standard",)
+
+
+@dataclass(frozen=True)
+class AutoAttackStandardSpec(AttackSpec):
+    """AutoAttack's standard ensemble at one radius and norm (``jobs.attacks.library.AutoAttackStandard``)."""
+
+    family: str
+    epsilon: float
+
+    type: str = "autoattack"
+    version: str = "standard"
+    #: the components, in the order the ensemble runs them (each on the inputs still robust)
+    components: ClassVar[tuple[str, ...]] = tuple(AUTOATTACK_ATTACKS)
+
+    @property
+    def attack(self) -> str:
+        return f"{self.version} ensemble"
+
+    @property
+    def entry(self) -> LibraryEntry:
+        # first-order attacks and Square: the kind is the suite's to state
+        return LibraryEntry(self.family, gradient_free=False, bounded=True, params={})
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], *, path: str) -> AutoAttackStandardSpec:
+        check_keys(spec, path, ("type", "version", "norm", "epsilon"), "autoattack with 'version'")
+        choice(spec, "version", path, choices=AUTOATTACK_VERSIONS, default="standard")
+        family = spec.get("norm")
+        if family not in LP_FAMILIES:
+            raise spec_error(path, "norm", f"must be one of {list(LP_FAMILIES)}", family)
+        return cls(family=family, epsilon=number(spec, "epsilon", path, lo=0.0, lo_open=True))
+
+    def component_settings(self) -> dict[str, dict[str, ParamValue]]:
+        """Each component's settings in the standard version for this norm (as ``AutoAttack``
+        sets them; for the cost count and the protocol)."""
+        return {name: {**{k: p.default for k, p in entry.params.items() if p.default is not None},
+                       **_norm_defaults(name, self.family)}
+                for name, entry in AUTOATTACK_ATTACKS.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "version": self.version, "norm": self.family,
+                "epsilon": self.epsilon}
+
+    def _scaled(self, factor: float) -> AutoAttackStandardSpec:
+        return dataclasses.replace(self, epsilon=self.epsilon * factor)
+
+    def ball(self, radius: float | None = None) -> Ball:
+        return LpBall(self.family, self.epsilon if radius is None else float(radius))
+
+    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
+        return AutoAttackStandard(self, bounds=bounds)
 
 
 def _param(spec: Mapping[str, Any], key: str, p: Param, path: str) -> ParamValue:
