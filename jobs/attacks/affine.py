@@ -2,13 +2,31 @@
 of another, beta fixed (``weight``) or drawn per input (Dirichlet(1, 1), i.e. uniform in [0, 1]).
 ``weight`` is the share of ``attacks[0]``.
 
-- linf+rt: random (or grid) transforms with limits scaled by the RT share, then l_inf PGD with
-  the l_inf share of epsilon around each transformed input; the worst pair per input is kept.
-  Size: rt_fraction(transform) + ||x_adv - T(x)||_inf / eps_inf  (<= 1).
-- linf+l1: two perturbations updated in alternation, each inside its scaled ball (and each
-  keeping x0 + d in the box), the sum clipped to the box. Clipping only shrinks coordinates
-  towards 0, which stays inside the (solid) Minkowski sum. Size: the exact gauge of
-  eps_inf * B_inf + eps_1 * B_1 at x_adv - x (<= 1).
+``draws`` betas are drawn, one after the other; each draw attacks only the inputs still robust
+(a cascade) and the worst result per input is kept. Within a draw, ``reps`` random restarts at
+the same beta (again only on the inputs not yet fooled).
+
+- linf+rt (the paper's code, ``grid_perturb``): the RT transforms with their limits scaled by the
+  RT share (the full grid, or ``random_tries`` random transforms per input), then l_inf PGD with
+  the l_inf share of epsilon from each transformed input; the worst (input, transform) pair per
+  input is kept. The pairs are batched (many transforms of many inputs per PGD batch), the
+  transforms of each input run most promising first (ranked by the loss of the transformed clean
+  input, a forward pass each), and an input stops once one of its transforms fooled the model:
+  the search for an input that stays robust is the full search, and every other input is fooled.
+  Size: rt_fraction(transform) + ||x_adv - T(x)||_inf / eps_inf (<= 1). (The paper's code adds
+  the l_inf perturbation before the transform, T(x + d); after it, T(x) + d, is a superset: T
+  with bilinear sampling and zero fill maps the l_inf ball into itself.)
+- linf+l1 (the paper's ``norm_perturb``): two perturbations updated in alternation, starting
+  with ``attacks[0]`` (strictly alternating for equal k; the longer one finishes alone),
+  the gradient taken at the combined input; the l_inf step is ``a`` scaled by the l_inf share
+  (the paper's default step 2.5 * eps_w / k), SLIDE's step is its ``a`` unscaled (the paper's l_1
+  step is never scaled) with the edge mask at the combined input and its percentile drawn once
+  per run. Each part is projected onto its scaled ball and the box around x, and the sum is
+  clipped to the box: clipping only shrinks coordinates towards 0, which stays inside the (solid,
+  coordinate-symmetric) Minkowski sum. (The paper's code clips each part against the other's
+  position, which can leave a part's ball.) Size: the exact gauge of eps_inf * B_inf +
+  eps_1 * B_1 at x_adv - x (<= 1). Unlike the paper's code, which returns the last iterate, the
+  best iterate is kept.
 """
 
 from __future__ import annotations
@@ -21,13 +39,15 @@ from torch import Tensor, nn
 
 from jobs.attacks.base import Attack, AttackConstraintError, Best, Bounds, RunOutput, input_grad
 from jobs.attacks.norms import linf_l1_gauge, perturbation_norm
-from jobs.attacks.pgd import _apply, pgd_run
+from jobs.attacks.pgd import _apply, pgd
 from jobs.attacks.spatial import (
     DEFAULT_EVAL_BATCH,
     random_transforms,
+    resolve_eval_batch,
     rt_fraction,
     rt_grid,
     rt_transform,
+    score_transforms,
 )
 from jobs.attacks.threats import L1Threat, LinfThreat
 
@@ -61,8 +81,9 @@ class _AffineBase(Attack):
         best = Best(x)
         chosen = torch.zeros(x.shape[0], 3, device=x.device, dtype=x.dtype)
         idx = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self._spec.reps):
-            run, t = self._one_run(model, x[idx], y[idx], generator)
+        for _ in range(self._spec.draws):
+            beta0 = _shares(self._spec, idx.numel(), generator, x.device, x.dtype)
+            run, t = self._draw(model, x[idx], y[idx], self._linf_share(beta0), generator)
             take = best.merge(idx, run)
             if t is not None:
                 chosen[idx[take]] = t[take]
@@ -73,9 +94,34 @@ class _AffineBase(Attack):
                          transform=chosen if self.family == "linf+rt" else None)
 
     @abstractmethod
-    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
-                 generator: torch.Generator | None) -> tuple[Best, Tensor | None]:
-        """One run from one random draw: the per-input best, and the transforms (or None)."""
+    def _draw(self, model: nn.Module, x: Tensor, y: Tensor, lin_share: Tensor,
+              generator: torch.Generator | None) -> tuple[Best, Tensor | None]:
+        """One beta draw (``lin_share`` [B]: each input's l_inf share): the per-input best over
+        its restarts, and the chosen transforms [B, 3] (or None)."""
+
+
+def _promising_first(loss: Tensor, success: Tensor) -> Tensor:
+    """[T, B] scores -> [B, T] transform indices per input, misclassified first, then by
+    descending loss (ties in transform order)."""
+    order = loss.T.argsort(dim=1, descending=True, stable=True)
+    hit = success.T.gather(1, order)
+    return order.gather(1, hit.int().argsort(dim=1, descending=True, stable=True))
+
+
+def _best_of_pairs(n: int, bi: Tensor, run: Best) -> tuple[Tensor, Tensor, Best]:
+    """Several (input, transform) pairs per input -> (the inputs [m], the best pair of each [m],
+    a Best over those inputs); bi [P]: each pair's input in [0, n)."""
+    order = run.loss.argsort(stable=True)
+    order = order[run.success[order].int().argsort(stable=True)]  # worst first, best last
+    place = torch.empty_like(order)
+    place[order] = torch.arange(order.numel(), device=order.device)
+    top = torch.full((n,), -1, dtype=place.dtype, device=place.device)
+    top = top.scatter_reduce(0, bi, place, reduce="amax")
+    inputs = (top >= 0).nonzero().squeeze(1)
+    pair = order[top[inputs]]
+    part = Best(run.x[pair])
+    part.offer(run.x[pair], run.loss[pair], run.pred[pair], run.success[pair])
+    return inputs, pair, part
 
 
 class AffineLinfRT(_AffineBase):
@@ -87,38 +133,51 @@ class AffineLinfRT(_AffineBase):
         self.rt: RTSpec = spec.part("rt")  # type: ignore[assignment]
         g = self.rt.grid_granularity
         tries = g[0] * g[1] * g[2] if self.rt.grid_mode else self.rt.random_tries
-        self.total_steps = tries * self.lin.k * spec.reps
+        self.total_steps = tries * self.lin.k * spec.reps * spec.draws
 
-    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
-                 generator: torch.Generator | None) -> tuple[Best, Tensor]:
-        b = x.shape[0]
-        lin_share = self._linf_share(_shares(self._spec, b, generator, x.device, x.dtype))
-        rt_share = 1 - lin_share
+    def _transforms(self, rt_share: Tensor, generator: torch.Generator | None) -> Tensor:
+        """[B, T, 3]: the grid (or random transforms) with each input's limits scaled by its share."""
+        b, like = rt_share.shape[0], rt_share
         if self.rt.grid_mode:
-            base = rt_grid(self.rt.spatial_limits, self.rt.grid_granularity, device=x.device, dtype=x.dtype)
-            ts = base[None] * rt_share[:, None, None]
+            base = rt_grid(self.rt.spatial_limits, self.rt.grid_granularity, device=like.device,
+                           dtype=like.dtype)[None].expand(b, -1, -1)
         else:
-            ts = random_transforms(b, self.rt.random_tries, self.rt.spatial_limits,
-                                   generator=generator, device=x.device, dtype=x.dtype)
-            ts = ts * rt_share[:, None, None]
+            base = random_transforms(b, self.rt.random_tries, self.rt.spatial_limits,
+                                     generator=generator, device=like.device, dtype=like.dtype)
+        return base * rt_share[:, None, None]
+
+    def _draw(self, model: nn.Module, x: Tensor, y: Tensor, lin_share: Tensor,
+              generator: torch.Generator | None) -> tuple[Best, Tensor]:
+        b = x.shape[0]
+        ts = self._transforms(1 - lin_share, generator)
         t_count = ts.shape[1]
+        loss, pred = score_transforms(model, x, y, ts, bounds=self.bounds, eval_batch=self.eval_batch)
+        ranked = _promising_first(loss, pred != y[None])  # [B, T]
+        eps, step = self.lin.epsilon * lin_share, self.lin.a * lin_share
+        chunk = resolve_eval_batch(self.eval_batch, x.device)
         best = Best(x)
         chosen = torch.zeros(b, 3, device=x.device, dtype=x.dtype)
-        chunk = max(1, min(self.eval_batch, b))  # <= b pairs: distinct inputs per chunk
-        total = b * t_count
-        for start in range(0, total, chunk):
-            p = torch.arange(start, min(start + chunk, total), device=x.device)
-            bi, ti = p % b, p // b
-            t = ts[bi, ti]
-            xt = rt_transform(x[bi], t)
-            if self.bounds is not None:
-                xt = xt.clamp(*self.bounds)
-            threat = LinfThreat(eps=self.lin.epsilon * lin_share[bi], step_size=self.lin.a * lin_share[bi],
-                                bounds=self.bounds)
-            run = pgd_run(model, xt, y[bi], threat, steps=self.lin.k,
+        rank = 0
+        while rank < t_count:
+            alive = (~best.success).nonzero().squeeze(1)
+            if alive.numel() == 0:
+                break  # every input is fooled: its other transforms cannot change that
+            ranks = torch.arange(rank, min(rank + max(1, chunk // alive.numel()), t_count),
+                                 device=x.device)
+            bi = alive.repeat(ranks.numel())  # rank-major (input, transform) pairs
+            ti = ranked[bi, ranks.repeat_interleave(alive.numel())]
+            for s in range(0, bi.numel(), chunk):
+                pi, pt = bi[s : s + chunk], ts[bi[s : s + chunk], ti[s : s + chunk]]
+                xt = rt_transform(x[pi], pt)
+                if self.bounds is not None:
+                    xt = xt.clamp(*self.bounds)
+                threat = LinfThreat(eps=eps[pi], step_size=step[pi], bounds=self.bounds)
+                run = pgd(model, xt, y[pi], threat, steps=self.lin.k, restarts=self._spec.reps,
                           random_start=self.lin.random_start, generator=generator)
-            take = best.merge(bi, run)
-            chosen[bi[take]] = t[take]
+                inputs, pair, part = _best_of_pairs(b, pi, run)
+                take = best.merge(inputs, part)
+                chosen[inputs[take]] = pt[pair[take]]
+            rank += ranks.numel()
         return best, chosen
 
     def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
@@ -141,7 +200,7 @@ class AffineLinfL1(_AffineBase):
         super().__init__(spec, bounds=bounds, eval_batch=eval_batch)
         self.lin: LpSpec = spec.part("linf")  # type: ignore[assignment]
         self.l1: LpSpec = spec.part("l1")  # type: ignore[assignment]
-        self.total_steps = (self.lin.k + self.l1.k) * spec.reps
+        self.total_steps = (self.lin.k + self.l1.k) * spec.reps * spec.draws
         # Alternate, starting with attacks[0]; the longer one finishes alone.
         order = ["linf", "l1"] if self.first == "linf" else ["l1", "linf"]
         left = {"linf": self.lin.k, "l1": self.l1.k}
@@ -152,14 +211,23 @@ class AffineLinfL1(_AffineBase):
                     self.schedule.append(name)
                     left[name] -= 1
 
-    def _one_run(self, model: nn.Module, x: Tensor, y: Tensor,
-                 generator: torch.Generator | None) -> tuple[Best, None]:
-        b = x.shape[0]
-        lin_share = self._linf_share(_shares(self._spec, b, generator, x.device, x.dtype))
-        l1_share = 1 - lin_share
+    def _draw(self, model: nn.Module, x: Tensor, y: Tensor, lin_share: Tensor,
+              generator: torch.Generator | None) -> tuple[Best, None]:
+        best = Best(x)
+        idx = torch.arange(x.shape[0], device=x.device)
+        for _ in range(self._spec.reps):
+            best.merge(idx, self._alternate(model, x[idx], y[idx], lin_share[idx], generator))
+            idx = (~best.success).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+        return best, None
+
+    def _alternate(self, model: nn.Module, x: Tensor, y: Tensor, lin_share: Tensor,
+                   generator: torch.Generator | None) -> Best:
+        """One run from one random start: the per-input best iterate."""
         t_inf = LinfThreat(eps=self.lin.epsilon * lin_share, step_size=self.lin.a * lin_share,
                            bounds=self.bounds)
-        t_1 = L1Threat(eps=self.l1.epsilon * l1_share, step_size=self.l1.a * l1_share,
+        t_1 = L1Threat(eps=self.l1.epsilon * (1 - lin_share), step_size=self.l1.a,
                        bounds=self.bounds, perc=self.l1.perc).for_run(generator, x.device)
         d_inf = t_inf.random_init(x, generator) if self.lin.random_start else torch.zeros_like(x)
         d_1 = t_1.random_init(x, generator) if self.l1.random_start else torch.zeros_like(x)
@@ -175,7 +243,7 @@ class AffineLinfL1(_AffineBase):
         xa = _apply(x, d_inf + d_1, self.bounds)
         with torch.no_grad():
             best.update(xa, model(xa), y)
-        return best, None
+        return best
 
     def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:
         return linf_l1_gauge(x_adv - x, self.lin.epsilon, self.l1.epsilon)

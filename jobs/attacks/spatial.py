@@ -179,6 +179,15 @@ def _score_per_input(model: nn.Module, x: Tensor, y: Tensor, transforms: Tensor,
     return loss.view(t_count, b), pred.view(t_count, b)
 
 
+def score_transforms(model: nn.Module, x: Tensor, y: Tensor, transforms: Tensor, *, bounds: Bounds,
+                     eval_batch: int = DEFAULT_EVAL_BATCH) -> tuple[Tensor, Tensor]:
+    """(cross-entropy, prediction) [T, B] of each input under each transform, without gradients:
+    transforms [T, 3] (the same for every input) or [B, T, 3] (per input)."""
+    score = _score_shared if transforms.dim() == 2 else _score_per_input
+    with torch.no_grad():
+        return score(model, x, y, transforms, bounds, resolve_eval_batch(eval_batch, x.device))
+
+
 def worst_transform(
     model: nn.Module,
     x: Tensor,
@@ -195,10 +204,7 @@ def worst_transform(
     EVAL_BATCH_BY_DEVICE). Returns (Best over the pairs, chosen transform [B, 3]).
     """
     shared = transforms.dim() == 2
-    chunk = resolve_eval_batch(eval_batch, x.device)
-    score = _score_shared if shared else _score_per_input
-    with torch.no_grad():
-        loss, pred = score(model, x, y, transforms, bounds, chunk)
+    loss, pred = score_transforms(model, x, y, transforms, bounds=bounds, eval_batch=eval_batch)
     succ = pred != y[None]
     # Per input: the highest-loss misclassified transform if any, else the highest loss.
     masked = torch.where(succ, loss, torch.full_like(loss, float("-inf")))

@@ -11,7 +11,9 @@ Keys per ``type``:
 - l1 (SLIDE): the same plus perc=99 (a number or a [lo, hi] range in [0, 100])
 - rt: spatial_limits=[3, 3, 30], grid_granularity=[5, 5, 31], random_tries=-1 (negative: grid)
 - affine: attacks=[spec, spec] (one linf spec and one l1 or rt spec), weight (beta in [0, 1] for
-  attacks[0]; absent: drawn per example, Dirichlet(1, 1)), reps=1
+  attacks[0]; absent: drawn per example, Dirichlet(1, 1)), draws=1 (beta draws, each only on the
+  inputs still robust), reps=1 (random restarts at each draw's beta; for linf+rt, of the PGD from
+  each transform)
 - msd: attacks=[l_p spec, l_p spec, ...], k=100, reps=1, random_start=True: see ``jobs.attacks.msd``
 - foolbox, autoattack: see ``jobs.attacks.library_spec``
 
@@ -185,6 +187,7 @@ class AffineSpec(AttackSpec):
     attacks: tuple[LpSpec | RTSpec, LpSpec | RTSpec]
     weight: float | None
     reps: int
+    draws: int = 1
 
     type: str = "affine"
 
@@ -195,7 +198,7 @@ class AffineSpec(AttackSpec):
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, path: str) -> AffineSpec:
-        check_keys(spec, path, ("type", "attacks", "weight", "reps"), "type 'affine'")
+        check_keys(spec, path, ("type", "attacks", "weight", "draws", "reps"), "type 'affine'")
         subs = spec.get("attacks")
         if not isinstance(subs, list | tuple) or len(subs) != 2:
             raise spec_error(path, "attacks", "must be a list of exactly two attack specs", subs)
@@ -216,13 +219,15 @@ class AffineSpec(AttackSpec):
         if weight is not None:
             weight = number(spec, "weight", path, lo=0.0, hi=1.0)
         reps = integer(spec, "reps", path, default=1, lo=1)
-        return cls(attacks=parsed, weight=weight, reps=reps)  # type: ignore[arg-type]
+        draws = integer(spec, "draws", path, default=1, lo=1)
+        return cls(attacks=parsed, weight=weight, reps=reps, draws=draws)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "affine",
             "attacks": [s.to_dict() for s in self.attacks],
             "weight": self.weight,
+            "draws": self.draws,
             "reps": self.reps,
         }
 
