@@ -4,8 +4,11 @@ One shard is one attack of a suite (``jobs.suite``) on test points ``[start, sto
 evaluation loop (``attack_inputs``) runs the attack in batches and applies the in-ball rule of the
 attack's ball (``jobs.attacks.norms``): a result counts as fooling the model only if its
 perturbation lies inside the family's ball, measured here and not trusted from the attack. A
-cascaded attack (``jobs.cascade``) runs through the same loop with a mask: the inputs the earlier
-attacks already broke are not attacked and keep their values.
+cascaded attack (``jobs.cascade``: a copy after its smaller-radius copy, and within a radius as
+the suite asks) runs through the same loop with a mask: the inputs the earlier attacks already
+broke are not attacked and keep their values. A minimum-norm attack's copy at a larger radius is
+not run at all (``threshold_rows``): it counts its smaller copy's perturbations against its own
+radius. Each row's ``broken_by`` names what broke a non-robust input (``jobs.schema``).
 
 Files
 -----
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -36,8 +40,9 @@ from torch import Tensor, nn
 
 import jobs.attacks
 from jobs.attacks import Attack
-from jobs.attacks.norms import Ball
-from jobs.cascade import CLEAN, CascadePrior, chain_key, prior_from_rows
+from jobs.attacks.library import EnsembleResult
+from jobs.attacks.norms import IN_BALL_TOLERANCE, Ball
+from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
 from jobs.checkpoint import file_digest
 from jobs.config import TrainConfig
 from jobs.data import load_split
@@ -145,7 +150,15 @@ class _Shard:
             "groups": self.groups,
         }
         key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        return chain_key(key, [self.of(a).content_key() for a in self.attack.after])
+        return chain_key(key, [self.of(a).content_key() for a in self.depends_on()])
+
+    def depends_on(self) -> tuple[str, ...]:
+        """The attacks whose shards this one reads: its cascade's, and the smaller-radius copy
+        whose perturbations a thresholded (minimum-norm) copy counts."""
+        a = self.attack
+        if a.thresholds and a.below is not None and a.below not in a.after:
+            return (*a.after, a.below)
+        return a.after
 
 
 def _shard(loaded: LoadedModel, suite: EvalSuite, attack: str, start: int, stop: int,
@@ -172,8 +185,9 @@ class AttackedInputs:
     fooled: list[bool]
     size: list[float]
     loss: list[float]
-    #: what broke each skipped input (the prior's record); None where the attack itself ran
-    carried: list[str | None]
+    #: what broke each input where the attack's own name does not say it: the prior's record
+    #: for a skipped input, the component of an ensemble (AutoAttack's standard version)
+    breaker: list[str | None]
 
 
 def attack_inputs(
@@ -192,6 +206,7 @@ def attack_inputs(
     size = torch.tensor(prior.perturbation, dtype=torch.float64)
     loss = torch.tensor(prior.loss, dtype=torch.float64)
     clean_pred = torch.empty(len(x), dtype=torch.long)
+    breaker = list(prior.broken_by)
     model.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -208,10 +223,32 @@ def attack_inputs(
         s, inside = ball.contains(xb, result)
         adv_pred[idx] = pred.cpu()
         fooled[idx] = ((pred != yb) & inside).cpu()
+        if isinstance(result, EnsembleResult):
+            for i, component, hit in zip(idx.tolist(), result.component, fooled[idx].tolist(),
+                                         strict=True):
+                breaker[i] = component if hit else None
         size[idx] = s.detach().double().cpu()
         loss[idx] = F.cross_entropy(logits, yb, reduction="none").double().cpu()
     return AttackedInputs(clean_pred.tolist(), adv_pred.tolist(), fooled.tolist(), size.tolist(),
-                          loss.tolist(), list(prior.broken_by))
+                          loss.tolist(), breaker)
+
+
+def threshold_rows(below: pd.DataFrame, ball: Ball, prior: CascadePrior) -> AttackedInputs:
+    """A minimum-norm attack at a larger radius, without running it: its search does not depend
+    on the radius, so the perturbations its copy at the smaller radius found (``below``: that
+    copy's n rows in index order) are counted against this ``ball``'s l_p radius. Inputs the
+    prior skips keep its values; every other input's row in ``below`` is robust there, so it
+    holds the attack's own result for that input."""
+    limit = ball.epsilon * (1.0 + IN_BALL_TOLERANCE)
+    adv_pred, size, loss = below["adv_pred"].tolist(), below["perturbation"].tolist(), below["loss"].tolist()
+    labels = below["label"].tolist()
+    fooled = []
+    for i, skip in enumerate(prior.skip):
+        if skip:
+            adv_pred[i], size[i], loss[i] = prior.adv_pred[i], prior.perturbation[i], prior.loss[i]
+        fooled.append(skip or (adv_pred[i] != labels[i] and size[i] <= limit))
+    return AttackedInputs(below["clean_pred"].tolist(), adv_pred, fooled, size, loss,
+                          list(prior.broken_by))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,15 +261,14 @@ def _test_points(suite: EvalSuite, n: int, opts: _Options) -> tuple[Tensor, Tens
                       seed=suite.seed, params=suite.test_params())
 
 
-def _cascade_prior(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor]) -> CascadePrior:
-    """Which inputs the attack skips: those its cascade's earlier attacks (evaluated first, when
-    their shards are missing) left not robust."""
-    n = shard.stop - shard.start
-    if not shard.attack.after:
-        return CascadePrior.attack_all(n)
-    frames = [(name, read_results([_evaluate_shard(shard.of(name), opts, data)]).sort_values("index"))
-              for name in shard.attack.after]
-    return prior_from_rows(frames, n)
+def _earlier(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor]) -> dict[str, Earlier]:
+    """The shards this one reads (evaluated first, when they are missing), by attack name."""
+    out = {}
+    for name in shard.depends_on():
+        rows = read_results([_evaluate_shard(shard.of(name), opts, data)])
+        out[name] = earlier_of(shard.attack, shard.suite.attack(name),
+                               rows.sort_values("index").reset_index(drop=True))
+    return out
 
 
 def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
@@ -242,8 +278,8 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
     config, entry = shard.loaded.config, shard.attack
     clean_correct = [p == t for p, t in zip(out.clean_pred, labels, strict=True)]
     robust = [c and not f for c, f in zip(clean_correct, out.fooled, strict=True)]
-    broken_by = ["" if r else CLEAN if not c else (carried or entry.name)
-                 for r, c, carried in zip(robust, clean_correct, out.carried, strict=True)]
+    broken_by = ["" if r else CLEAN if not c else (b or entry.name)
+                 for r, c, b in zip(robust, clean_correct, out.breaker, strict=True)]
     columns: dict[str, list[object]] = {
         "model_id": [shard.loaded.model_id] * n,
         "model_label": [shard.label] * n,
@@ -311,11 +347,17 @@ def _evaluate_shard(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor] |
         raise ValueError(f"shard [{shard.start}, {shard.stop}) needs {shard.stop} test points, "
                          f"only {len(x_all)} loaded")
     x, y = x_all[shard.start : shard.stop], y_all[shard.start : shard.stop]
-    attack = jobs.attacks.make_attack(shard.attack.spec, bounds=loaded.config.dataset_info().bounds)
-    t0 = time.perf_counter()
-    prior = _cascade_prior(shard, opts, (x_all, y_all))
-    out = attack_inputs(loaded.model, loaded.device, attack, shard.attack.ball(), x, y,
-                        seed=shard.seed, batch_size=opts.batch_size, prior=prior)
+    earlier = _earlier(shard, opts, (x_all, y_all))
+    t0 = time.perf_counter()  # this shard's own work, not that of the shards it read
+    prior = prior_from_rows([earlier[name] for name in shard.attack.after], shard.stop - shard.start)
+    if shard.attack.thresholds:
+        assert shard.attack.below is not None
+        out = threshold_rows(earlier[shard.attack.below].rows, shard.attack.ball(), prior)
+    else:
+        attack = jobs.attacks.make_attack(shard.attack.spec,
+                                          bounds=loaded.config.dataset_info().bounds)
+        out = attack_inputs(loaded.model, loaded.device, attack, shard.attack.ball(), x, y,
+                            seed=shard.seed, batch_size=opts.batch_size, prior=prior)
     seconds = time.perf_counter() - t0
     metadata = _metadata(shard, key, prior)
     table = pa.table(_columns(shard, y.tolist(), out, seconds), schema=SCHEMA.with_metadata(metadata))

@@ -11,21 +11,36 @@ name or a path)::
     description: "..."
     groups:                          # how the report groups families (union / average)
       mnist-lp: {families: [linf, l1, l2], affine: [linf+l1]}
+    budgets: [0.25, 0.5, 0.75]       # optional: every attack of every family also runs at these
+                                     # fractions of its ball; or per family: {linf: [...], rt: [...]}
+    radii: {linf: [0, 0.4, 0.025]}   # optional: robustness curves, per family [start, stop, step]
+                                     # (inclusive): l_p radii, or fractions of the budget (rt, affine)
+    budgets_protocol: full           # full (default) | reduced: see below
     attacks:
       - name: linf-pgd               # unique; letters, digits and . _ - + @ only
         kind: first-order            # first-order | gradient-free | grid
         spec: {type: linf, epsilon: 0.3, k: 40, reps: 2}   # as jobs.attacks.make_attack takes it
         family: linf                 # optional: checked against the attack's own family
         epsilon: 0.3                 # optional: radius of the in-ball rule (default: the attack's)
-        budgets: [0.25, 0.5, 0.75]   # optional: also add linf-pgd@0.25 ... with scaled radii
+        budgets: [0.5]               # optional: more points for this attack only (reduced protocol)
 
-Every attack of the suite is evaluated at ``budget`` 1.0; ``budgets`` adds copies of the attack
-on its ball scaled by each fraction (``AttackSpec.scaled``), for the Figure-1 style sweeps.
+Budget points. Every attack of the suite is evaluated at ``budget`` 1.0 (its full ball). The
+suite-level ``budgets``, the ``radii`` (radius / the family's full radius; may exceed 1; radius 0 is
+the clean accuracy and needs no attack) and an attack's own ``budgets`` add copies of the attack
+named ``name@b`` on its ball scaled by b (``AttackSpec.scaled``: radius, step sizes, RT limits,
+AutoAttack's epsilon). The protocol is one per family: under ``budgets_protocol: full`` every attack
+of a family runs at every point of the family, and a suite whose points use different attack
+sets within a family is refused; ``reduced`` allows it, and the results' metadata says so.
 
-Cascades (``jobs.cascade``): a suite-level ``cascade: true`` or a per-attack
-``cascade: true | false | [names]`` runs an attack only on the inputs still robust after the
-earlier attacks of the same family ball (and, for ``true``, the same kind); skipped inputs keep
-complete rows recorded as fooled by the earlier attack (named in the file's metadata).
+Cascades (``jobs.cascade``). The same attack at increasing radii is a cascade: a copy runs only
+on the inputs still robust to the copy at the next smaller radius (nested balls: the smaller
+copy's perturbation lies in the larger ball and counts there). A suite-level ``cascade: true``
+or a per-attack ``cascade: true | [names]`` also runs an attack only on the inputs still robust
+after the earlier attacks of the same family ball (and, for ``true``, the same kind); an attack's
+``cascade: false`` attacks every input at every radius. Skipped inputs keep complete rows that
+name what broke them (``broken_by``). A minimum-norm attack (foolbox's, unbounded: its search
+does not depend on the radius) runs once, at its smallest radius; its copies at larger radii
+count the same perturbations against their own radius.
 
 The file is validated by pydantic models (``SuiteFile``) with mpo's one error formatter: errors
 name the file, the field (``attacks[0].kind``), the value and what is allowed.
@@ -33,9 +48,10 @@ name the file, the field (``attacks[0].kind``), the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,6 +69,7 @@ from pydantic import (
 
 import jobs.attacks
 from jobs.attacks.base import AttackSpec
+from jobs.attacks.library_spec import AutoAttackStandardSpec, LibrarySpec
 from jobs.attacks.spec import parse_spec
 from jobs.cascade import resolve_cascades
 from jobs.data import DataError, dataset_info, toy_params
@@ -65,6 +82,10 @@ if TYPE_CHECKING:
     from jobs.config import TrainConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
+#: ``budgets_protocol``: every attack of a family at every point / the suite says some are not.
+FULL_PROTOCOL, REDUCED_PROTOCOL = "full", "reduced"
+#: At most this many points per radius range (a typo in the step should not add 10^6 attacks).
+MAX_RADII = 200
 
 
 class SuiteError(MpoError, ValueError):
@@ -88,10 +109,24 @@ class SuiteAttack:
     budget: float = 1.0
     epsilon: float | None = None
     after: tuple[str, ...] = ()  # cascade: attacked only where these left the input robust
+    base: str = ""  # the full-budget attack this is a copy of ("": itself)
+    below: str | None = None  # the same attack at the next smaller radius (first of ``after``)
+    thresholds: bool = False  # a minimum-norm copy: counts ``below``'s perturbations, no run
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            object.__setattr__(self, "base", self.name)
 
     def ball(self) -> Ball:
         """The ball of the in-ball rule (``epsilon``, when set, is its l_p radius)."""
         return parse_spec(self.spec).ball(self.epsilon)
+
+    def own_labels(self) -> tuple[str, ...]:
+        """The ``broken_by`` values of inputs this attack's own run broke: its name, or its
+        components for an ensemble (AutoAttack's standard version)."""
+        parsed = parse_spec(self.spec)
+        return (self.name, *parsed.components) if isinstance(parsed, AutoAttackStandardSpec) else (
+            self.name,)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -101,9 +136,14 @@ class SuiteAttack:
             "spec": self.spec,
             "budget": self.budget,
             "epsilon": self.epsilon,
+            "base": self.base,
         }
         if self.after:
             out["after"] = list(self.after)
+        if self.below is not None:
+            out["below"] = self.below
+        if self.thresholds:
+            out["thresholds"] = True
         return out
 
 
@@ -117,6 +157,9 @@ class EvalSuite:
     n_test: int = 1000
     dataset_params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    budgets_protocol: str = FULL_PROTOCOL
+    radii: dict[str, list[float]] = field(default_factory=dict)  # {family: radii asked for}
+    full_radius: dict[str, float] = field(default_factory=dict)  # {l_p family: its epsilon}
 
     def attack(self, name: str) -> SuiteAttack:
         for a in self.attacks:
@@ -145,6 +188,9 @@ class EvalSuite:
             "groups": {g: list(v["families"]) for g, v in self.groups.items()},
             "affine": {g: list(v.get("affine", [])) for g, v in self.groups.items()},
             "attacks": [a.to_dict() for a in self.attacks],
+            "budgets_protocol": self.budgets_protocol,
+            "radii": {f: list(r) for f, r in self.radii.items()},
+            "full_radius": dict(self.full_radius),
         }
 
 
@@ -196,8 +242,26 @@ def _cascade_request(value: object) -> bool | list[str] | None:
     raise ValueError("must be true, false or a non-empty list of earlier attack names")
 
 
+def _radius_range(value: tuple[float, float, float]) -> tuple[float, float, float]:
+    start, stop, step = value
+    if not (start >= 0 and step > 0 and stop >= start):
+        raise ValueError("must be [start, stop, step] with 0 <= start <= stop and step > 0")
+    if len(radius_points(value)) > MAX_RADII:
+        raise ValueError(f"gives more than {MAX_RADII} radii; use a larger step")
+    return value
+
+
+def radius_points(value: tuple[float, float, float]) -> list[float]:
+    """The radii of an inclusive range [start, stop, step] (float steps that land within 1e-9 of
+    ``stop`` include it)."""
+    start, stop, step = value
+    count = math.floor((stop - start) / step + 1e-9) + 1
+    return [round(start + i * step, 12) for i in range(count)]
+
+
 Name = Annotated[str, AfterValidator(_name)]
 Fraction = Annotated[float, Field(gt=0, lt=1, strict=True)]
+RadiusRange = Annotated[tuple[float, float, float], AfterValidator(_radius_range)]
 
 
 class AttackEntry(FrozenModel):
@@ -228,10 +292,6 @@ class AttackEntry(FrozenModel):
         if epsilon is not None and spec is not None:
             spec.ball(epsilon)  # a ValueError for families without a radius
         return epsilon
-
-    def copies(self) -> list[tuple[str, float]]:
-        """(name, budget) of the attack and of its budget copies ``name@b``."""
-        return [(self.name, 1.0)] + [(f"{self.name}@{b:g}", b) for b in self.budgets or []]
 
 
 class GroupEntry(FrozenModel):
@@ -272,6 +332,10 @@ class SuiteFile(FrozenModel):
     seed: int = Field(0, ge=0, strict=True)
     n_test: int = Field(1000, ge=1, strict=True)
     cascade: Annotated[bool, BeforeValidator(_flag)] = False
+    budgets: list[Fraction] | dict[str, list[Fraction]] | None = Field(
+        None, description="fractions of every family's ball (a list) or per family")
+    radii: dict[str, RadiusRange] | None = Field(None, description="{family: [start, stop, step]}")
+    budgets_protocol: Literal["full", "reduced"] = FULL_PROTOCOL
     attacks: list[AttackEntry]
     groups: dict[str, Annotated[GroupEntry, BeforeValidator(_group_shorthand),
                                 AfterValidator(_families_present)]] | None = None
@@ -300,7 +364,7 @@ class SuiteFile(FrozenModel):
     def _unique_names(cls, attacks: list[AttackEntry]) -> list[AttackEntry]:
         if not attacks:
             raise ValueError("must be a non-empty list of attacks")
-        names = [name for a in attacks for name, _ in a.copies()]
+        names = [a.name for a in attacks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate attack names {dupes}")
@@ -320,15 +384,129 @@ def _validate(data: object, source: str, default_name: str) -> SuiteFile:
         raise SuiteError(format_validation_error(err, source=source, model=SuiteFile)) from None
 
 
-def _suite_attacks(file: SuiteFile) -> list[SuiteAttack]:
-    """Each attack and its budget copies, built once (a missing library fails here)."""
+#: The error a suite check raises: (field, message) -> SuiteError naming the file.
+Fail = Callable[[str, str], Exception]
+
+
+@dataclass(frozen=True)
+class _Points:
+    """Each file attack's budget points (ascending, 1.0 included), and what the suite records."""
+
+    per_attack: list[list[float]]
+    radii: dict[str, list[float]]
+    full_radius: dict[str, float]
+
+
+def _full_radius(file: SuiteFile) -> dict[str, list[tuple[int, float]]]:
+    """{l_p family: [(file position, radius of the in-ball rule at budget 1.0)]}."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for i, entry in enumerate(file.attacks):
+        eps = entry.spec.ball(entry.epsilon).epsilon
+        if math.isfinite(eps):
+            out.setdefault(entry.spec.family, []).append((i, eps))
+    return out
+
+
+def _family_budgets(file: SuiteFile, fail: Fail) -> dict[str, list[float]]:
+    """{family: the suite-level budget fractions} (a list applies to every family)."""
+    families = list(dict.fromkeys(e.spec.family for e in file.attacks))
+    if file.budgets is None:
+        return {}
+    if isinstance(file.budgets, list):
+        return {f: list(file.budgets) for f in families}
+    for family in file.budgets:
+        if family not in families:
+            raise fail(f"budgets.{family}", f"the suite has no attack of family {family!r} "
+                       f"(its families: {', '.join(families)})")
+    return {f: list(v) for f, v in file.budgets.items()}
+
+
+def _radius_budgets(file: SuiteFile, fail: Fail) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                                             dict[str, float]]:
+    """({family: budget fractions of its radii}, {family: the radii}, {l_p family: full radius})."""
+    full = _full_radius(file)
+    full_radius = {f: v[0][1] for f, v in full.items()}
+    families = list(dict.fromkeys(e.spec.family for e in file.attacks))
+    budgets, radii = {}, {}
+    for family, value in (file.radii or {}).items():
+        where = f"radii.{family}"
+        if family not in families:
+            raise fail(where, f"the suite has no attack of family {family!r} "
+                       f"(its families: {', '.join(families)})")
+        points = radius_points(value)
+        if family in full:
+            distinct = sorted({eps for _, eps in full[family]})
+            if len(distinct) > 1:
+                raise fail(where, f"the {family} attacks have different radii {distinct} at the "
+                           "full budget; a radius range needs one full radius per family")
+            scale = full_radius[family]
+        else:
+            scale = 1.0  # rt and affine families: the points are fractions of the budget
+        budgets[family] = [r / scale for r in points if r > 0]
+        radii[family] = points
+    return budgets, radii, full_radius
+
+
+def _points(file: SuiteFile, fail: Fail) -> _Points:
+    """Every file attack's budget points, with the protocol check: under the full protocol every
+    attack of a family has the same points."""
+    suite_level = _family_budgets(file, fail)
+    from_radii, radii, full_radius = _radius_budgets(file, fail)
+    per_attack = []
+    for entry in file.attacks:
+        family = entry.spec.family
+        pts = {round(b, 12) for b in (suite_level.get(family, []) + from_radii.get(family, [])
+                                      + (entry.budgets or []))}
+        per_attack.append(sorted(pts | {1.0}))
+    if file.budgets_protocol == FULL_PROTOCOL:
+        for family in dict.fromkeys(e.spec.family for e in file.attacks):
+            mine = [i for i, e in enumerate(file.attacks) if e.spec.family == family]
+            first = mine[0]
+            for i in mine[1:]:
+                if per_attack[i] != per_attack[first]:
+                    a, b = file.attacks[first], file.attacks[i]
+                    raise fail(
+                        f"attacks[{i}].budgets",
+                        f"family {family!r}: attack {a.name!r} runs at budgets "
+                        f"{_fmt(per_attack[first])} but {b.name!r} at {_fmt(per_attack[i])}; "
+                        "with budgets_protocol: full (the default) every attack of a family runs "
+                        f"at every budget point of the family: give the points at suite level "
+                        f"(budgets: {{{family}: [...]}}), or say budgets_protocol: reduced",
+                    )
+    return _Points(per_attack, radii, full_radius)
+
+
+def _fmt(points: list[float]) -> str:
+    return "[" + ", ".join(f"{p:g}" for p in points) + "]"
+
+
+def _copy_name(name: str, budget: float) -> str:
+    return name if budget == 1.0 else f"{name}@{budget:g}"
+
+
+def _suite_attacks(file: SuiteFile, points: _Points, fail: Fail) -> list[SuiteAttack]:
+    """Each attack, then its copies at its other points, ascending (built once: a missing
+    library fails here). A copy's ``below`` is the same attack at the next smaller point."""
     bounds = dataset_info(file.dataset, file.dataset_params or None).bounds
     out = []
-    for entry in file.attacks:
-        for name, budget in entry.copies():
+    for entry, budgets in zip(file.attacks, points.per_attack, strict=True):
+        below = None
+        minimum_norm = isinstance(entry.spec, LibrarySpec) and entry.spec.minimum_norm
+        copies = []
+        for budget in budgets:
+            name = _copy_name(entry.name, budget)
             radius = None if entry.epsilon is None else entry.epsilon * budget
             attack = jobs.attacks.make_attack(entry.spec.scaled(budget).to_dict(), bounds=bounds)
-            out.append(SuiteAttack(name, attack.family, entry.kind, attack.spec, budget, radius))
+            copies.append(SuiteAttack(name, attack.family, entry.kind, attack.spec, budget, radius,
+                                      base=entry.name, below=below,
+                                      thresholds=minimum_norm and below is not None))
+            below = name
+        out += sorted(copies, key=lambda a: a.budget != 1.0)  # the full-budget attack first
+    names = [a.name for a in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise fail("attacks", f"duplicate attack names {dupes} (budget copies are named "
+                   "<name>@<budget>)")
     return out
 
 
@@ -349,8 +527,9 @@ def parse_suite(data: object, *, source: str = "suite", default_name: str = "") 
     def fail(where: str, msg: str) -> SuiteError:
         return SuiteError(f"{source}: field '{where}': {msg}")
 
+    points = _points(file, fail)
     attacks = resolve_cascades(
-        _suite_attacks(file),
+        _suite_attacks(file, points, fail),
         {e.name: (f"attacks[{i}].cascade", e.cascade) for i, e in enumerate(file.attacks)},
         default=file.cascade, fail=fail,
     )
@@ -363,6 +542,9 @@ def parse_suite(data: object, *, source: str = "suite", default_name: str = "") 
         n_test=file.n_test,
         dataset_params=dict(file.dataset_params or {}),
         description=file.description or "",
+        budgets_protocol=file.budgets_protocol,
+        radii=points.radii,
+        full_radius=points.full_radius,
     )
 
 

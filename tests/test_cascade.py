@@ -142,7 +142,7 @@ def test_kinds_cascade_separately_and_explicit_lists():
     assert per_attack.attack("c").after == ("a",)
 
 
-def test_budget_copies_cascade_within_their_budget():
+def test_budget_copies_cascade_within_their_budget_and_across_radii():
     attacks = [
         {"name": "p", "kind": "first-order", "spec": {"type": "l2", "epsilon": 1.0, "k": 2},
          "budgets": [0.5]},
@@ -150,7 +150,10 @@ def test_budget_copies_cascade_within_their_budget():
          "budgets": [0.5], "cascade": ["p"]},
     ]
     s = suite(False, attacks)
-    assert s.attack("q").after == ("p",) and s.attack("q@0.5").after == ("p@0.5",)
+    # each copy first after its own smaller-radius copy, then after the named attack at its budget
+    assert s.attack("q").after == ("q@0.5", "p") and s.attack("q@0.5").after == ("p@0.5",)
+    assert s.attack("p").after == ("p@0.5",) and s.attack("p@0.5").after == ()
+    assert [a.name for a in s.attacks] == ["p", "p@0.5", "q", "q@0.5"]
 
 
 @pytest.mark.parametrize(("attacks", "cascade", "match"), [

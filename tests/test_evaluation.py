@@ -71,8 +71,9 @@ def test_builtin_suites_load():
     full = {a.family: a for a in toy.attacks if a.budget == 1.0}
     assert full["linf"].spec["epsilon"] == pytest.approx(2 * 2.0 / 99**0.5)
     assert full["l1"].spec["epsilon"] == 2.0
-    budgets = sorted((a.family, a.budget) for a in toy.attacks if a.budget < 1)
-    assert budgets == [(f, b) for f in ("l1", "linf") for b in (0.25, 0.5, 0.75)]
+    # the protocol: every attack (Square and Pointwise too) at every budget point
+    points = {a.base: sorted(c.budget for c in toy.attacks if c.base == a.base) for a in toy.attacks}
+    assert len(points) == 4 and all(p == [0.25, 0.5, 0.75, 1.0] for p in points.values())
     mini = load_suite("mnist-mini")
     fams = {a.family for a in mini.attacks}
     assert fams == {"linf", "l1", "l2", "rt", "linf+rt", "linf+l1"}
@@ -80,6 +81,12 @@ def test_builtin_suites_load():
     eps = {a.name: a.spec.get("epsilon") for a in mini.attacks}
     assert (eps["linf-pgd"], eps["l1-slide"], eps["l2-pgd"]) == (0.3, 10.0, 2.0)
     assert eps["linf-pgd@0.25"] == pytest.approx(0.075)
+    for a in mini.attacks:
+        swept = a.family in ("linf", "l1", "l2", "rt")
+        expected = [0.25, 0.5, 0.75, 1.0] if swept else [1.0]
+        assert sorted(c.budget for c in mini.attacks if c.base == a.base) == expected, a.name
+    affine = mini.attack("linf+rt").spec
+    assert affine["draws"] == 2 and affine["attacks"][0]["random_tries"] < 0  # the RT grid
 
 
 def test_suite_from_path(tmp_path):
