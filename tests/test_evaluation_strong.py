@@ -32,6 +32,7 @@ BUDGET_KEYS = {
     ("autoattack", "apgd-t"): ("n_iter", "n_target_classes"),
     ("autoattack", "fab-t"): ("n_iter", "n_target_classes"),
     ("autoattack", "square"): ("n_queries",),
+    ("autoattack", "standard"): ("version",),  # AutoAttack's own budgets, as shipped
 }
 
 # Tiny values for the same keys (CPU seconds); everything else as in the shipped suite.
@@ -56,7 +57,9 @@ def raw_attacks(suite: str) -> list[dict]:
 
 
 def library_key(spec: dict) -> tuple[str, str] | None:
-    return (spec["type"], spec["attack"]) if spec["type"] in ("foolbox", "autoattack") else None
+    if spec["type"] not in ("foolbox", "autoattack"):
+        return None
+    return (spec["type"], spec.get("attack") or spec["version"])
 
 
 @pytest.mark.parametrize("suite", ["mnist-paper", "mnist-strong", "cifar10-paper",
@@ -80,16 +83,18 @@ def test_strong_suites_run_decision_based_attacks_last_on_the_inputs_square_left
     last_other = max(i for i, k in enumerate(kinds) if k != "gradient-free")
     assert last_other < kinds.index("gradient-free")
     for family in families:
-        gradient_free = [a for a in s.attacks if a.family == family and a.kind == "gradient-free"]
+        full = [a for a in s.attacks if a.family == family and a.budget == 1.0]
+        gradient_free = [a for a in full if a.kind == "gradient-free"]
         square = [a for a in gradient_free if a.spec.get("attack") == "square"]
         decision = [a for a in gradient_free if a.spec.get("attack") in DECISION_BASED]
         assert len(square) == 1 and len(decision) == 1, (family, [a.name for a in gradient_free])
-        assert decision[0].after == (square[0].name,)
+        # after its own copy at 3/4 of the radius, then after Square
+        assert decision[0].after == (decision[0].below, square[0].name)
         assert names.index(decision[0].name) > names.index(square[0].name)
-        # AutoAttack's gradient attacks and C&W / EAD cascade after the paper's PGD / SLIDE
-        first = [a for a in s.attacks if a.family == family and a.kind == "first-order"
-                 and a.budget == 1.0]
+        # AutoAttack's standard version and C&W / EAD cascade after the paper's PGD / SLIDE
+        first = [a for a in full if a.kind == "first-order"]
         assert first[0].spec["type"] == family and all(first[0].name in a.after for a in first[1:])
+        assert [a.spec.get("version") for a in first].count("standard") == 1
     # the paper's attacks keep the paper suite's budgets
     paper = load_suite(suite.replace("strong", "paper"))
     for attack in paper.attacks:
@@ -98,17 +103,17 @@ def test_strong_suites_run_decision_based_attacks_last_on_the_inputs_square_left
 
 def tiny_strong_suite() -> dict:
     """mnist-strong's l_p attacks in its order, cascaded, with tiny budgets: PGD/SLIDE at the
-    full radius only, then every library attack with the TINY overrides."""
+    full radius only, then every library attack but AutoAttack's ensemble with the TINY
+    overrides."""
     attacks = []
     for attack in raw_attacks("mnist-strong"):
         spec = copy.deepcopy(attack["spec"])
         key = library_key(spec)
-        if key is not None:
-            spec.update(TINY[key])
-        elif spec["type"] in ("linf", "l2", "l1"):
-            spec.update({"k": 5, "reps": 1})
-        else:
-            continue  # the RT grid and the affine adversaries are tested elsewhere
+        if key == ("autoattack", "standard") or (key is None and spec["type"] not in ("linf", "l2", "l1")):
+            # AutoAttack's ensemble (its budgets are AutoAttack's own), the RT grid and the
+            # affine adversaries are tested elsewhere
+            continue
+        spec.update(TINY[key] if key is not None else {"k": 5, "reps": 1})
         attacks.append({"name": attack["name"], "kind": attack["kind"], "spec": spec})
     return {"name": "strong-tiny", "dataset": "mnist", "seed": 0, "cascade": True,
             "groups": {"mnist-lp": {"families": ["linf", "l1", "l2"], "affine": []}},
@@ -126,7 +131,7 @@ def test_strong_suite_attacks_run_through_the_evaluation(mnist_model, mnist_dir,
     suite = parse_suite(tiny_strong_suite())
     names = [a.name for a in suite.attacks]
     assert {a.spec["type"] for a in suite.attacks} == {"linf", "l2", "l1", "foolbox", "autoattack"}
-    assert len(names) == 3 + 9 + 2 + 3 + 3  # PGD/SLIDE, AutoAttack x3, C&W/EAD, Square x3, HSJ/...
+    assert len(names) == 3 + 2 + 3 + 3  # PGD/SLIDE, C&W/EAD, Square x3, HSJ/Boundary/Pointwise
 
     paths = evaluate(ckpt, suite, n_test=n, out_dir=tmp_path / "run", data_dir=mnist_dir,
                      shard_size=n)
