@@ -171,3 +171,26 @@ def test_budget_copies_cascade_within_their_budget_and_across_radii():
 def test_bad_cascades_are_refused(attacks, cascade, match):
     with pytest.raises(SuiteError, match=match):
         suite(cascade, attacks)
+
+
+def test_the_prior_names_what_broke_each_input_and_converts_budget_fractions():
+    """Within a radius a row keeps what its earlier row names (an AutoAttack component too);
+    across radii, an input the smaller copy's own run broke is named by that copy, and sizes
+    that are fractions of the budget (rt, affine) are converted to the larger budget's."""
+    import pandas as pd
+
+    from jobs.cascade import Earlier, prior_from_rows
+
+    rows = pd.DataFrame({
+        "robust": [False, False, False, True], "clean_correct": [True, True, False, True],
+        "broken_by": ["apgd-t", "aa@0.25", "clean", ""], "adv_pred": [3, 4, 5, 0],
+        "perturbation": [0.5, 0.2, 0.0, 0.1], "loss": [1.0, 2.0, 3.0, 0.1],
+    })
+    labels = ("aa@0.5", "apgd-ce", "apgd-t", "fab-t", "square")
+    within = prior_from_rows([Earlier("aa@0.5", rows, labels)], 4)
+    assert within.broken_by == ["apgd-t", "aa@0.25", CLEAN, None]
+    assert within.skip == [True, True, True, False] and within.adv_pred[:3] == [3, 4, 5]
+    across = prior_from_rows([Earlier("aa@0.5", rows, labels, smaller_radius=True,
+                                      size_factor=0.5)], 4)
+    assert across.broken_by == ["aa@0.5", "aa@0.25", CLEAN, None]
+    assert across.perturbation[:2] == [0.25, 0.1]
