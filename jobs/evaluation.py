@@ -1,4 +1,7 @@
-"""Per-example evaluation of a checkpoint against an attack suite, written to parquet.
+"""Per-example evaluation of a model against an attack suite, written to parquet.
+
+The model is an mpo checkpoint or an external model (``jobs.external``: a PyTorch factory, a
+TorchScript file, a RobustBench zoo entry); ``load_model`` loads either into a ``LoadedModel``.
 
 One shard is one attack of a suite (``jobs.suite``) on test points ``[start, stop)``. The one
 evaluation loop (``attack_inputs``) runs the attack in batches and applies the in-ball rule of the
@@ -14,9 +17,9 @@ Files
 -----
 ``out_dir/results/<model_id>/<attack>__<start>-<stop>.parquet``, one row per test input, columns
 and metadata per ``jobs.schema``. Written to a temporary name and renamed, so a killed process
-never leaves a partial ``.parquet``. Each file's metadata holds a content key (checkpoint digest,
-attack spec, radius, shard, seed, label, groups, schema version): a shard whose file already has
-that key is not recomputed. Reading them back: ``jobs.results``.
+never leaves a partial ``.parquet``. Each file's metadata holds a content key (checkpoint digest
+or an external model's identity, attack spec, radius, shard, seed, label, groups, schema
+version): a shard whose file already has that key is not recomputed. Reading them back: ``jobs.results``.
 """
 
 from __future__ import annotations
@@ -44,12 +47,19 @@ from jobs.attacks.library import EnsembleResult
 from jobs.attacks.norms import IN_BALL_TOLERANCE, Ball
 from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
 from jobs.checkpoint import file_digest
-from jobs.config import TrainConfig
-from jobs.data import load_split
+from jobs.data import dataset_info, load_split
+from jobs.external import ExternalModel, load_external
 from jobs.io import atomic_write
 from jobs.results import existing_content_key, read_results
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata
-from jobs.suite import EvalSuite, SuiteAttack, check_compatible, load_suite, toy_identity
+from jobs.suite import (
+    EvalSuite,
+    SuiteAttack,
+    SuiteMismatchError,
+    check_compatible,
+    load_suite,
+    toy_identity,
+)
 from jobs.training import load_trained, resolve_device
 
 # ----------------------------------------------------------------------------------------------
@@ -77,27 +87,62 @@ def shard_seed(suite: EvalSuite, attack: str, start: int) -> int:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint loaded for evaluation: the model on its device, its config and identity."""
+    """A model loaded for evaluation: on its device, with what its rows and metadata record.
 
-    path: Path
-    digest: str
+    Made by ``load_model`` from an mpo checkpoint or an external model (``jobs.external``)."""
+
     model: nn.Module
-    config: TrainConfig
     model_id: str
     device: torch.device
+    #: the config snapshot of ``mpo.model``: the training config, or the external model's
+    #: config-like record (``strategy: external``)
+    record: dict[str, Any]
+    #: the ``checkpoint_digest`` column: sha256 of the checkpoint or weights file ('' if none)
+    digest: str
+    #: what a shard's content key holds for the model: the checkpoint's digest, or a hash of
+    #: everything an external model's outputs depend on
+    identity: str
+    train_families: list[str]
+    seed: int | None
+    bounds: tuple[float, float] | None
     #: the checkpoint's training cost record (``jobs.train_cost.training_cost``), if it has one
     train_cost: dict[str, Any] | None = None
 
+    @property
+    def label(self) -> str:
+        return str(self.record.get("label") or "")
 
-def _load(checkpoint_path: str | os.PathLike[str], suite: EvalSuite,
-          device: str | torch.device | None) -> LoadedModel:
-    path = Path(checkpoint_path)
+
+#: What ``evaluate`` and ``evaluate_shard`` take: a checkpoint path, an external model's spec,
+#: or a model ``load_model`` already loaded.
+ModelSource = str | os.PathLike[str] | ExternalModel | LoadedModel
+
+
+def load_model(source: ModelSource, suite: EvalSuite, device: str | torch.device | None, *,
+               label: str | None = None, download: bool = False) -> LoadedModel:
+    """Load a checkpoint (``checkpoint.pt``) or an external model for ``suite``; refuse one of
+    another dataset. ``label`` names an external model (default: its factory or file name);
+    ``download`` lets RobustBench fetch a checkpoint its model folder lacks."""
+    if isinstance(source, LoadedModel):
+        return source
     dev = resolve_device(device)
+    if isinstance(source, ExternalModel):
+        if source.dataset != suite.dataset:
+            raise SuiteMismatchError(
+                f"{source.kind} model {source.source} is for dataset '{source.dataset}' but "
+                f"suite '{suite.name}' evaluates '{suite.dataset}'"
+            )
+        ext = load_external(source, device=dev, label=label, download=download)
+        return LoadedModel(ext.module, ext.model_id, dev, ext.record, ext.weights_digest,
+                           ext.identity, [], None, dataset_info(source.dataset).bounds)
+    path = Path(source)
     model, config, payload = load_trained(path, device=dev)
     check_compatible(config, suite, source=f"checkpoint {path}")
     extra = payload.get("extra") or {}
     cost = extra.get("train_cost") or extra.get("cost")
-    return LoadedModel(path, file_digest(path), model, config, config.model_id(), dev,
+    digest = file_digest(path)
+    return LoadedModel(model, config.model_id(), dev, config.to_dict(), digest, digest,
+                       config.families(), config.seed, config.dataset_info().bounds,
                        dict(cost) if cost else None)
 
 
@@ -138,7 +183,7 @@ class _Shard:
         the shards it depends on."""
         body = {
             "schema_version": SCHEMA_VERSION,
-            "checkpoint_digest": self.loaded.digest,
+            "checkpoint_digest": self.loaded.identity,
             "suite": self.suite.name,
             "dataset_params": (toy_identity(self.suite.dataset_params)
                                if self.suite.dataset == "toy" else {}),
@@ -167,7 +212,7 @@ def _shard(loaded: LoadedModel, suite: EvalSuite, attack: str, start: int, stop:
     entry = suite.attack(attack)
     if not 0 <= start < stop:
         raise ValueError(f"shard [{start}, {stop}): need 0 <= start < stop")
-    label = opts.model_label or loaded.config.label or loaded.model_id
+    label = opts.model_label or loaded.label or loaded.model_id
     groups = list(opts.groups) if opts.groups is not None else list(suite.groups)
     return _Shard(loaded, suite, entry, start, stop, label, groups)
 
@@ -275,7 +320,7 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
              seconds: float) -> dict[str, list[object]]:
     """The shard's rows, column by column (``jobs.schema.COLUMNS``)."""
     n = shard.stop - shard.start
-    config, entry = shard.loaded.config, shard.attack
+    loaded, entry = shard.loaded, shard.attack
     clean_correct = [p == t for p, t in zip(out.clean_pred, labels, strict=True)]
     robust = [c and not f for c, f in zip(clean_correct, out.fooled, strict=True)]
     broken_by = ["" if r else CLEAN if not c else (b or entry.name)
@@ -284,11 +329,11 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
         "model_id": [shard.loaded.model_id] * n,
         "model_label": [shard.label] * n,
         "dataset": [shard.suite.dataset] * n,
-        "strategy": [config.strategy] * n,
-        "train_attacks": [json.dumps(config.families())] * n,
+        "strategy": [loaded.record["strategy"]] * n,
+        "train_attacks": [json.dumps(loaded.train_families)] * n,
         "groups": [json.dumps(shard.groups)] * n,
-        "seed": [config.seed] * n,
-        "checkpoint_digest": [shard.loaded.digest] * n,
+        "seed": [loaded.seed] * n,
+        "checkpoint_digest": [loaded.digest] * n,
         "suite": [shard.suite.name] * n,
         "attack": [entry.name] * n,
         "family": [entry.family] * n,
@@ -326,7 +371,7 @@ def _metadata(shard: _Shard, key: str, prior: CascadePrior) -> dict[bytes, bytes
             "model_id": loaded.model_id,
             "label": shard.label,
             "checkpoint_digest": loaded.digest,
-            "config": loaded.config.to_dict(),
+            "config": loaded.record,
             **({"train_cost": cost} if cost is not None else {}),
         },
         suite=shard.suite.to_dict(),
@@ -354,8 +399,7 @@ def _evaluate_shard(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor] |
         assert shard.attack.below is not None
         out = threshold_rows(earlier[shard.attack.below].rows, shard.attack.ball(), prior)
     else:
-        attack = jobs.attacks.make_attack(shard.attack.spec,
-                                          bounds=loaded.config.dataset_info().bounds)
+        attack = jobs.attacks.make_attack(shard.attack.spec, bounds=loaded.bounds)
         out = attack_inputs(loaded.model, loaded.device, attack, shard.attack.ball(), x, y,
                             seed=shard.seed, batch_size=opts.batch_size, prior=prior)
     seconds = time.perf_counter() - t0
@@ -370,7 +414,7 @@ def _evaluate_shard(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor] |
 
 
 def evaluate_shard(
-    checkpoint_path: str | os.PathLike[str],
+    model: ModelSource,
     suite: EvalSuite | str,
     attack_name: str,
     start: int,
@@ -386,19 +430,20 @@ def evaluate_shard(
 ) -> Path:
     """Evaluate test points ``[start, stop)`` against one attack; write and return the shard file.
 
-    Idempotent: a file with the same content key is returned without recomputing. Raises
-    ``SuiteMismatchError`` for a checkpoint of another dataset, ``SuiteError`` for an unknown
-    attack name.
+    ``model``: a checkpoint path, an external model (``jobs.external.ExternalModel``; ``download``
+    also lets RobustBench fetch its checkpoint) or a ``LoadedModel``. Idempotent: a file with
+    the same content key is returned without recomputing. Raises ``SuiteMismatchError`` for a
+    model of another dataset, ``SuiteError`` for an unknown attack name.
     """
     suite = load_suite(suite)
     suite.attack(attack_name)
-    loaded = _load(checkpoint_path, suite, device)
+    loaded = load_model(model, suite, device, label=model_label, download=download)
     opts = _Options(out_dir, data_dir, download, model_label, groups, batch_size)
     return _evaluate_shard(_shard(loaded, suite, attack_name, start, stop, opts), opts, None)
 
 
 def evaluate(
-    checkpoint_path: str | os.PathLike[str],
+    model: ModelSource,
     suite: EvalSuite | str,
     *,
     n_test: int | None = None,
@@ -422,7 +467,7 @@ def evaluate(
         suite.attack(name)
     n = n_test if n_test is not None else suite.n_test
     shards = plan_shards(n, shard_size)
-    loaded = _load(checkpoint_path, suite, device)
+    loaded = load_model(model, suite, device, label=model_label, download=download)
     opts = _Options(out_dir, data_dir, download, model_label, groups, batch_size)
     data = _test_points(suite, n, opts)
     paths = []
