@@ -48,7 +48,8 @@ from jobs.attacks.norms import IN_BALL_TOLERANCE, Ball
 from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
 from jobs.checkpoint import file_digest
 from jobs.data import dataset_info, load_split
-from jobs.external import ExternalModel, load_external
+from jobs.external import ExternalModel
+from jobs.external.load import load_external
 from jobs.io import atomic_write
 from jobs.results import existing_content_key, read_results
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata

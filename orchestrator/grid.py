@@ -26,9 +26,22 @@ evaluation suite and its budgets (``n_test``, ``shard_size``, ``restarts``)::
           Nat: {strategy: nat}
           Adv_inf: {strategy: single, attacks: [linf]}
 
+Evaluation-only models (``jobs.external``: a PyTorch factory, a TorchScript file, a RobustBench
+zoo entry) sit beside the trained ones in the groups they name; their trials load the model and
+evaluate it, with no training. Relative paths are relative to the directory ``mpo sweep`` runs
+in (so that ``--resume`` finds them again)::
+
+    external:
+      MyNet: {factory: mymodels.cifar:build, weights: mynet.pt, dataset: cifar10,
+              groups: [cifar-lp], mean: [0.49, 0.48, 0.45], std: [0.25, 0.24, 0.26]}
+      Ding2020MMA: {robustbench: Ding2020MMA, threat_model: Linf, model_dir: models,
+                    dataset: cifar10, groups: [cifar-lp]}
+      Scripted: {torchscript: net.pt, dataset: cifar10, input_range: [0, 255], groups: [cifar-lp]}
+
 Expansion builds a ``TrainConfig`` per (model, seed); identical configs (same ``model_id``) in
 several groups are one trial that is evaluated for all of them (Nat shared by ``mnist-lp`` and
-``mnist-rt`` is trained once). Nothing here imports Ray; torch is imported only by expansion.
+``mnist-rt`` is trained once). An external model is one trial (seeds do not apply). Nothing here
+imports Ray; torch is imported only by expansion.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jobs.config import Strategy
 from jobs.errors import MpoError
+from jobs.external import EXTERNAL_STRATEGY, ExternalModel
 from jobs.io import load_yaml, read_text
 from jobs.validation import FrozenModel, format_validation_error
 
@@ -115,12 +129,23 @@ class Experiment(FrozenModel):
         return str(self.train["dataset"]["name"])
 
 
+class ExternalEntry(ExternalModel):
+    """An evaluation-only model of a grid: an external model and the groups it is reported in."""
+
+    groups: list[str] = Field(min_length=1, description="experiments (groups) to report it in")
+
+    def spec(self) -> ExternalModel:
+        return ExternalModel.model_validate(self.model_dump(exclude={"groups"}))
+
+
 class Grid(FrozenModel):
     name: str = Field(min_length=1)
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     evaluation: dict[str, EvaluationPlan] = Field(min_length=1)
     experiments: dict[str, Experiment] = Field(min_length=1)
+    external: dict[str, ExternalEntry] = Field(
+        default_factory=dict, description="evaluation-only models: label -> external model")
 
     @model_validator(mode="after")
     def _evaluation_per_dataset(self) -> Grid:
@@ -132,6 +157,18 @@ class Grid(FrozenModel):
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} has duplicates")
+        for label, entry in self.external.items():
+            for group in entry.groups:
+                exp = self.experiments.get(group)
+                if exp is None:
+                    raise ValueError(f"external.{label}.groups: unknown group '{group}'; the "
+                                     f"grid's experiments: {', '.join(self.experiments)}")
+                if exp.dataset != entry.dataset:
+                    raise ValueError(f"external.{label}: dataset '{entry.dataset}' but group "
+                                     f"'{group}' is on '{exp.dataset}'")
+                if label in exp.models:
+                    raise ValueError(f"external.{label}: group '{group}' already has a trained "
+                                     f"model labelled '{label}'; one label, one model")
         return self
 
     def digest(self) -> str:
@@ -404,6 +441,17 @@ def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = N
                     config=config.to_dict(),
                 )
 
+    for label, entry in grid.external.items():
+        mid, record = _external_trial(entry, label=label, source=source)
+        if mid in trials:
+            raise GridError(f"{source}: external.{label} is the same model as "
+                            f"'{trials[mid].label}'; one model takes one label")
+        trials[mid] = TrialPlan(model_id=mid, label=label, dataset=entry.dataset,
+                                strategy=EXTERNAL_STRATEGY, groups=list(entry.groups),
+                                config=record)
+        for g in entry.groups:
+            groups[g].models.append(mid)
+
     shards: list[Shard] = []
     for mid, trial in trials.items():
         wanted: set[str] = set()
@@ -418,6 +466,18 @@ def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = N
                 shards.append(Shard(mid, attack, start, stop))
     return SweepPlan(grid=grid, groups=groups, trials=trials, suites=suites, shards=shards,
                      suite_files=suite_files)
+
+
+def _external_trial(entry: ExternalEntry, *, label: str, source: str) -> tuple[str, dict[str, Any]]:
+    """(model id, config-like record) of an evaluation-only model, its relative paths made
+    absolute from the current directory (the trials load it from other processes)."""
+    from jobs.external.load import planned
+    from jobs.external.spec import ExternalModelError
+
+    try:
+        return planned(entry.spec().with_paths_under(Path.cwd()), label=label)
+    except ExternalModelError as err:
+        raise GridError(f"{source}: external.{label}: {err}") from None
 
 
 def load_plan(name_or_path: str | os.PathLike[str]) -> tuple[SweepPlan, str, Path]:

@@ -29,6 +29,7 @@ from orchestrator.fault_injection import Faults
 from orchestrator.runfolder import RunDir
 
 if TYPE_CHECKING:
+    from jobs.external import ExternalModel
     from jobs.suite import EvalSuite
 
 PROGRESS_FILE = "progress.json"
@@ -78,7 +79,7 @@ def _report_epoch(metrics: dict[str, Any], *, model_id: str, total_epochs: int) 
 
 
 def evaluate_shard_task(
-    checkpoint: str,
+    checkpoint: str | Path | ExternalModel,  # an evaluation-only model: its spec
     suite: EvalSuite,
     attack: str,
     start: int,
@@ -105,8 +106,8 @@ def evaluate_shard_task(
     return str(path)
 
 
-def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dict[str, Any],
-              faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
+def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDir,
+              settings: dict[str, Any], faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
     """Fan the trial's shards out as Ray tasks; (result paths, failed shards)."""
     from jobs.evaluation import plan_shards
 
@@ -124,7 +125,7 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dic
     total = len(shards)
     if settings["eval_workers"] == 0:  # no bundles for tasks: evaluate here, one shard at a time
         for attack, start, stop in shards:
-            paths.append(evaluate_shard_task(str(checkpoint), trial["suite"], attack, start, stop,
+            paths.append(evaluate_shard_task(checkpoint, trial["suite"], attack, start, stop,
                                              **{**kwargs, "threads": _threads(settings["cpus_per_trial"])}))
             tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
         return paths, failed
@@ -137,7 +138,7 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path, rd: RunDir, settings: dic
     )
     suite_ref = ray.put(trial["suite"])
     refs = {
-        task.remote(str(checkpoint), suite_ref, attack, start, stop, **kwargs): (attack, start, stop)
+        task.remote(checkpoint, suite_ref, attack, start, stop, **kwargs): (attack, start, stop)
         for attack, start, stop in shards
     }
     pending = list(refs)
@@ -164,6 +165,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """
     import torch
 
+    from jobs.external import external_spec
     from jobs.results import summarize
     from jobs.training import CHECKPOINT_FILE, train
 
@@ -193,7 +195,8 @@ def run_trial(config: dict[str, Any]) -> None:
 
     try:
         checkpoint = out / CHECKPOINT_FILE
-        if not (record.get("trained") and checkpoint.exists()):
+        external = external_spec(trial["config"])  # evaluation-only: nothing to train
+        if external is None and not (record.get("trained") and checkpoint.exists()):
             epochs = int(trial["config"]["epochs"])
 
             def on_epoch(metrics: dict[str, Any]) -> None:
@@ -214,7 +217,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 train_cost=result.cost, train_wall_seconds=wall(),
             )  # fmt: skip
         rd.update_trial(mid, state="evaluating", wall_seconds=wall())
-        paths, failed = _evaluate(trial, checkpoint, rd, settings, faults)
+        paths, failed = _evaluate(trial, external or checkpoint, rd, settings, faults)
         if failed:
             rd.update_trial(mid, failed_shards=failed)
             raise ShardsFailedError(
