@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "grids": "orchestrator.commands.grids:grids",
     "status": "orchestrator.commands.status:status",
     "report": "orchestrator.commands.report:report",
+    "export": "orchestrator.commands.export:export",
     "theory": "orchestrator.commands.theory:theory",
     "bench": "orchestrator.commands.bench:bench",
 }

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from jobs.checkpoint import _load_failure as load_failure
 from jobs.checkpoint import file_digest
 from jobs.data import dataset_info
 from jobs.external.spec import ExternalModel, ExternalModelError
@@ -204,11 +205,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors of many kinds
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
-        raise ExternalModelError(
-            f"weights {path}: torch.load(weights_only=True) could not read it ({first[:300]}); "
-            "mpo reads state dicts of tensors only, never pickled objects"
-        ) from None
+        raise ExternalModelError(f"weights {path}: {load_failure(err)}") from None
     state = _find_state_dict(payload)
     if state is None:
         keys = list(payload)[:8] if isinstance(payload, dict) else type(payload).__name__

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jobs.checkpoint import _load_failure as load_failure
 from jobs.checkpoint import file_digest
 from jobs.errors import MpoError
 from jobs.external.spec import ExternalModel, ExternalModelError
@@ -135,7 +136,7 @@ def load_robustbench(spec: ExternalModel, *, download: bool) -> tuple[nn.Module,
         except Exception as err:  # refusals of weights_only, state dicts that do not fit, ...
             raise ExternalModelError(
                 f"robustbench model '{spec.robustbench}' ({spec.dataset} {spec.threat_model}) "
-                f"did not load: {type(err).__name__}: {str(err)[:400]}"
+                f"did not load from {', '.join(map(str, proxy.read or files))}: {load_failure(err)}"
             ) from None
     read = proxy.read or files
     if len(read) == 1:
