@@ -10,8 +10,10 @@ be > 1.0 when a suite's radius range goes beyond the full budget).
 
 File metadata (bytes keys, JSON values):
 - ``mpo.schema_version``: ``SCHEMA_VERSION`` as a string.
-- ``mpo.model``: the model's training config snapshot (JSON object), with ``train_cost`` (the
-  checkpoint's ``jobs.train_cost.training_cost`` record) when the checkpoint has one.
+- ``mpo.model``: ``model_id``, ``label``, ``checkpoint_digest`` and ``config``: the model's
+  training config snapshot, or for a model mpo did not train (``jobs.external``) its config-like
+  record (``strategy: external``, ``external: {kind, source, weights_digest, spec}``); with
+  ``train_cost`` (the checkpoint's ``jobs.train_cost.training_cost`` record) when it has one.
 - ``mpo.suite``: the evaluation suite snapshot, including ``groups`` ({group: [families]}),
   ``budgets_protocol`` ("full" or "reduced"), ``radii`` ({family: [radii]}), ``full_radius``
   ({l_p family: epsilon}) and, per attack, ``base`` (the full-budget attack it is a copy of).
@@ -37,14 +39,17 @@ META_SHARD = b"mpo.shard"
 
 #: Column name -> (arrow type, description).
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
-    "model_id": (pa.string(), "unique id of the trained model (hash of its training config)"),
+    "model_id": (pa.string(), "unique id of the model: a hash of its training config, or of an "
+                 "external model's source, weights digest and input wrapper"),
     "model_label": (pa.string(), "display name, e.g. 'Adv_max'"),
     "dataset": (pa.string(), "dataset name: toy, mnist, cifar10"),
-    "strategy": (pa.string(), "nat, single, avg or max"),
+    "strategy": (pa.string(), "training strategy (nat, single, avg, max, msd, eat, random), or "
+                 "external for a model mpo did not train"),
     "train_attacks": (pa.string(), "JSON list of the training attacks' families"),
     "groups": (pa.string(), "JSON list of the groups this model is reported in"),
-    "seed": (pa.int64(), "training seed"),
-    "checkpoint_digest": (pa.string(), "sha256 of the checkpoint file evaluated"),
+    "seed": (pa.int64(), "training seed (null for an external model)"),
+    "checkpoint_digest": (pa.string(), "sha256 of the checkpoint file evaluated (an external "
+                          "model's weights or TorchScript file; '' for a factory without weights)"),
     "suite": (pa.string(), "evaluation suite name"),
     "attack": (pa.string(), "attack name inside the suite"),
     "family": (pa.string(), "perturbation family: linf, l1, l2, rt, or affine like linf+rt"),

@@ -12,6 +12,9 @@ Reads the run folder as ``mpo report`` does (``analysis.loading``) and writes, t
   decimals), with mpo's own numbers under ``mpo_*`` keys (union, average, per family);
 - with ``--rows``, the per-input rows themselves (``rows.csv`` / ``rows.jsonl``), every column of
   ``jobs.schema.COLUMNS``.
+
+``mpo export --schema`` prints the public description of the per-input table (``schema_markdown``,
+made from ``jobs.schema.COLUMNS``), which the README carries verbatim.
 """
 
 from __future__ import annotations
@@ -38,6 +41,19 @@ THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
 class ExportError(click.UsageError):
     """A bad --format value (click prints it with the usage line)."""
+
+
+def schema_markdown() -> str:
+    """The per-input table's columns as a Markdown table (name, type, meaning), from
+    ``jobs.schema.COLUMNS``, and its version."""
+    from jobs.schema import COLUMNS, SCHEMA_VERSION
+
+    lines = [f"Schema version {SCHEMA_VERSION} (`mpo.schema_version` in each file's metadata).",
+             "", "| column | type | meaning |", "| --- | --- | --- |"]
+    for name, (typ, meaning) in COLUMNS.items():
+        cell = meaning.replace("|", "\\|")  # a pipe would end the Markdown cell
+        lines.append(f"| `{name}` | {typ} | {cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -195,19 +211,27 @@ def write_export(rs: ResultSet, out: Path, formats: tuple[str, ...], *, rows: bo
 
 
 @click.command("export")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--format", "formats", default="csv,json", show_default=True,
               help="Comma-separated: csv, json.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Output folder (default RUN_DIR/export).")
 @click.option("--rows", is_flag=True, help="Also write the per-input rows (rows.csv, rows.jsonl).")
-def export(run_dir: Path, formats: str, out_dir: Path | None, rows: bool) -> None:
+@click.option("--schema", is_flag=True,
+              help="Print the per-input table's columns (Markdown) instead; no RUN_DIR.")
+def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
+           schema: bool) -> None:
     """Write RUN_DIR's accuracy tables (and, with --rows, its per-input rows) as CSV or JSON,
     with a RobustBench-style model_info JSON per model and group."""
     from rich.console import Console
 
     from analysis.loading import load_results
 
+    if schema:
+        click.echo(schema_markdown(), nl=False)
+        return
+    if run_dir is None:
+        raise click.UsageError("give RUN_DIR (a folder of mpo eval or mpo sweep), or --schema")
     fmts = parse_formats(formats)
     rs = load_results(run_dir)
     out = out_dir if out_dir is not None else run_dir / "export"
