@@ -8,8 +8,10 @@ inferred from the parquet metadata (``mpo.suite``) and the rows' ``groups`` colu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from jobs.schema import (
     check_schema_version,
 )
 
+#: trial.json's record of its results files when the trial finished (``mpo sweep``):
+#: {file name: {"bytes": size, "sha256": hex digest}}
+SHARD_FILES = "shard_files"
 #: Trial states (from trial.json) that mean the trial did not finish.
 FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"})
 #: Row order of the training strategies (the paper's, then later work's); others follow.
@@ -317,10 +322,49 @@ class _Shards:
                 known[key] += [f for f in spec[key] if f not in known[key]]
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def differs_from_record(path: Path, recorded: Mapping[str, Any] | None) -> str | None:
+    """Why ``path`` is not the file its trial recorded when it finished (``SHARD_FILES``), or
+    None (it is, or nothing was recorded). A storage fault can leave a file parquet still reads,
+    with wrong values (a damaged data page): only the recorded digest shows it."""
+    if not recorded:
+        return None
+    size = path.stat().st_size
+    if size != recorded.get("bytes"):
+        return (f"corrupt on disk: {size} bytes, {recorded.get('bytes')} when its trial "
+                "finished (truncated or overwritten)")
+    if file_sha256(path) != recorded.get("sha256"):
+        return "corrupt on disk: its contents differ from the sha256 recorded when its trial finished"
+    return None
+
+
+def _recorded_files(run_dir: Path, model_dir: str) -> dict[str, Any]:
+    """The trial's ``SHARD_FILES`` record ({} without one; a broken trial.json is warned about
+    where the trial folder is read)."""
+    try:
+        record = read_json(run_dir / "trials" / model_dir / "trial.json")
+    except MpoError:
+        return {}
+    files = record.get(SHARD_FILES) if isinstance(record, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
 def _read_shards(files: list[Path], run_dir: Path, warnings: list[str]) -> _Shards:
     shards = _Shards()
+    recorded: dict[str, dict[str, Any]] = {}
     for path in files:
-        table, meta, reason = _read_shard(path, run_dir)
+        model_dir = path.parent.name
+        if model_dir not in recorded:
+            recorded[model_dir] = _recorded_files(run_dir, model_dir)
+        reason = differs_from_record(path, recorded[model_dir].get(path.name))
+        table, meta, reason = (None, {}, reason) if reason else _read_shard(path, run_dir)
         if reason is not None:
             shards.skipped.append(SkippedFile(path, reason))
             shards.skipped_names[(path.parent.name, path.stem)] = reason

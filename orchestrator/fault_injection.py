@@ -15,7 +15,10 @@ fired), so a retried trial or task then succeeds. Keys:
   raises ``InjectedFault`` after epoch N (Tune restarts it from its checkpoint);
 - ``"eval_crash_model": LABEL``: the first evaluation task of that label kills its own worker
   process (``os._exit``), a system failure that Ray retries;
-- ``"train_sleep": SECONDS``: sleep this long after every epoch (to kill a driver mid-training).
+- ``"train_sleep": SECONDS``: sleep this long after every epoch (to kill a driver or a node
+  mid-training);
+- ``"eval_sleep": SECONDS``: every evaluation task sleeps this long before it evaluates (to
+  remove a node while its tasks run).
 
 With no faults requested, the hooks return at once and nothing here does anything.
 """
@@ -28,7 +31,8 @@ import time
 from pathlib import Path
 
 ENV_VAR = "MPO_TEST_FAULTS"
-KNOWN = ("train_fail_after_epoch", "train_fail_model", "eval_crash_model", "train_sleep")
+KNOWN = ("train_fail_after_epoch", "train_fail_model", "eval_crash_model", "train_sleep",
+         "eval_sleep")
 
 #: the requested faults: key -> epoch number, label or seconds
 Faults = dict[str, float | int | str]
@@ -76,6 +80,10 @@ def after_epoch(faults: Faults, run_dir: Path, label: str, epoch: int) -> None:
 
 
 def before_shard(faults: Faults, run_dir: Path, label: str) -> None:
-    """The evaluation task's hook: kill this worker process once."""
-    if faults and faults.get("eval_crash_model") == label and _fire_once(run_dir, f"eval-{label}"):
+    """The evaluation task's hook: kill this worker process once, or sleep."""
+    if not faults:
+        return
+    if faults.get("eval_crash_model") == label and _fire_once(run_dir, f"eval-{label}"):
         os._exit(1)
+    if faults.get("eval_sleep"):
+        time.sleep(float(faults["eval_sleep"]))

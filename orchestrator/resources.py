@@ -4,14 +4,18 @@
   evaluation worker, defaults filled by ``make_resources``), checked against the cluster it
   joined (``check_resources``, with the cluster described by ``Cluster``);
 - data: every dataset of the plan under the data root (``preflight_data``), and the absolute
-  root the trials use (``trial_data_dir``).
+  root the trials use (``trial_data_dir``);
+- threads: torch's thread counts, set from the CPUs a process was given (``torch_threads``,
+  ``set_torch_threads``; ``available_cpus`` for the plain CLI commands).
 
 No Ray: ``mpo sweep --dry-run`` uses this module without starting or importing Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -169,3 +173,36 @@ def preflight_data(plan: SweepPlan, data_dir: str | None, *, download: bool) -> 
                    if t.dataset == dataset]
         require_dataset(dataset, data_dir, n_test=ev.n_test,
                         n_train=max((n for n in n_train if n is not None), default=None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit,
+    not the machine's core count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def torch_threads(cpus: float) -> int:
+    """Torch threads for ``cpus`` reserved CPUs: the whole CPUs, at least one (a fractional
+    share such as a 0.5-CPU bundle runs one thread: more would oversubscribe the core it
+    shares)."""
+    return max(1, math.floor(cpus + 1e-9))
+
+
+def set_torch_threads(threads: int) -> dict[str, int]:
+    """Set torch's intra-op threads and, where torch still allows it, its inter-op threads;
+    returns both as they now are. Left to itself torch starts one thread per core of the
+    machine in every process, so two trials on a 2-core node would each run two."""
+    import torch
+
+    torch.set_num_threads(threads)
+    # Allowed once per process, before any inter-op work: a Ray worker reused for another task
+    # keeps its first setting.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(threads)
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}

@@ -6,17 +6,25 @@ Layout (``RUN_DIR`` = ``--storage``/``--name``)::
     RUN_DIR/
       run.json        {name, created, mpo_version, git_commit, versions{torch,ray,python},
                        hardware, command, sweep{settings: resources, retries, data_dir, ...},
-                       sweeps[{started, finished, wall_seconds, resume, trial_states}]}
+                       sweeps[{started, finished, wall_seconds, resume, trials_run,
+                               interrupted, trial_states}]}
       grid.yaml       the grid file as it was when the sweep started
       suites/         copies of the suite files the grid names (built-in suites are not copied)
       manifest.json   the expected work: groups, trials (by model id) and shards
+      driver.lock     held by the running driver (``orchestrator.runlock``)
       trials/<model_id>/  config.json, state.pt, checkpoint.pt, metrics.jsonl (jobs.training),
-                          trial.json {state, attempts, wall_seconds, resumed_from_epoch,
-                                      summary, failed_shards, error, ...} (the trainable)
+                          trial.json {state, attempts, placements, epoch_runs, summary,
+                                      shard_files, failed_shards, error, ...} (the trainable),
+                          shards/<attack>__<start>-<stop>.json  where each run of the shard's
+                                      task ran (node, pid, resources) and whether it computed
       results/<model_id>/<attack>__<start>-<stop>.parquet   (jobs.evaluation; jobs.schema)
-      tune/           Ray Tune's experiment state (Tuner.restore reads it on --resume)
+      tune/driver-<n>/   Ray Tune's experiment folder of the n-th driver run (a log: resuming
+                          reads the files above, not Tune's state)
 
-Every file is written through ``jobs.io`` (atomic). No Ray.
+The files are the truth about what is done: a trial is finished when its trial.json says
+``done`` and every one of its results files is present and intact (``shard_problems``);
+``prepare_resume`` picks the trials a resumed driver runs again. Every file is written through
+``jobs.io`` (atomic), except the lock (``orchestrator.runlock``). No Ray.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any
 
 from jobs.errors import MpoError
 from jobs.io import load_yaml, read_json, run_record, write_json_atomic, write_text_atomic
-from orchestrator import fault_injection
+from orchestrator import fault_injection, runlock
 from orchestrator.grid import Shard, SweepPlan, expand_grid, load_grid_text, parse_grid
 from orchestrator.resources import Resources, SweepError
 
@@ -41,6 +49,7 @@ RESULTS_DIR = "results"
 TUNE_DIR = "tune"
 SUITES_DIR = "suites"
 TRIAL_FILE = "trial.json"
+SHARD_RECORDS_DIR = "shards"
 
 
 class RunDirError(MpoError, ValueError):
@@ -104,11 +113,34 @@ class RunDir:
             return {}
 
     def update_trial(self, model_id: str, /, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into trials/<model_id>/trial.json (one writer per trial: its trainable)."""
+        """Merge ``fields`` into trials/<model_id>/trial.json (one writer at a time: the trial's
+        trainable, or the driver before it starts the trials)."""
         record = self.trial_record(model_id)
         record.update(fields)
         write_json_atomic(self.trial_dir(model_id) / TRIAL_FILE, record)
         return record
+
+    def shard_record_path(self, model_id: str, filename: str) -> Path:
+        return self.trial_dir(model_id) / SHARD_RECORDS_DIR / f"{Path(filename).stem}.json"
+
+    def shard_runs(self, model_id: str, filename: str) -> list[dict[str, Any]]:
+        """The runs of a shard's task so far, oldest first (``note_shard_run``)."""
+        try:
+            return list(_read(self.shard_record_path(model_id, filename)).get("runs", []))
+        except RunDirError:
+            return []
+
+    def note_shard_run(self, model_id: str, filename: str, run: str, /, **fields: Any) -> None:
+        """Add ``fields`` to the run ``run`` of a shard's task (created at its first note): a
+        task notes where it runs before it starts, so a run lost with its node stays on record
+        without an end. One writer at a time: a shard's task runs once at a time."""
+        runs = self.shard_runs(model_id, filename)
+        entry = next((r for r in runs if r.get("run") == run), None)
+        if entry is None:
+            runs.append({"run": run, **fields})
+        else:
+            entry.update(fields)
+        write_json_atomic(self.shard_record_path(model_id, filename), {"runs": runs})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,9 +204,11 @@ def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: Swe
 
 
 def record_sweep(rd: RunDir, *, started: float, finished: float, resume: bool,
-                 records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Append one driver invocation (start, end, wall seconds, trial states) to run.json's
-    ``sweeps`` list, so a run's snapshot says how long it took (a resume adds an entry)."""
+                 records: dict[str, dict[str, Any]], trials_run: int,
+                 interrupted: str | None = None) -> dict[str, Any]:
+    """Append one driver invocation (start, end, wall seconds, how many trials it ran, the
+    signal that stopped it if one did, trial states) to run.json's ``sweeps`` list, so a run's
+    snapshot says how long it took (a resume adds an entry)."""
 
     def iso(t: float) -> str:
         return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
@@ -186,7 +220,9 @@ def record_sweep(rd: RunDir, *, started: float, finished: float, resume: bool,
         states[state] = states.get(state, 0) + 1
     entry = {"started": iso(started), "finished": iso(finished),
              "wall_seconds": round(finished - started, 1), "resume": resume,
-             "trial_states": dict(sorted(states.items()))}
+             "trials_run": trials_run, "trial_states": dict(sorted(states.items()))}
+    if interrupted:
+        entry["interrupted"] = interrupted
     info["sweeps"] = [*info.get("sweeps", []), entry]
     write_json_atomic(rd.run_file, info)
     return entry
@@ -276,6 +312,87 @@ def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunDir, SweepPl
 
 
 # ----------------------------------------------------------------------------------------------
+# Results files that cannot be trusted, and what a resumed driver runs again
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """An expected results file that is missing (of a finished trial) or cannot be trusted."""
+
+    model_id: str
+    path: Path
+    reason: str
+
+
+def expected_files(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """{model_id: the results file names its trial writes}, in the manifest's order."""
+    out: dict[str, list[str]] = {mid: [] for mid in manifest.get("trials", {})}
+    for shard in manifest.get("shards", []):
+        out.setdefault(shard["model_id"], []).append(Shard(**shard).filename)
+    return out
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why parquet cannot read ``path`` in full, or None."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        return f"unreadable parquet file ({err})"
+    return None
+
+
+def shard_problems(rd: RunDir, manifest: dict[str, Any]) -> list[ShardProblem]:
+    """Every expected results file that is missing although its trial says ``done``, that
+    differs from the size and sha256 its trial recorded when it finished (trial.json's
+    ``shard_files``: a storage fault parquet may not notice), or, where nothing was recorded
+    (a trial still running), that parquet cannot read. Reads every file once."""
+    from analysis.loading import SHARD_FILES, differs_from_record
+
+    problems = []
+    for mid, names in expected_files(manifest).items():
+        record = rd.trial_record(mid)
+        recorded = record.get(SHARD_FILES) or {}
+        for name in names:
+            path = rd.results_dir(mid) / name
+            if not path.exists():
+                if record.get("state") == "done":
+                    problems.append(ShardProblem(mid, path, "missing"))
+                continue
+            reason = differs_from_record(path, recorded.get(name)) or _unreadable(path)
+            if reason is not None:
+                problems.append(ShardProblem(mid, path, reason))
+    return problems
+
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def prepare_resume(rd: RunDir, plan: SweepPlan) -> tuple[list[str], list[ShardProblem]]:
+    """(the trials a resumed driver runs, the results files it found unusable).
+
+    A corrupt file is renamed to ``<name>.corrupt`` (kept for a look, never read again) so that
+    its shard is computed anew: ``jobs.evaluation`` would otherwise trust a damaged file whose
+    content key is still readable. A finished trial with a missing or corrupt file goes back to
+    ``evaluating`` (its training stays done: its checkpoint is not touched) and forgets its
+    recorded digests until it finishes again. Trials not finished run again; the others do not
+    start at all."""
+    from analysis.loading import SHARD_FILES
+
+    problems = shard_problems(rd, plan.manifest())
+    for p in problems:
+        if p.path.exists():
+            p.path.replace(p.path.with_name(p.path.name + CORRUPT_SUFFIX))
+    for mid in sorted({p.model_id for p in problems}):
+        if rd.trial_record(mid).get("state") == "done":
+            rd.update_trial(mid, state="evaluating", **{SHARD_FILES: {}})
+    todo = [mid for mid in plan.trials if rd.trial_record(mid).get("state") != "done"]
+    return todo, problems
+
+
+# ----------------------------------------------------------------------------------------------
 # Status (no Ray)
 
 
@@ -297,6 +414,19 @@ class TrialStatus:
     error: str | None
 
 
+@dataclass
+class RunStatus:
+    """A run folder as ``mpo status`` shows it: run.json, one ``TrialStatus`` per trial of the
+    manifest, the results files that cannot be trusted, and the driver that holds the folder
+    (its lock record, and whether it still holds it)."""
+
+    run: dict[str, Any]
+    trials: list[TrialStatus]
+    problems: list[ShardProblem]
+    driver: dict[str, Any]
+    driver_running: bool
+
+
 def _epochs_done(trial_dir: Path) -> int:
     metrics = trial_dir / "metrics.jsonl"
     if not metrics.exists():
@@ -304,20 +434,19 @@ def _epochs_done(trial_dir: Path) -> int:
     return sum(1 for line in metrics.read_text().splitlines() if line.strip())
 
 
-def collect_status(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[TrialStatus]]:
-    """(run.json, one TrialStatus per trial of the manifest), read from files only."""
-    rd = RunDir(Path(run_dir))
+def collect_status(run_dir: str | os.PathLike[str]) -> RunStatus:
+    """The run's state, read from its files only (every results file is read once)."""
+    rd = RunDir(Path(run_dir).resolve())
     rd.check()
     manifest = rd.manifest()
-    expected: dict[str, set[str]] = {}
-    for shard in manifest["shards"]:
-        expected.setdefault(shard["model_id"], set()).add(Shard(**shard).filename)
+    problems = shard_problems(rd, manifest)
+    bad = {p.path for p in problems}
     out = []
-    for mid, trial in manifest["trials"].items():
+    for mid, names in expected_files(manifest).items():
+        trial = manifest["trials"][mid]
         record = rd.trial_record(mid)
-        results = rd.results_dir(mid)
-        present = {p.name for p in results.glob("*.parquet")} if results.is_dir() else set()
-        want = expected.get(mid, set())
+        good = [n for n in names if (rd.results_dir(mid) / n).exists()
+                and rd.results_dir(mid) / n not in bad]
         out.append(
             TrialStatus(
                 model_id=mid,
@@ -327,8 +456,8 @@ def collect_status(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], lis
                 state=record.get("state", "pending"),
                 epoch=_epochs_done(rd.trial_dir(mid)),
                 epochs=int(trial["config"]["epochs"]),
-                shards_done=len(want & present),
-                shards_total=len(want),
+                shards_done=len(good),
+                shards_total=len(names),
                 failed_shards=len(record.get("failed_shards", [])),
                 attempts=int(record.get("attempts", 0)),
                 wall_seconds=record.get("wall_seconds"),
@@ -336,4 +465,5 @@ def collect_status(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], lis
                 error=record.get("error"),
             )
         )
-    return rd.run(), out
+    return RunStatus(rd.run(), out, problems, runlock.read_holder(rd.path),
+                     runlock.is_held(rd.path))

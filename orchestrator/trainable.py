@@ -3,20 +3,34 @@
 A thin adapter around ``jobs.training.train`` and ``jobs.evaluation.evaluate_shard``, which know
 nothing of Ray. The trial's placement group has bundle 0 for the trainable itself and
 ``eval_workers`` more bundles that hold room for its evaluation tasks (Tune captures the tasks a
-trial launches into its placement group). Only the sweep imports this module.
+trial launches into its placement group; on a cluster of small nodes those bundles may sit on
+other nodes than the trial). Only the sweep imports this module.
 
-Restart and resume rules (what makes ``--max-failures`` and ``mpo sweep --resume`` safe):
+Restart and resume rules (what makes ``--max-failures``, a lost node and ``mpo sweep --resume``
+safe):
 - training resumes from ``trials/<model_id>/state.pt`` (written every epoch, before the Tune
   checkpoint that records the epoch), and a trial whose ``trial.json`` says ``trained`` with its
   ``checkpoint.pt`` present skips training entirely;
 - every shard is written once: ``evaluate_shard`` skips a file that exists with the same content
-  key, so a re-launched task neither recomputes nor duplicates rows.
+  key, so a re-launched task neither recomputes nor duplicates rows; a task lost with its node
+  is run again by Ray (``max_retries``) once its bundle has a node again.
+
+What each trial and task records (the evidence of where work ran): trial.json's
+``placements`` (one per attempt: node, host, pid, the CPUs/GPUs Ray assigned, the GPU ids, the
+device used, torch's threads) and ``epoch_runs`` (epochs trained over all attempts), and per
+shard ``trials/<model_id>/shards/<shard>.json`` (one entry per run of its task, with
+``computed``: whether that run wrote the file). Threads: torch runs as many threads as the
+bundle has whole CPUs (at least one), in the trial and in each task.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +40,7 @@ from ray import tune
 from jobs.io import read_json, write_json_atomic
 from orchestrator import fault_injection
 from orchestrator.fault_injection import Faults
+from orchestrator.resources import set_torch_threads, torch_threads
 from orchestrator.runfolder import RunDir
 
 if TYPE_CHECKING:
@@ -50,12 +65,34 @@ def flatten(prefix: str, obj: object, out: dict[str, float] | None = None) -> di
     return out
 
 
-def _threads(cpus: float) -> int:
-    return max(1, round(cpus))
-
-
 def _device() -> str:
-    return "cuda" if ray.get_gpu_ids() else "cpu"
+    """cuda when Ray assigned this worker a GPU (it sets CUDA_VISIBLE_DEVICES to it) and torch
+    can use it; else cpu: a GPU bundle on a node whose torch has no CUDA (the tests' fake GPUs,
+    a broken driver) runs on the CPU, and ``placements`` records both facts."""
+    import torch
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _where(cpus: float) -> dict[str, Any]:
+    """Where this process runs and what Ray gave it; sets torch's threads from ``cpus``."""
+    ctx = ray.get_runtime_context()
+    assigned = ctx.get_assigned_resources()
+    return {
+        "node_id": ctx.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "resources": {k: assigned[k] for k in ("CPU", "GPU") if k in assigned},
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "device": _device(),
+        "threads": set_torch_threads(torch_threads(cpus)),
+        "started": _now(),
+    }
 
 
 def _tune_epoch() -> int | None:
@@ -78,6 +115,16 @@ def _report_epoch(metrics: dict[str, Any], *, model_id: str, total_epochs: int) 
         )
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None when absent: a file this task wrote (atomically, by a
+    rename) has another identity afterwards."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def evaluate_shard_task(
     checkpoint: str | Path | ExternalModel,  # an evaluation-only model: its spec
     suite: EvalSuite,
@@ -86,23 +133,32 @@ def evaluate_shard_task(
     stop: int,
     *,
     run_dir: str,
+    model_id: str,
     data_dir: str | None,
     label: str,
     groups: list[str],
-    threads: int,
+    cpus: float,
     faults: Faults,
 ) -> str:
-    """One evaluation shard, run as a Ray task inside the trial's placement group."""
-    import torch
+    """One evaluation shard, run as a Ray task inside the trial's placement group (or inline in
+    the trial); its side record notes where each run ran and whether it computed the file."""
+    from jobs.evaluation import evaluate_shard, shard_path
 
-    from jobs.evaluation import evaluate_shard
-
-    fault_injection.before_shard(faults, Path(run_dir), label)  # tests only (MPO_TEST_FAULTS)
-    torch.set_num_threads(threads)
+    rd = RunDir(Path(run_dir))
+    target = shard_path(run_dir, model_id, attack, start, stop)
+    run = uuid.uuid4().hex[:12]
+    where = _where(cpus)
+    rd.note_shard_run(model_id, target.name, run, **where)
+    fault_injection.before_shard(faults, rd.path, label)  # tests only (MPO_TEST_FAULTS)
+    before = _identity(target)
+    t0 = time.perf_counter()
     path = evaluate_shard(
         checkpoint, suite, attack, start, stop, run_dir,
-        data_dir=data_dir, device=_device(), model_label=label, groups=groups,
+        data_dir=data_dir, device=where["device"], model_label=label, groups=groups,
     )  # fmt: skip
+    rd.note_shard_run(model_id, target.name, run, finished=_now(),
+                      seconds=round(time.perf_counter() - t0, 3),
+                      computed=_identity(path) != before)
     return str(path)
 
 
@@ -117,8 +173,8 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
         for start, stop in plan_shards(trial["n_test"], trial["shard_size"])
     ]
     kwargs = dict(
-        run_dir=str(rd.path), data_dir=settings["data_dir"], label=trial["label"],
-        groups=list(trial["groups"]), threads=_threads(settings["eval_cpus"]), faults=faults,
+        run_dir=str(rd.path), model_id=trial["model_id"], data_dir=settings["data_dir"],
+        label=trial["label"], groups=list(trial["groups"]), faults=faults,
     )  # fmt: skip
     paths: list[str] = []
     failed: list[dict[str, Any]] = []
@@ -126,7 +182,7 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
     if settings["eval_workers"] == 0:  # no bundles for tasks: evaluate here, one shard at a time
         for attack, start, stop in shards:
             paths.append(evaluate_shard_task(checkpoint, trial["suite"], attack, start, stop,
-                                             **{**kwargs, "threads": _threads(settings["cpus_per_trial"])}))
+                                             cpus=settings["cpus_per_trial"], **kwargs))
             tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
         return paths, failed
 
@@ -138,7 +194,8 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
     )
     suite_ref = ray.put(trial["suite"])
     refs = {
-        task.remote(checkpoint, suite_ref, attack, start, stop, **kwargs): (attack, start, stop)
+        task.remote(checkpoint, suite_ref, attack, start, stop, cpus=settings["eval_cpus"],
+                    **kwargs): (attack, start, stop)
         for attack, start, stop in shards
     }
     pending = list(refs)
@@ -156,6 +213,16 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
     return paths, failed
 
 
+def _shard_files(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each results file, as the finished trial leaves them: later storage
+    faults show as a difference (``analysis.loading.differs_from_record``). Taken here, after
+    every task of the trial has returned, so no task rewrites a file after it was recorded."""
+    from analysis.loading import file_sha256
+
+    return {Path(p).name: {"bytes": Path(p).stat().st_size, "sha256": file_sha256(Path(p))}
+            for p in paths}
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable. ``config``: {"trial": payload, "run_dir", "settings", "faults"}.
 
@@ -163,8 +230,7 @@ def run_trial(config: dict[str, Any]) -> None:
     groups ({group: {"families", "affine"}}), config (TrainConfig dict), attacks (suite attack
     names), n_test, shard_size and suite (a jobs.suite.EvalSuite).
     """
-    import torch
-
+    from analysis.loading import SHARD_FILES
     from jobs.external import external_spec
     from jobs.results import summarize
     from jobs.training import CHECKPOINT_FILE, train
@@ -177,17 +243,19 @@ def run_trial(config: dict[str, Any]) -> None:
     began = time.time()
     record = rd.trial_record(mid)
     if record.get("state") == "done" and (out / CHECKPOINT_FILE).exists():
-        # Finished before the driver died, but Tune had not saved that yet: report, redo nothing.
+        # Finished before its actor was lost (or the driver died), but Tune had not seen it end:
+        # report, redo nothing.
         summary = record.get("summary") or {}
         tune.report({**flatten("eval", summary), "phase": "done",
                      "shards_done": record.get("shards", 0), "shards_total": record.get("shards", 0)})
         return
     previous_wall = float(record.get("wall_seconds") or 0.0)
-    torch.set_num_threads(_threads(settings["cpus_per_trial"]))
+    attempt = int(record.get("attempts", 0)) + 1
+    where = {"attempt": attempt, **_where(settings["cpus_per_trial"])}
     record = rd.update_trial(
-        mid, model_id=mid, label=label, state="training", attempts=int(record.get("attempts", 0)) + 1,
+        mid, model_id=mid, label=label, state="training", attempts=attempt,
         tune_trial_id=tune.get_context().get_trial_id(), restored_from_tune_epoch=_tune_epoch(),
-        device=_device(), error=None,
+        device=where["device"], error=None, placements=[*record.get("placements", []), where],
     )  # fmt: skip
 
     def wall() -> float:
@@ -198,15 +266,19 @@ def run_trial(config: dict[str, Any]) -> None:
         external = external_spec(trial["config"])  # evaluation-only: nothing to train
         if external is None and not (record.get("trained") and checkpoint.exists()):
             epochs = int(trial["config"]["epochs"])
+            epoch_runs = int(record.get("epoch_runs", 0))
 
             def on_epoch(metrics: dict[str, Any]) -> None:
+                nonlocal epoch_runs
+                epoch_runs += 1
+                rd.update_trial(mid, epoch_runs=epoch_runs)
                 _report_epoch(metrics, model_id=mid, total_epochs=epochs)
                 # tests only (MPO_TEST_FAULTS)
                 fault_injection.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
 
             result = train(
                 trial["config"], out, data_dir=settings["data_dir"], download=settings["download"],
-                device=_device(), on_epoch=on_epoch, resume=True,
+                device=where["device"], on_epoch=on_epoch, resume=True,
             )  # fmt: skip
             resumed = list(record.get("resumed_from_epochs", []))
             if result.resumed_from_epoch:
@@ -226,7 +298,7 @@ def run_trial(config: dict[str, Any]) -> None:
             )
         summary = summarize(paths, trial["groups"]).get(mid, {})
         rd.update_trial(mid, state="done", summary=summary, failed_shards=[], shards=len(paths),
-                        wall_seconds=wall())
+                        wall_seconds=wall(), **{SHARD_FILES: _shard_files(paths)})
         tune.report({**flatten("eval", summary), "phase": "done", "shards_done": len(paths),
                      "shards_total": len(paths)})
     except BaseException as err:

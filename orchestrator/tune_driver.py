@@ -4,8 +4,16 @@
 starts a local one, and describes it (``Cluster``, which
 ``orchestrator.resources.check_resources`` checks a trial's resources against); ``run_sweep``
 runs one Tune trial per model (``orchestrator.trainable.run_trial``) in a run folder that
-``orchestrator.runfolder.prepare_run`` wrote, or restores an interrupted run with
-``Tuner.restore``. Importing this module imports Ray: only ``mpo sweep`` does, once a sweep runs.
+``orchestrator.runfolder.prepare_run`` wrote, or, resuming, one per model the run folder shows
+unfinished (``orchestrator.runfolder.prepare_resume``), each in a fresh Tune experiment
+``tune/driver-<n>``. The files are the truth, not Tune's saved state: a trial Tune thought
+finished is run again if one of its results files was lost, and one it thought running is simply
+started again (it resumes from its own files). Importing this module imports Ray: only ``mpo
+sweep`` does, once a sweep runs.
+
+Signals: SIGINT and SIGTERM stop the driver at once with ``SweepInterrupted`` (Tune's own
+handler, which waits for a last experiment snapshot, is off; nothing is lost: every epoch and
+every shard is already on disk). A second signal while the driver winds down is ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
+import signal
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -108,24 +116,81 @@ def trial_payload(plan: SweepPlan, model_id: str) -> dict[str, Any]:
     }
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """The driver got SIGINT or SIGTERM. A KeyboardInterrupt, so that Ray and Tune, which catch
+    Exception, let it through as they let Ctrl+C through."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within: the first SIGINT or SIGTERM raises ``SweepInterrupted``. After it, both signals
+    are ignored for good (the process is on its way out: shutting Ray down must not itself be
+    interrupted); without one, the previous handlers come back."""
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise SweepInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_IGN if fired else old)
+
+
+def _experiment_name(rd: RunDir) -> str:
+    """``driver-<n>``: this driver run's own Tune experiment folder under ``tune/``."""
+    n = len(list(rd.tune_dir.glob("driver-*"))) if rd.tune_dir.is_dir() else 0
+    return f"driver-{n + 1}"
+
+
 def run_sweep(
     plan: SweepPlan,
     rd: RunDir,
     settings: SweepSettings,
     *,
+    todo: list[str],
     resume: bool,
     console: Console,
 ) -> dict[str, dict[str, Any]]:
-    """Run (or resume) the Tune experiment in ``rd/tune``; returns {model_id: trial.json}."""
+    """Run the trials ``todo`` (model ids) in a new Tune experiment under ``rd/tune``; returns
+    {model_id: trial.json} of every trial of the plan. run.json records the driver run, also when
+    a signal ends it (``SweepInterrupted`` then propagates)."""
     # Tune's own console output stays quiet: the live table is the display. The legacy output
     # path honours verbose=0 (the new one still prints a banner); experiment-state snapshot
-    # warnings are expected here (a checkpoint per epoch with num_to_keep=1).
+    # warnings are expected here (a checkpoint per epoch with num_to_keep=1). SIGINT is ours
+    # (``interruptible``), not Tune's.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    started = time.time()
+    interrupted: str | None = None
+    try:
+        if todo:
+            _fit(plan, rd, settings, todo, console)
+    except SweepInterrupted as err:
+        interrupted = str(err)
+        raise
+    finally:
+        records = {mid: rd.trial_record(mid) for mid in plan.trials}
+        record_sweep(rd, started=started, finished=time.time(), resume=resume, records=records,
+                     trials_run=len(todo), interrupted=interrupted)
+    return records
+
+
+def _fit(plan: SweepPlan, rd: RunDir, settings: SweepSettings, todo: list[str],
+         console: Console) -> None:
     res = settings.resources
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(res.bundles()))
     param_space = {
-        "trial": tune.grid_search([trial_payload(plan, mid) for mid in plan.trials]),
+        "trial": tune.grid_search([trial_payload(plan, mid) for mid in todo]),
         "run_dir": str(rd.path),
         "settings": {"data_dir": trial_data_dir(settings.data_dir),
                      "download": settings.download, "shard_retries": settings.shard_retries,
@@ -134,39 +199,24 @@ def run_sweep(
                      "eval_gpus": res.eval_gpus},
         "faults": settings.faults,
     }
-    table = LiveTable({mid: t.manifest_entry() for mid, t in plan.trials.items()}, console=console,
+    table = LiveTable({mid: plan.trials[mid].manifest_entry() for mid in todo}, console=console,
                       title=f"mpo sweep {plan.grid.name}: {rd.path}")
-    run_config = tune.RunConfig(
-        name=rd.tune_dir.name,
-        storage_path=str(rd.path),
-        verbose=0,
-        callbacks=[table],
-        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_name, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=_experiment_name(rd),
+            storage_path=str(rd.tune_dir),
+            verbose=0,
+            callbacks=[table],
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
     )
-    if resume and tune.Tuner.can_restore(str(rd.tune_dir)):
-        tuner = tune.Tuner.restore(str(rd.tune_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True, restart_errored=False)
-        # The restored run config carries the old driver's callbacks (unpickled without their
-        # console); this driver's live table replaces them.
-        tuner._local_tuner.get_run_config().callbacks = [table]
-    else:
-        if resume and rd.tune_dir.exists():
-            # Tune never saved its state (killed within seconds); trials resume from their files.
-            shutil.rmtree(rd.tune_dir)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(trial_name_creator=trial_name,
-                                        trial_dirname_creator=trial_name, reuse_actors=False),
-            run_config=run_config,
-        )
     table.start()
-    started = time.time()
     try:
         tuner.fit()
     finally:
         table.stop()
-    records = {mid: rd.trial_record(mid) for mid in plan.trials}
-    record_sweep(rd, started=started, finished=time.time(), resume=resume, records=records)
-    return records

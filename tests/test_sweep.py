@@ -144,7 +144,7 @@ def test_every_row_once_and_summary_reported(faulty_run):
         assert 0.0 <= summary["groups"]["toy"]["average"] <= 1.0
         assert summary["label"] == trial["label"]
     # the summary was reported to Tune (the last row of the trial's result.json)
-    results = list((run_dir / "tune").glob("*/result.json"))
+    results = list((run_dir / "tune").glob("driver-1/*/result.json"))
     assert len(results) == 3
     last = [json.loads(r.read_text().strip().splitlines()[-1]) for r in results]
     assert all(r["phase"] == "done" and "eval/groups/toy/union" in r for r in last)

@@ -10,13 +10,16 @@ import click
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def status(run_dir: str) -> None:
-    """Trial states, shards done / failed, and where the results are (reads files; no Ray)."""
+    """Trial states, shards done / failed, results files missing or corrupt, the driver, and
+    where the results are (reads files; no Ray)."""
     from rich.console import Console
     from rich.table import Table
 
+    from orchestrator import runlock
     from orchestrator.runfolder import collect_status
 
-    run, trials = collect_status(run_dir)
+    st = collect_status(run_dir)
+    run, trials = st.run, st.trials
     console = Console()
     table = Table(title=f"{run.get('name', run_dir)} (created {run.get('created', '?')})")
     for col in ("model", "id", "groups", "state", "epoch", "shards", "failed", "attempts",
@@ -40,4 +43,15 @@ def status(run_dir: str) -> None:
     for t in trials:
         if t.error:
             console.print(f"[red]{t.label} ({t.model_id})[/]: {t.error.splitlines()[0][:300]}")
-    console.print(f"results: {Path(run_dir).resolve() / 'results'}")
+    root = Path(run_dir).resolve()
+    for p in st.problems:
+        console.print(f"[red]{p.path.relative_to(root)}[/]: {p.reason}", soft_wrap=True)
+    if st.driver_running:
+        console.print(f"driver: running, {runlock.describe(st.driver)}", soft_wrap=True)
+    else:
+        if st.driver:
+            console.print(f"driver: none running (the last one, {runlock.describe(st.driver)}, "
+                          "is gone)", soft_wrap=True)
+        if st.problems or counts.get("done", 0) < len(trials):
+            console.print(f"continue with: mpo sweep --resume {root}", soft_wrap=True)
+    console.print(f"results: {root / 'results'}")

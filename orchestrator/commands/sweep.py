@@ -1,14 +1,22 @@
 """``mpo sweep``: train and evaluate every model of a grid on Ray Tune.
 
 The command runs in named steps: check the options; load the plan (or the run to resume); print
-it and stop (``--dry-run``); check the data; connect to Ray; fill in the resources and check them
-against the cluster; prepare the run folder; run; summarise. Ray is imported only once a sweep
-runs (``--help`` and ``--dry-run`` import none). The Ray side is ``orchestrator.tune_driver``.
+it and stop (``--dry-run``); to resume, take the run folder's lock and find the trials to run
+again (``orchestrator.runfolder.prepare_resume``); check the data; connect to Ray; fill in the
+resources and check them against the cluster; prepare a new run folder and take its lock; run;
+summarise. Ray is imported only once a sweep runs (``--help`` and ``--dry-run`` import none).
+The Ray side is ``orchestrator.tune_driver``.
+
+One driver per run folder: a second one is refused, naming the first (``orchestrator.runlock``).
+SIGINT or SIGTERM ends the driver at once with one line that says how to resume, and exit
+status 128 + the signal's number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +154,43 @@ def new_run_folder(start: Start, storage: str | None, name: str | None,
                        command=command_line())
 
 
+def hold(rd: RunDir, stack: contextlib.ExitStack, console: Console) -> None:
+    """Hold the run folder's driver lock until ``stack`` closes; say whose stale lock this
+    driver took over, if any."""
+    from jobs.io import command_line
+    from orchestrator import runlock
+
+    lock = stack.enter_context(runlock.acquire(rd.path, command=command_line()))
+    if lock.previous:
+        console.print(f"[yellow]notice[/]: took over {lock.path} from a driver that is gone: "
+                      f"{runlock.describe(lock.previous)}")
+
+
+def resume_todo(start: Start, console: Console) -> list[str]:
+    """The trials a resumed run runs again; names the results files found missing or corrupt
+    (set aside as ``*.corrupt``: their shards are computed again)."""
+    from orchestrator.runfolder import prepare_resume
+
+    assert start.run is not None
+    todo, problems = prepare_resume(start.run, start.plan)
+    for p in problems:
+        console.print(f"[yellow]{p.path.relative_to(start.run.path)}[/]: {p.reason}; "
+                      "its shard is computed again")
+    total = len(start.plan.trials)
+    console.print(f"resuming {start.run.path}: {total - len(todo)} of {total} trials finished, "
+                  f"{len(todo)} to run")
+    return todo
+
+
+def interrupted(err: KeyboardInterrupt, rd: RunDir | None) -> str:
+    """The one line an interrupted driver leaves."""
+    name = str(err) or "SIGINT"
+    if rd is None:
+        return f"interrupted ({name}) before the run folder was made; nothing to resume"
+    return (f"interrupted ({name}); everything finished is saved. Resume with: "
+            f"mpo sweep --resume {rd.path}")
+
+
 def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]]) -> Table:
     from rich.table import Table
 
@@ -232,9 +277,6 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     # resource_options: the five resource options (--gpus-per-trial ... --gpus-per-eval-worker)
     from rich.console import Console
 
-    from orchestrator.resources import check_resources, make_resources, preflight_data
-    from orchestrator.runfolder import settings_for
-
     console = Console()
     check_options(grid, resume_dir, storage, name, max_failures, shard_retries)
     start = load_start(grid, resume_dir)
@@ -242,21 +284,51 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     if dry_run:
         print_plan(start.plan, requested, console)
         return
+    with contextlib.ExitStack() as stack:
+        todo = list(start.plan.trials)
+        if start.run is not None:
+            hold(start.run, stack, console)
+            todo = resume_todo(start, console)
+        rd, records = run(start, todo, requested, stack, console, address=address,
+                          storage=storage, name=name, num_cpus=num_cpus, data_dir=data_dir,
+                          download=download, max_failures=max_failures,
+                          shard_retries=shard_retries)
+    summarise(start.plan, rd, records, console)
+
+
+def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.ExitStack,
+        console: Console, *, address: str | None, storage: str | None, name: str | None,
+        num_cpus: int | None, data_dir: str | None, download: bool, max_failures: int,
+        shard_retries: int) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+    """Check the data, connect to Ray, settle the resources, make (and lock) the run folder of
+    a new run, and run the trials ``todo``; (the run folder, every trial's trial.json). A signal
+    ends it with one line on stderr and exit status 128 + the signal's number."""
+    from orchestrator.resources import check_resources, make_resources, preflight_data
+    from orchestrator.runfolder import settings_for
+
     if start.run is not None and not data_dir:  # the run's data root, unless given again
         data_dir = start.saved.get("trial_settings", {}).get("data_dir")
     preflight_data(start.plan, data_dir, download=download)
 
     from orchestrator import tune_driver
 
-    with tune_driver.session(address, num_cpus=num_cpus) as cluster:
-        announce(cluster, console)
-        res = make_resources(**requested, cluster_gpus=cluster.gpus())
-        check_resources(res, cluster)
-        settings = settings_for(res, max_failures=max_failures, shard_retries=shard_retries,
-                                data_dir=data_dir, download=download)
-        rd = start.run or new_run_folder(start, storage, name, settings)
-        console.print(f"run folder: {rd.path} ({len(start.plan.trials)} trials, "
-                      f"{len(start.plan.shards)} shards; per trial {res.bundles()})")
-        records = tune_driver.run_sweep(start.plan, rd, settings, resume=start.run is not None,
-                                        console=console)
-    summarise(start.plan, rd, records, console)
+    rd = start.run
+    try:
+        with tune_driver.session(address, num_cpus=num_cpus) as cluster, \
+                tune_driver.interruptible():
+            announce(cluster, console)
+            res = make_resources(**requested, cluster_gpus=cluster.gpus())
+            check_resources(res, cluster)
+            settings = settings_for(res, max_failures=max_failures, shard_retries=shard_retries,
+                                    data_dir=data_dir, download=download)
+            if rd is None:
+                rd = new_run_folder(start, storage, name, settings)
+                hold(rd, stack, console)
+            console.print(f"run folder: {rd.path} ({len(start.plan.trials)} trials, "
+                          f"{len(start.plan.shards)} shards; per trial {res.bundles()})")
+            records = tune_driver.run_sweep(start.plan, rd, settings, todo=todo,
+                                            resume=start.run is not None, console=console)
+    except KeyboardInterrupt as err:
+        click.echo(interrupted(err, rd), err=True)
+        raise click.exceptions.Exit(128 + getattr(err, "signum", signal.SIGINT)) from None
+    return rd, records

@@ -7,6 +7,12 @@ import click
 from orchestrator.commands import progress_bars
 from orchestrator.commands.data import DATA_DIR_OPTION
 
+#: ``--threads`` of the commands that run torch in this process (``mpo train``, ``mpo eval``)
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Torch threads (intra- and inter-op). Default: the CPUs this process may use "
+         "(its CPU affinity: a container's or taskset's limit, not the machine's cores).")
+
 
 @click.command()
 @click.argument("config", metavar="CONFIG")
@@ -23,8 +29,10 @@ from orchestrator.commands.data import DATA_DIR_OPTION
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when available), cpu, cuda or cuda:N.")
 @click.option("--fresh", is_flag=True, help="Start over even if the folder holds a resumable state.")
+@THREADS_OPTION
 def train(
-    config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool
+    config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool,
+    threads: int | None,
 ) -> None:
     """Train the model described by CONFIG (a YAML file, or a recipe name such as `toy`).
 
@@ -39,7 +47,9 @@ def train(
     from jobs.config import resolve_train_config
     from jobs.training import resolve_device
     from jobs.training import train as run_training
+    from orchestrator.resources import available_cpus, set_torch_threads
 
+    set_torch_threads(threads or available_cpus())
     console = Console()
     cfg = resolve_train_config(config)
     dev = resolve_device(device)
