@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,17 +120,16 @@ def _threat_family(model: ModelInfo, families: tuple[str, ...]) -> str | None:
     return None
 
 
-def _autoattack_acc(rs: ResultSet, model_id: str, family: str) -> float | None:
+def _autoattack_acc(rs: ResultSet, group: str, model_id: str, family: str) -> float | None:
     """Accuracy against AutoAttack's standard version of ``family`` at the full budget, when the
-    suite ran it (RobustBench's ``autoattack_acc``)."""
-    rows = rs.rows[(rs.rows["model_id"] == model_id) & (rs.rows["family"] == family)
-                   & ((rs.rows["budget"] - 1.0).abs() < 1e-9)]
-    specs = rows["attack_spec"].map(json.loads)
-    standard = specs.map(lambda s: s.get("type") == "autoattack" and s.get("version") == "standard")
-    hit = rows[standard.astype(bool)]
-    if hit.empty:
+    group's suite ran it (RobustBench's ``autoattack_acc``)."""
+    names = {a.name for suite in rs.group_suites(group) for a in suite.attacks
+             if a.family == family and a.base == a.name and a.spec.get("type") == "autoattack"
+             and a.spec.get("version") == "standard"}
+    rows = rs.rows[(rs.rows["model_id"] == model_id) & rs.rows["attack"].isin(names)]
+    if rows.empty:
         return None
-    return float(hit.groupby("index")["robust"].all().mean())
+    return float(rows.groupby("index")["robust"].all().mean())
 
 
 def model_info(rs: ResultSet, table: GroupTable, row: TableRow,
@@ -153,7 +151,7 @@ def model_info(rs: ResultSet, table: GroupTable, row: TableRow,
         info["eps"] = _eps_text(family, epsilon[family])
     if cells["clean"] is not None:
         info["clean_acc"] = _pct(cells["clean"].value)
-    aa = _autoattack_acc(rs, model.model_id, family) if family else None
+    aa = _autoattack_acc(rs, table.group, model.model_id, family) if family else None
     if aa is not None:
         info["autoattack_acc"] = _pct(aa)
     info.update({
