@@ -105,6 +105,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (d / "block").mkdir()
     (d / "block" / "sitecustomize.py").write_text(BLOCK_FOOLBOX)
     out["block"] = d / "block"
+    import torch
+
+    torch.save({"state_dict": {"weight": torch.zeros(10, 100), "head.bias": torch.zeros(3)}},
+               d / "unfit.pt")  # for torch.nn.Linear(784, 10): bias missing, weight too small
+    out["unfit_weights"] = d / "unfit.pt"
     return out
 
 
@@ -167,6 +172,27 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["device 'cuda'", "CUDA is not available", "cpu or auto"]),
     ("eval: missing library", ["eval", "{checkpoint}", "--suite", "toy"],
      ["'foolbox'", "reinstall mpo"]),
+    ("eval: factory module missing", ["eval", "--model", "no_such_pkg.models:net", "--dataset",
+                                      "mnist", "--suite", "mnist-mini"],
+     ["factory no_such_pkg.models:net", "cannot import module 'no_such_pkg.models'"]),
+    ("eval: factory attribute missing", ["eval", "--model", "torch.nn:Linearr", "--dataset",
+                                         "mnist", "--suite", "mnist-mini"],
+     ["'torch.nn' has no attribute 'Linearr'", "did you mean Linear"]),
+    ("eval: state dict does not fit", ["eval", "--model", "torch.nn:Linear", "--factory-kwargs",
+                                       '{{"in_features": 784, "out_features": 10}}', "--weights",
+                                       "{unfit_weights}", "--dataset", "mnist", "--suite",
+                                       "mnist-mini"],
+     ["unfit.pt does not fit the model", "missing 1: bias", "unexpected 1: head.bias",
+      "weight [10, 100] vs model [10, 784]"]),
+    ("eval: outputs not logits over the classes", ["eval", "--model", "torch.nn:Flatten",
+                                                   "--dataset", "mnist", "--suite", "mnist-mini"],
+     ["must return logits of shape [batch, 10] for mnist", "returned a tensor of shape [2, 784]"]),
+    ("eval: external model without dataset", ["eval", "--model", "torch.nn:Flatten", "--suite",
+                                              "mnist-mini"], ["--model needs --dataset"]),
+    ("eval: two models", ["eval", "{checkpoint}", "--robustbench", "Ding2020MMA", "--suite",
+                          "toy"], ["give one model", "CHECKPOINT, --robustbench"]),
+    ("export: unknown format", ["export", "{run}", "--format", "xlsx"],
+     ["--format 'xlsx'", "csv, json"]),
     ("report: missing folder", ["report", "{empty}/nothing"], ["nothing", "does not exist"]),
     ("report: not a run folder", ["report", "{empty}"], ["empty", "no results"]),
     ("report: unknown format", ["report", "{run}", "--format", "md,pdf"],
