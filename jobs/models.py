@@ -1,5 +1,13 @@
 """Models, resolved from names through a registry. All take inputs in the dataset's own scale
-(normalisation, where any, is inside the model) and return logits ``[B, num_classes]``."""
+(normalisation, where any, is inside the model) and return logits ``[B, num_classes]``.
+
+``build_model`` puts the convolutional models' weights in the channels-last layout (``LAYOUTS``):
+their convolutions then compute in NHWC whatever the input's layout, which ``mpo bench`` measured
+faster on this CPU for every pass the attacks and the training run (forward+backward of the MNIST
+CNN at width 0.5: 0.19 s -> 0.13 s for 5 passes of 100 inputs; WRN-8-1: -13 to -26%). The
+layout changes the kernels, so float rounding, never the function; a checkpoint loads into
+either layout.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +41,10 @@ class MadryMNIST(nn.Module):
     """Madry et al.'s MNIST CNN: conv5x5-32, pool, conv5x5-64, pool, fc-1024, fc-10.
 
     ``width`` multiplies every layer's width (1.0 = the paper's model, 3,274,634 parameters).
+    Each ReLU comes after its max-pool: the two commute (both are monotone, and a window whose
+    maximum is not positive gives 0 and no gradient either way), so outputs and gradients are
+    those of conv-ReLU-pool, while the ReLU and its backward run on a quarter of the activations.
+    The parameter names are those of conv-ReLU-pool (the ReLU has none), so checkpoints load.
     """
 
     def __init__(self, info: DatasetInfo, *, width: float = 1.0) -> None:
@@ -43,11 +55,11 @@ class MadryMNIST(nn.Module):
         c1, c2, f = max(1, round(32 * width)), max(1, round(64 * width)), max(1, round(1024 * width))
         self.features = nn.Sequential(
             nn.Conv2d(c, c1, 5, padding=2),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Conv2d(c1, c2, 5, padding=2),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -155,18 +167,28 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
 }
 
 
-def build_model(name: str, info: DatasetInfo, **kwargs: Any) -> nn.Module:
-    """Build a registered model for a dataset; ``kwargs`` override the registry defaults."""
+#: memory layouts of ``build_model``: name -> torch memory format of the 4-d (convolution) weights
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def build_model(name: str, info: DatasetInfo, *, layout: str = "channels_last", **kwargs: Any) -> nn.Module:
+    """Build a registered model for a dataset; ``kwargs`` override the registry defaults.
+
+    ``layout`` (``LAYOUTS``): the memory layout of the convolution weights (models without
+    convolutions are the same in both)."""
+    if layout not in LAYOUTS:
+        raise ModelError(f"layout '{layout}': valid layouts: {', '.join(LAYOUTS)}")
     try:
         ctor, defaults, _ = MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}") from None
     params = {**defaults, **kwargs}
     try:
-        return ctor(info, **params)
+        model = ctor(info, **params)
     except TypeError as err:
         allowed = ", ".join(sorted(defaults)) or "none"
         raise ModelError(f"model '{name}': bad arguments {sorted(kwargs)} ({err}); allowed: {allowed}") from None
+    return model.to(memory_format=LAYOUTS[layout])
 
 
 def count_parameters(model: nn.Module) -> int:
