@@ -253,3 +253,36 @@ def test_result_loss_and_pred_are_the_models_at_x_adv(family):
         logits = model(r.x_adv)
     assert torch.allclose(r.loss, F.cross_entropy(logits, y, reduction="none"), atol=1e-6)
     assert torch.equal(r.pred, logits.argmax(1)) and torch.equal(r.success, r.pred != y)
+
+
+@pytest.mark.parametrize("family", ["linf", "l2", "l1"])
+def test_last_iterate_is_scored_only_for_the_inputs_not_yet_fooled(family, trained):
+    """k steps cost k forward+backward passes of every input plus one forward of the inputs that
+    none of x_0 .. x_{k-1} fooled, which are those a (k-1)-step run (the same iterates, its last
+    scored by its own final forward) leaves unfooled."""
+    from jobs.train_cost import PassCounter
+
+    model, x, y = trained
+    spec = {"type": family, "epsilon": {"linf": 0.1, "l2": 1.0, "l1": 6.0}[family],
+            "a": {"linf": 0.03, "l2": 0.4, "l1": 1.0}[family]}
+    k = 4
+    shorter = make_attack({**spec, "k": k - 1})(model, x, y, generator=torch.Generator().manual_seed(1))
+    left = int((~shorter.success).sum())
+    assert 0 < left < len(y), "the budget should leave some inputs unfooled"
+    with PassCounter(model) as counter:
+        make_attack({**spec, "k": k})(model, x, y, generator=torch.Generator().manual_seed(1))
+    assert counter.counts["attack_bwd"] == k * len(y)
+    assert counter.counts["attack_fwd"] == k * len(y) + left
+
+
+def test_margin_gradient_is_the_gradient_of_the_margin_loss():
+    from jobs.attacks.base import input_grad, margin_loss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 7))
+    x = torch.rand(32, 1, 8, 8, requires_grad=True)
+    y = torch.randint(0, 7, (32,))
+    (expected,) = torch.autograd.grad(margin_loss(model(x), y).sum(), x)
+    grad, logits = input_grad(model, x, y)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert torch.equal(logits, model(x).detach())

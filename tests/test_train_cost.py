@@ -42,32 +42,37 @@ def _toy(strategy: str, attacks: list[dict]) -> dict:
     }  # fmt: skip
 
 
-# per clean training example: (attack fwd, attack bwd, update fwd, update bwd). PGD with k steps
-# and one start runs k forward+backward passes plus one forward that scores the last iterate.
+# per clean training example: (attack fwd+bwd passes, attack runs, update fwd, update bwd). PGD with
+# k steps and one start runs k forward+backward passes, plus one forward that scores the last
+# iterate of the inputs the first k iterates did not fool (between 0 and 1 per run and example;
+# tests/test_attacks.py counts it exactly).
 HAND_COUNTED = [
     ("nat", [], (0, 0, 1, 1)),
-    ("single", [LINF3], (3 + 1, 3, 1, 1)),
-    ("avg", [LINF3, L1_3], (2 * (3 + 1), 2 * 3, 2, 2)),  # the update trains on 2 x B inputs
-    ("max", [LINF3, L1_3], (2 * (3 + 1), 2 * 3, 1, 1)),
-    ("random", [LINF3, L1_3], (3 + 1, 3, 1, 1)),
-    ("eat", [LINF3, L1_3], (3 + 1, 3, 1, 1)),
+    ("single", [LINF3], (3, 1, 1, 1)),
+    ("avg", [LINF3, L1_3], (2 * 3, 2, 2, 2)),  # the update trains on 2 x B inputs
+    ("max", [LINF3, L1_3], (2 * 3, 2, 1, 1)),
+    ("random", [LINF3, L1_3], (3, 1, 1, 1)),
+    ("eat", [LINF3, L1_3], (3, 1, 1, 1)),
 ]
 
 
 @pytest.mark.parametrize(("strategy", "attacks", "expected"), HAND_COUNTED, ids=[c[0] for c in HAND_COUNTED])
 def test_passes_per_example_are_the_hand_counted_ones(tmp_path, strategy, attacks, expected):
     result = train(make_train_config(_toy(strategy, attacks)), tmp_path)
-    keys = ("attack_fwd", "attack_bwd", "update_fwd", "update_bwd")
+    steps, runs, update_fwd, update_bwd = expected
     for m in result.metrics:
-        assert tuple(m[f"{k}_per_example"] for k in keys) == expected
-        assert m["fwd_per_example"] == expected[0] + expected[2]
-        assert m["bwd_per_example"] == expected[1] + expected[3]
+        assert m["attack_bwd_per_example"] == steps
+        assert steps <= m["attack_fwd_per_example"] <= steps + runs
+        assert (m["update_fwd_per_example"], m["update_bwd_per_example"]) == (update_fwd, update_bwd)
+        assert m["fwd_per_example"] == m["attack_fwd_per_example"] + update_fwd
+        assert m["bwd_per_example"] == steps + update_bwd
         assert m["examples"] == 150 and m["device"].startswith("cpu (")
     assert result.metrics[1]["train_seconds"] == pytest.approx(
         result.metrics[0]["seconds"] + result.metrics[1]["seconds"])
     cost = result.cost
     assert cost == training_cost(result.metrics)
-    assert (cost["fwd_per_example"], cost["examples"]) == (expected[0] + expected[2], 300)
+    fwd = sum(m["fwd_per_example"] for m in result.metrics) / 2  # two epochs of 150 examples
+    assert cost["fwd_per_example"] == pytest.approx(fwd) and cost["examples"] == 300
     assert cost["train_seconds"] == result.metrics[-1]["train_seconds"] > 0
     saved = torch.load(result.checkpoint, weights_only=True)["extra"]["cost"]
     assert saved == cost
@@ -80,8 +85,9 @@ def test_one_attack_per_batch_counts_the_attack_it_drew(tmp_path, strategy):
     for m in result.metrics:
         share_inf, share_1 = m["attacked/linf"], m["attacked/l1"]
         assert share_inf + share_1 == 1
-        assert m["attack_fwd_per_example"] == pytest.approx(4 * share_inf + 6 * share_1)
-        assert m["attack_bwd_per_example"] == pytest.approx(3 * share_inf + 5 * share_1)
+        bwd = 3 * share_inf + 5 * share_1
+        assert m["attack_bwd_per_example"] == pytest.approx(bwd)
+        assert bwd <= m["attack_fwd_per_example"] <= bwd + 1
         assert m["update_fwd_per_example"] == m["update_bwd_per_example"] == 1
 
 
@@ -97,5 +103,5 @@ def test_rt_and_restarts_count_what_ran(tmp_path, mnist_dir):
     pgd = {"type": "linf", "epsilon": 0.1, "k": 2, "reps": 2}
     (m,) = train(make_train_config({**base, "strategy": "single", "attacks": [pgd]}),
                  tmp_path / "pgd", data_dir=mnist_dir).metrics
-    assert 3 < m["attack_fwd_per_example"] <= 6 and 2 < m["attack_bwd_per_example"] <= 4
-    assert m["attack_fwd_per_example"] * 2 == pytest.approx(m["attack_bwd_per_example"] * 3)
+    bwd = m["attack_bwd_per_example"]
+    assert 2 < bwd <= 4 and bwd <= m["attack_fwd_per_example"] <= bwd * 3 / 2

@@ -70,15 +70,25 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return others.amax(1) - z_y
 
 
+def margin_grad_output(logits: Tensor, y: Tensor) -> Tensor:
+    """[B, K], [B] -> [B, K]: the gradient of the summed ``margin_loss`` w.r.t. the logits,
+    +1 at each input's highest other class and -1 at its label (at a tie, the first class)."""
+    z = logits.detach()
+    runner_up = z.scatter(1, y[:, None], float("-inf")).argmax(1, keepdim=True)
+    return torch.zeros_like(z).scatter_(1, runner_up, 1.0).scatter_(1, y[:, None], -1.0)
+
+
 def input_grad(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """One forward + backward: (gradient of the summed margin loss w.r.t. x, detached logits).
 
-    Only the input gradient is requested, so autograd skips the weight gradients.
+    The margin's gradient w.r.t. the logits is a difference of one-hot rows, so it is computed
+    without autograd and handed to one backward pass as its ``grad_outputs`` (no graph for the
+    loss). Only the input gradient is requested, so autograd skips the weight gradients.
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = model(x)
-        (grad,) = torch.autograd.grad(margin_loss(logits, y).sum(), x)
+        (grad,) = torch.autograd.grad(logits, x, margin_grad_output(logits, y))
     return grad, logits.detach()
 
 
@@ -101,6 +111,27 @@ class Best:
         loss = F.cross_entropy(logits, y, reduction="none")
         pred = logits.argmax(1)
         self.offer(x, loss, pred, pred != y)
+
+    def score_unfooled(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
+        """Score candidates x [B, ...] with one forward pass and offer them to the inputs that no
+        earlier candidate fooled (for a fooled input the success cannot change).
+
+        On the CPU only those inputs go through the model (reading which they are costs
+        nothing); elsewhere every input does, and the others' candidates are masked out, so the
+        host never waits for the device. The result is the same on every device."""
+        with torch.no_grad():
+            if x.device.type == "cpu":
+                idx = (~self.success).nonzero().squeeze(1)
+                if idx.numel():
+                    part = Best(x[idx])
+                    part.update(x[idx], model(x[idx]), y[idx])
+                    self.merge(idx, part)
+                return
+            logits = model(x)
+            done = self.success
+            loss = F.cross_entropy(logits, y, reduction="none").masked_fill(done, float("-inf"))
+            pred = logits.argmax(1)
+            self.offer(x, loss, pred, (pred != y) & ~done)
 
     def offer(self, x: Tensor, loss: Tensor, pred: Tensor, success: Tensor) -> Tensor:
         take = self.better(success, loss, self.success, self.loss)

@@ -1,9 +1,12 @@
 """The generic batched PGD loop and the l_p attacks built on it (PGD l_inf / l_2, SLIDE l_1).
 
-Cost per restart: k forward+backward passes plus one forward pass (to score the last iterate).
-Every iterate x_0 .. x_k is a candidate; the candidates x_0 .. x_{k-1} are scored with the
-logits of the forward pass that computed their gradient, so the bookkeeping needs no extra
-forward. Restarts after the first run only on the inputs not yet misclassified (a cascade).
+Cost per restart: k forward+backward passes plus one forward pass of the inputs that none of
+x_0 .. x_{k-1} fooled (to score the last iterate). Every iterate x_0 .. x_k is a candidate; the
+candidates x_0 .. x_{k-1} are scored with the logits of the forward pass that computed their
+gradient, so the bookkeeping needs no extra forward; x_k is offered only to the inputs not yet
+fooled (``Best.score_unfooled``): a fooled input stays fooled, and keeps the highest-loss fooled
+iterate among x_0 .. x_{k-1}. Restarts after the first run only on the inputs not yet
+misclassified (a cascade).
 """
 
 from __future__ import annotations
@@ -43,15 +46,14 @@ def pgd_run(
         delta = threat.random_init(x0, generator)
     else:
         delta = torch.zeros_like(x0)
+    box = threat.box(x0)
     best = Best(x0)
     for _ in range(steps):
         x = _apply(x0, delta, threat.bounds)
         grad, logits = input_grad(model, x, y)
         best.update(x, logits, y)
-        delta = threat.project(threat.step(delta, grad, x0), x0)
-    x = _apply(x0, delta, threat.bounds)
-    with torch.no_grad():
-        best.update(x, model(x), y)
+        delta = threat.project(threat.step(delta, grad, x0, box), x0, box)
+    best.score_unfooled(model, _apply(x0, delta, threat.bounds), y)
     return best
 
 

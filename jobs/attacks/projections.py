@@ -33,13 +33,18 @@ def _radius(eps: float | Tensor, ref: Tensor) -> Tensor:
     return torch.full((ref.shape[0], 1), float(eps), device=ref.device, dtype=ref.dtype)
 
 
-def _delta_box(x0: Tensor | None, bounds: Bounds, like: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """The box [lo - x0, hi - x0] for delta, flattened like ``like`` ([B, D]); None = unbounded."""
+#: The box of delta around a clean batch: (lo - x0, hi - x0), each [B, D]; None when unbounded.
+DeltaBox = tuple[Tensor, Tensor] | None
+
+
+def delta_box(x0: Tensor | None, bounds: Bounds) -> DeltaBox:
+    """The box [lo - x0, hi - x0] for the perturbations of x0 [B, ...], flattened to [B, D]
+    (None when unbounded). An attack computes it once per run and hands it to ``project``."""
     if bounds is None:
-        return None, None
+        return None
     if x0 is None:
         raise ValueError("x0 is required when bounds are given (the box for delta is x0-relative)")
-    flat = x0.reshape(like.shape).to(like.dtype)
+    flat = x0.reshape(x0.shape[0], -1)
     return bounds[0] - flat, bounds[1] - flat
 
 
@@ -50,10 +55,8 @@ def _rescale(d: Tensor, norms: Tensor, eps: Tensor) -> Tensor:
 
 def l_inf_ball_box(v: Tensor, eps: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
     """[B, D] -> [B, D]: projection onto {||d||_inf <= eps} ∩ [lo, hi] (eps [B, 1])."""
-    d = torch.maximum(torch.minimum(v, eps), -eps)
-    if lo is not None:
-        d = torch.minimum(torch.maximum(d, lo), hi)
-    return d
+    d = torch.clamp(v, -eps, eps)
+    return d if lo is None else torch.clamp(d, lo, hi)
 
 
 #: Passes of the active-set iterations below before the rows left go to the sort-based solve.
@@ -116,6 +119,10 @@ def _big(t: Tensor) -> float:
     return torch.finfo(t.dtype).max / 4
 
 
+#: The breakpoint given to coordinates that never reach their bound for t in [0, 1] (v_i = 0).
+_NEVER = 2.0
+
+
 def _l2_multiplier(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """[R, 1] multiplier t for rows whose box clip lies outside the ball (so t < 1).
 
@@ -126,34 +133,35 @@ def _l2_multiplier(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     least one more coordinate, so the iteration is finite (at most 4 passes on every row of the
     bench's PGD l_2 run). Rows not finished after MAX_PASSES go to the sort-based solve.
     """
-    pos = _mask(v, torch.ge, v, 0.0)
-    ub = hi * pos - lo * (1 - pos)  # |bound| in the direction of v (one term is exactly 0)
-    av = v.abs()
-    # Breakpoint of coordinate i: the t where t |v_i| reaches |b_i| (v_i = 0: never).
-    tau = torch.nan_to_num(ub / av, nan=_INF, posinf=_INF)
-    v2, b2 = av * av, ub * ub
-    big = _big(v)
+    # Breakpoint of coordinate i: the t where t v_i reaches its bound, max(hi / v, lo / v) (one
+    # of the two is <= 0). v_i = 0 gives nan or inf: never (any t > 1 will do). Breakpoints
+    # above 1 never matter, so every one is capped at _NEVER and stays finite.
+    r = v.reciprocal()
+    tau = torch.maximum(hi * r, lo * r).nan_to_num_(nan=_NEVER, posinf=_NEVER).clamp_max_(_NEVER)
+    b2 = (tau * v).square_()  # |b_i|^2 where coordinate i is clipped (0 where v_i = 0)
+    v2 = v * v
+    tot_v2 = v2.sum(1, keepdim=True)
     eps2 = eps * eps
     t = torch.zeros_like(eps)
-    sol = torch.zeros_like(eps)
     done = torch.zeros(eps.shape, dtype=torch.bool, device=eps.device)
     for _ in range(MAX_PASSES):
         clipped = _mask(v, torch.le, tau, t)
         sb = torch.linalg.vecdot(b2, clipped)[:, None]
-        sv = torch.linalg.vecdot(v2, 1 - clipped)[:, None]
+        sv = tot_v2 - torch.linalg.vecdot(v2, clipped)[:, None]
         tc = ((eps2 - sb).clamp_min(0) / sv.clamp_min(1e-30)).sqrt()
-        nxt = torch.add(tau, clipped, alpha=big).amin(1, keepdim=True)  # next breakpoint above t
-        new = (tc <= nxt) & ~done
-        sol = torch.where(new, tc, sol)
-        done = done | new
+        # next breakpoint above t: clipped ones are lifted above every unclipped one
+        nxt = torch.add(tau, clipped, alpha=2 * _NEVER).amin(1, keepdim=True)
+        # A finished row (tc <= nxt) stays where it is: at t = tc the clipped set, and so tc,
+        # are the same (a coordinate with tau = tc adds tc^2 v^2 = b^2 to either sum).
+        t = torch.maximum(tc, t)
+        done = tc <= nxt
         if bool(done.all()):
             break
-        t = torch.where(done, t, torch.maximum(tc, t))
-    return _finish(sol.clamp(0, 1), done, _l2_multiplier_sorted, v, eps, lo, hi)
+    return _finish(t.clamp(0, 1), done, _l2_multiplier_sorted, v, eps, lo, hi)
 
 
 def _l2_rows(v: Tensor, eps: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    return torch.minimum(torch.maximum(_l2_multiplier(v, eps, lo, hi) * v, lo), hi)
+    return torch.clamp(_l2_multiplier(v, eps, lo, hi) * v, lo, hi)
 
 
 def l2_ball_box(v: Tensor, eps: Tensor, lo: Tensor | None, hi: Tensor | None) -> Tensor:
@@ -164,7 +172,7 @@ def l2_ball_box(v: Tensor, eps: Tensor, lo: Tensor | None, hi: Tensor | None) ->
     if lo is None:
         norms = v.norm(dim=1)
         return _rescale(v, norms, eps)
-    inside = torch.minimum(torch.maximum(v, lo), hi)
+    inside = torch.clamp(v, lo, hi)
     need = inside.norm(dim=1) > eps[:, 0]
     d = _solve_rows(_l2_rows, need, inside, v, eps, lo, hi)
     return _rescale(d, d.norm(dim=1), eps)
@@ -276,18 +284,22 @@ def project(
     *,
     x0: Tensor | None = None,
     bounds: Bounds = None,
+    box: DeltaBox = None,
 ) -> Tensor:
     """Project perturbations onto the ``family`` ball of radius eps (float or [B]) ∩ the box.
 
     delta: [B, ...]; x0: [B, ...] clean inputs (needed when bounds is given);
-    bounds: (lo, hi) for x0 + delta, or None (unbounded). Returns [B, ...].
+    bounds: (lo, hi) for x0 + delta, or None (unbounded); box: ``delta_box(x0, bounds)`` when
+    the caller has it already (then x0 and bounds are not read). Returns [B, ...].
     """
     try:
         fn = _BALL_BOX[family]
     except KeyError:
         raise ValueError(f"family {family!r} has no ball projection; allowed: {sorted(_BALL_BOX)}") from None
     flat = delta.reshape(delta.shape[0], -1)
-    lo, hi = _delta_box(x0, bounds, flat)
+    if box is None:
+        box = delta_box(x0, bounds)
+    lo, hi = (None, None) if box is None else (box[0].to(flat.dtype), box[1].to(flat.dtype))
     return fn(flat, _radius(eps, flat), lo, hi).reshape(delta.shape)
 
 

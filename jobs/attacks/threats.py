@@ -8,6 +8,10 @@ It works on the perturbation ``delta`` of a clean batch ``x0`` ([B, ...]):
 - ``step(delta, grad, x0)``: one steepest-ascent step (not yet projected)
 - ``project(delta, x0)``: exact projection onto ball ∩ box
 - ``norm(delta)``: [B] sizes in this norm
+
+``step`` and ``project`` take an optional ``box``, the box of delta around x0
+(``projections.delta_box(x0, bounds)``), which a loop computes once per run instead of once per
+call.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor
 
 from jobs.attacks.norms import perturbation_norm
-from jobs.attacks.projections import project
+from jobs.attacks.projections import DeltaBox, delta_box, project
 
 Bounds = tuple[float, float] | None
 
@@ -30,6 +34,13 @@ def per_input(v: float | Tensor, like: Tensor) -> float | Tensor:
     if isinstance(v, Tensor):
         return v.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
     return v
+
+
+def _add_scaled(base: Tensor, t: Tensor, scale: float | Tensor) -> Tensor:
+    """base + scale * t in one pass; scale a float or a tensor that broadcasts against t."""
+    if isinstance(scale, Tensor):
+        return torch.addcmul(base, t, scale.reshape(-1, *([1] * (t.dim() - 1))))
+    return base.add(t, alpha=scale)
 
 
 def _row_norm_safe(t: Tensor, p: float) -> Tensor:
@@ -55,8 +66,12 @@ class Threat(ABC):
         }
         return dataclasses.replace(self, **changes) if changes else self
 
-    def project(self, delta: Tensor, x0: Tensor) -> Tensor:
-        return project(delta, self.family, self.eps, x0=x0, bounds=self.bounds)
+    def box(self, x0: Tensor) -> DeltaBox:
+        """The box of delta around x0 [B, ...] (None when unbounded), for ``step`` and ``project``."""
+        return delta_box(x0, self.bounds)
+
+    def project(self, delta: Tensor, x0: Tensor, box: DeltaBox = None) -> Tensor:
+        return project(delta, self.family, self.eps, x0=x0, bounds=self.bounds, box=box)
 
     def norm(self, delta: Tensor) -> Tensor:
         return perturbation_norm(delta, self.family)
@@ -66,7 +81,7 @@ class Threat(ABC):
         """A random starting perturbation inside the ball (and the box)."""
 
     @abstractmethod
-    def step(self, delta: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
+    def step(self, delta: Tensor, grad: Tensor, x0: Tensor, box: DeltaBox = None) -> Tensor:
         """One steepest-ascent step of ``delta`` along ``grad`` (before projection)."""
 
 
@@ -78,8 +93,8 @@ class LinfThreat(Threat):
         u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.project((2 * u - 1) * per_input(self.eps, x0), x0)
 
-    def step(self, delta: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
-        return delta + per_input(self.step_size, x0) * grad.sign()
+    def step(self, delta: Tensor, grad: Tensor, x0: Tensor, box: DeltaBox = None) -> Tensor:
+        return _add_scaled(delta, grad.sign(), per_input(self.step_size, x0))
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,8 @@ class L2Threat(Threat):
         g = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.project(g / _row_norm_safe(g, 2) * per_input(self.eps, x0), x0)
 
-    def step(self, delta: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
-        return delta + per_input(self.step_size, x0) * grad / _row_norm_safe(grad, 2)
+    def step(self, delta: Tensor, grad: Tensor, x0: Tensor, box: DeltaBox = None) -> Tensor:
+        return _add_scaled(delta, grad, per_input(self.step_size, x0) / _row_norm_safe(grad, 2))
 
 
 @dataclass(frozen=True)
@@ -119,21 +134,23 @@ class L1Threat(Threat):
         lap = mag * sign
         return self.project(lap / _row_norm_safe(lap, 1) * per_input(self.eps, x0), x0)
 
-    def step(self, delta: Tensor, grad: Tensor, x0: Tensor) -> Tensor:
+    def step(self, delta: Tensor, grad: Tensor, x0: Tensor, box: DeltaBox = None) -> Tensor:
         if isinstance(self.perc, tuple):
             raise RuntimeError("L1Threat with a perc range: call for_run() first to draw the percentile")
         g = grad.reshape(grad.shape[0], -1)
+        s = g.sign()
         if self.bounds is not None:
             # A coordinate at the box edge whose gradient points outward cannot move: drop it
-            # before the percentile so the step's l_1 mass goes to coordinates that can.
-            # (Float 0/1 masks: on CPU, bool masks and masked_fill cost ~30x more.)
-            lo, hi = self.bounds
-            tol = 1e-6 * (hi - lo)
-            x = (x0 + delta).reshape(g.shape)
-            below_hi = torch.lt(x, hi - tol, out=torch.empty_like(g))
-            above_lo = torch.gt(x, lo + tol, out=torch.empty_like(g))
-            g = g.clamp_min(0) * below_hi + g.clamp_max(0) * above_lo
-        a = g.abs()
+            # before the percentile so the step's l_1 mass goes to coordinates that can. Its
+            # room along sign(g) is hi - x (g > 0) or x - lo (g < 0), i.e. r + sign(g) (c - x)
+            # with c, r the box's centre and half width. (Float 0/1 masks: on CPU, bool masks
+            # and masked_fill cost ~30x more.)
+            lo, hi = self.box(x0) if box is None else box
+            half = (self.bounds[1] - self.bounds[0]) / 2
+            centre = (lo + hi) / 2  # c - x0
+            room = (centre - delta.reshape(g.shape)).mul_(s)  # sign(g) (c - x), minus r
+            s = s * torch.gt(room, 1e-6 * 2 * half - half, out=torch.empty_like(g))
+        a = g * s  # |g| where the coordinate can move, else 0
         n = a.shape[1]
         # numpy's linear-interpolation percentile p lies in [a_(j), a_(j+1)] (sorted ascending);
         # {|g| >= p} equals {|g| >= a_(j+1)} when p > a_(j) and {|g| >= a_(j)} when p == a_(j),
@@ -147,10 +164,9 @@ class L1Threat(Threat):
             thresh = a.topk(n - kth, dim=1, sorted=True).values[:, -1:]
         else:
             thresh = a.kthvalue(kth + 1, dim=1, keepdim=True).values
-        e = torch.ge(a, thresh, out=torch.empty_like(a)) * g.sign()  # sign(0) = 0: no NaN
-        mass = e.abs().sum(1, keepdim=True).clamp_min(1.0)
-        stepped = e / mass * per_input(self.step_size, g)
-        return delta + stepped.reshape(delta.shape)
+        e = torch.ge(a, thresh, out=torch.empty_like(a)).mul_(s)  # s = 0 where blocked or g = 0
+        mass = torch.linalg.vecdot(e, e)[:, None].clamp_min(1.0)  # e is -1, 0 or 1
+        return _add_scaled(delta, e.reshape(delta.shape), per_input(self.step_size, g) / mass)
 
 
 THREATS: dict[str, type[Threat]] = {"linf": LinfThreat, "l2": L2Threat, "l1": L1Threat}
