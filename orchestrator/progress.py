@@ -1,12 +1,18 @@
-"""A rich live table of the sweep's trials, driven by a Ray Tune callback (Tune itself is quiet)."""
+"""A rich live table of the sweep's trials, driven by a Ray Tune callback (Tune itself is quiet).
+
+A trial that fails (its code raised, or its actor died with its node) gets one line above the
+table, saying whether Tune restarts it and where the full error is, in place of Tune's own
+traceback (``TUNE_PRINT_ALL_TRIAL_ERRORS=0``, set by the driver)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray import tune
+from ray.exceptions import RayTaskError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -39,6 +45,24 @@ class Row:
             return ""
         secs = int((self.ended or time.time()) - self.started)
         return f"{secs // 60}:{secs % 60:02d}"
+
+
+def describe_error(trial: Trial) -> str:
+    """``Type: first line`` of the trial's last error (for a task error, of the exception the
+    trainable raised), read from the error file Tune has just written on this machine."""
+    from ray import cloudpickle
+
+    path = trial.pickled_error_file
+    try:
+        error = cloudpickle.loads(Path(path).read_bytes()) if path else None
+    except Exception:  # an error that does not unpickle here: its text file says it all
+        return "see its error file"
+    if isinstance(error, RayTaskError):
+        error = error.cause
+    if not isinstance(error, BaseException):
+        return "see its error file"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def _fmt(v: float | None) -> str:
@@ -157,9 +181,16 @@ class LiveTable(tune.Callback):
                           **info: Any) -> None:
         self._end(trial, "done")
 
+    def _say_failed(self, trial: Trial, then: str) -> None:
+        row = self._row(trial)
+        self.console.print(f"[red]{row.label if row else trial}[/]: trial failed "
+                           f"({describe_error(trial)}); {then}; the whole error: "
+                           f"{Path(trial.storage.trial_fs_path) / 'error.txt'}", soft_wrap=True)
+
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
                          **info: Any) -> None:
         row = self._row(trial)
+        self._say_failed(trial, "Tune restarts it from its last checkpoint")
         if row is not None:
             row.errors += 1
             row.state = "restarting"
@@ -167,4 +198,5 @@ class LiveTable(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
+        self._say_failed(trial, "no restarts left (--max-failures)")
         self._end(trial, "error")

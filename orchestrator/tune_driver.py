@@ -11,9 +11,10 @@ finished is run again if one of its results files was lost, and one it thought r
 started again (it resumes from its own files). Importing this module imports Ray: only ``mpo
 sweep`` does, once a sweep runs.
 
-Signals: SIGINT and SIGTERM stop the driver at once with ``SweepInterrupted`` (Tune's own
-handler, which waits for a last experiment snapshot, is off; nothing is lost: every epoch and
-every shard is already on disk). A second signal while the driver winds down is ignored.
+Signals: while the trials run, SIGINT and SIGTERM stop the driver at once with
+``SweepInterrupted`` (Tune's own handler, which waits for a last experiment snapshot, is off;
+nothing is lost: every epoch and every shard is already on disk). A second signal while the
+driver winds down is ignored.
 """
 
 from __future__ import annotations
@@ -127,9 +128,11 @@ class SweepInterrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Within: the first SIGINT or SIGTERM raises ``SweepInterrupted``. After it, both signals
-    are ignored for good (the process is on its way out: shutting Ray down must not itself be
-    interrupted); without one, the previous handlers come back."""
+    """Within: the first SIGINT or SIGTERM ends the block with ``SweepInterrupted``. Ray turns
+    an exception raised by a signal handler inside its waits into a bare KeyboardInterrupt;
+    the signal that came is put back here. After a signal both are ignored for good (the
+    process is on its way out: shutting Ray down must not itself be interrupted); without one,
+    the previous handlers come back."""
     fired: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
@@ -140,6 +143,10 @@ def interruptible() -> Iterator[None]:
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except KeyboardInterrupt as err:
+        if fired and not isinstance(err, SweepInterrupted):
+            raise SweepInterrupted(fired[0]) from None
+        raise
     finally:
         for sig, old in previous.items():
             signal.signal(sig, signal.SIG_IGN if fired else old)
@@ -165,16 +172,19 @@ def run_sweep(
     a signal ends it (``SweepInterrupted`` then propagates)."""
     # Tune's own console output stays quiet: the live table is the display. The legacy output
     # path honours verbose=0 (the new one still prints a banner); experiment-state snapshot
-    # warnings are expected here (a checkpoint per epoch with num_to_keep=1). SIGINT is ours
-    # (``interruptible``), not Tune's.
+    # warnings are expected here (a checkpoint per epoch with num_to_keep=1); a failed trial is
+    # one line of the live table's, not Tune's traceback. SIGINT is ours (``interruptible``),
+    # not Tune's.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     started = time.time()
     interrupted: str | None = None
     try:
         if todo:
-            _fit(plan, rd, settings, todo, console)
+            with interruptible():
+                _fit(plan, rd, settings, todo, console)
     except SweepInterrupted as err:
         interrupted = str(err)
         raise

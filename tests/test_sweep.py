@@ -1,14 +1,11 @@
 """`mpo sweep` on the shared local Ray cluster (2 CPUs): a test-sized toy grid end to end with
 evaluation fan-out, injected faults (a trial that fails mid-training, an evaluation worker that
-dies, a driver killed mid-sweep), resume, and resources the cluster lacks."""
+dies), resume, and resources the cluster lacks. A driver killed or interrupted mid-sweep and
+results files damaged on disk: tests/test_sweep_faults.py; lost nodes: tests/test_multinode.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -125,6 +122,9 @@ def test_toy_sweep_writes_the_run_folder(faulty_run):
         record = json.loads((trial / "trial.json").read_text())
         assert record["state"] == "done", record
     assert "results" in output and str(run_dir) in output
+    # the injected failure is one line (Tune restarts the trial), not Tune's traceback
+    assert "Adv_inf: trial failed (InjectedFault: injected training failure after epoch 2" in output
+    assert "Traceback" not in output
 
 
 def test_every_row_once_and_summary_reported(faulty_run):
@@ -203,54 +203,6 @@ def test_resume_with_a_changed_grid_is_refused(faulty_run, tmp_path):
     assert result.exit_code != 0
     assert "differs from the grid this run was started with" in result.output
     assert "trial Nat: training config changed (epochs: 3 -> 4)" in result.output
-
-
-def test_killed_driver_resumes_without_duplicates(ray_cluster, tmp_path, monkeypatch):
-    """`mpo sweep` in a subprocess on the same cluster, killed mid-sweep, then --resume."""
-    monkeypatch.delenv("MPO_TEST_FAULTS", raising=False)  # only the subprocess sleeps per epoch
-    grid = write_grid(tmp_path, epochs=4, models=THREE)
-    run_dir = tmp_path / "runs" / "killed"
-    address = ray_cluster.get_runtime_context().gcs_address
-    env = {**os.environ, "MPO_TEST_FAULTS": json.dumps({"train_sleep": 1.0})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", str(grid), "--address", address,
-         "--storage", str(tmp_path / "runs"), "--name", "killed", *SMALL],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:  # kill once a trial is done and another is training
-            states = [json.loads(p.read_text()).get("state")
-                      for p in run_dir.glob("trials/*/trial.json")]
-            if "done" in states and "training" in states:
-                break
-            assert proc.poll() is None, proc.stdout.read().decode()
-            time.sleep(0.3)
-        else:
-            pytest.fail("the sweep did not reach a finished trial in time")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in run_dir.glob("trials/*/checkpoint.pt")
-                if json.loads((p.parent / "trial.json").read_text())["state"] == "done"}
-    assert finished
-    shards_before = {p: p.stat().st_mtime_ns for p in run_dir.glob("results/*/*.parquet")}
-    result = CliRunner().invoke(main, ["sweep", "--resume", str(run_dir)])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    rows, files = read_rows(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert len(files) == len(manifest["shards"])
-    assert len(rows) == 3 * 2 * 40
-    assert not rows.duplicated(["model_id", "attack", "index"]).any()
-    for path, mtime in shards_before.items():  # shards written before the kill: not redone
-        assert path.stat().st_mtime_ns == mtime
-    for mid, mtime in finished.items():  # finished models were not trained again
-        assert (run_dir / "trials" / mid / "checkpoint.pt").stat().st_mtime_ns == mtime
-        assert json.loads((run_dir / "trials" / mid / "trial.json").read_text())["attempts"] == 1
-    for mid in manifest["trials"]:
-        epochs = [json.loads(m)["epoch"] for m in
-                  (run_dir / "trials" / mid / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3, 4]
 
 
 def test_gpu_on_a_cpu_only_cluster_is_refused_at_once(ray_cluster, tmp_path):

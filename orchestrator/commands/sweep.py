@@ -8,8 +8,9 @@ summarise. Ray is imported only once a sweep runs (``--help`` and ``--dry-run`` 
 The Ray side is ``orchestrator.tune_driver``.
 
 One driver per run folder: a second one is refused, naming the first (``orchestrator.runlock``).
-SIGINT or SIGTERM ends the driver at once with one line that says how to resume, and exit
-status 128 + the signal's number.
+While the trials run, SIGINT or SIGTERM ends the driver at once with one line that says how to
+resume, and exit status 128 + the signal's number (Ctrl+C earlier, e.g. while Ray starts, ends
+it the same way).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def hold(rd: RunDir, stack: contextlib.ExitStack, console: Console) -> None:
     lock = stack.enter_context(runlock.acquire(rd.path, command=command_line()))
     if lock.previous:
         console.print(f"[yellow]notice[/]: took over {lock.path} from a driver that is gone: "
-                      f"{runlock.describe(lock.previous)}")
+                      f"{runlock.describe(lock.previous)}", soft_wrap=True)
 
 
 def resume_todo(start: Start, console: Console) -> list[str]:
@@ -175,10 +176,10 @@ def resume_todo(start: Start, console: Console) -> list[str]:
     todo, problems = prepare_resume(start.run, start.plan)
     for p in problems:
         console.print(f"[yellow]{p.path.relative_to(start.run.path)}[/]: {p.reason}; "
-                      "its shard is computed again")
+                      "its shard is computed again", soft_wrap=True)
     total = len(start.plan.trials)
     console.print(f"resuming {start.run.path}: {total - len(todo)} of {total} trials finished, "
-                  f"{len(todo)} to run")
+                  f"{len(todo)} to run", soft_wrap=True)
     return todo
 
 
@@ -314,8 +315,7 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
 
     rd = start.run
     try:
-        with tune_driver.session(address, num_cpus=num_cpus) as cluster, \
-                tune_driver.interruptible():
+        with tune_driver.session(address, num_cpus=num_cpus) as cluster:
             announce(cluster, console)
             res = make_resources(**requested, cluster_gpus=cluster.gpus())
             check_resources(res, cluster)
