@@ -165,6 +165,24 @@ def test_failed_trial_resumed_from_its_checkpoint(faulty_run):
     assert all(r["attempts"] == 1 and r["resumed_from_epochs"] == [] for r in others)
 
 
+def test_trials_and_tasks_record_where_they_ran_and_their_threads(faulty_run):
+    """Half-CPU bundles (SMALL) run one torch thread, in the trial and in each task."""
+    run_dir, _, _ = faulty_run
+    for trial in (run_dir / "trials").iterdir():
+        record = json.loads((trial / "trial.json").read_text())
+        for p in record["placements"]:
+            assert p["resources"] == {"CPU": 0.5} and p["gpu_ids"] == [] and p["device"] == "cpu"
+            assert p["threads"] == {"intra_op": 1, "inter_op": 1} and p["node_id"]
+        assert len(record["placements"]) == record["attempts"]
+        assert record["epoch_runs"] == 3  # the restarted trial did not train an epoch twice
+        sides = sorted((trial / "shards").glob("*.json"))
+        assert len(sides) == 4
+        for side in sides:
+            runs = json.loads(side.read_text())["runs"]
+            assert runs[-1]["computed"] is True and runs[-1]["threads"]["intra_op"] == 1
+            assert runs[-1]["resources"] == {"CPU": 0.5}
+
+
 def test_dead_evaluation_worker_is_retried(faulty_run):
     run_dir, _, _ = faulty_run
     assert (run_dir / "faults" / "eval-Nat").exists()  # the worker did die once
@@ -173,6 +191,9 @@ def test_dead_evaluation_worker_is_retried(faulty_run):
     record = json.loads((run_dir / "trials" / mid / "trial.json").read_text())
     assert record["attempts"] == 1 and record["failed_shards"] == []
     assert len(list((run_dir / "results" / mid).glob("*.parquet"))) == 4
+    runs = [json.loads(p.read_text())["runs"] for p in (run_dir / "trials" / mid / "shards").glob("*")]
+    died = [r for r in runs if len(r) == 2]  # the task whose worker died, then its retry
+    assert len(died) == 1 and "finished" not in died[0][0] and died[0][1]["computed"] is True
 
 
 def test_status_reads_the_run_without_ray(faulty_run):
