@@ -50,11 +50,32 @@ def first_epoch(out) -> dict:
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
 
 
-def test_mpo_train_runs_the_threads_asked_for(tmp_path, torch_threads_restored):
-    args = ["train", "toy", "--out", str(tmp_path / "t"), "--device", "cpu", "--threads", "1"]
-    result = CliRunner().invoke(main, args)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`mpo train toy --threads 1` (the threads torch had before are restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("threads") / "t"
+    result = CliRunner().invoke(main, ["train", "toy", "--out", str(out), "--device", "cpu",
+                                       "--threads", "1"])
+    torch.set_num_threads(before)
     assert result.exit_code == 0, result.output
-    assert first_epoch(tmp_path / "t")["device"] == "cpu (1 threads)"
+    return out
+
+
+def test_mpo_train_runs_the_threads_asked_for(trained):
+    assert first_epoch(trained)["device"] == "cpu (1 threads)"
+
+
+def test_mpo_eval_runs_the_threads_asked_for(trained, tmp_path, torch_threads_restored):
+    import torch
+
+    torch.set_num_threads(2)
+    result = CliRunner().invoke(main, ["eval", str(trained), "--suite", "toy", "--n-test", "10",
+                                       "--out", str(tmp_path / "e"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1
 
 
 def test_mpo_train_defaults_to_the_cpus_it_may_use(tmp_path):

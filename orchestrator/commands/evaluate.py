@@ -16,6 +16,7 @@ import click
 
 from orchestrator.commands import progress_bars
 from orchestrator.commands.data import DATA_DIR_OPTION
+from orchestrator.commands.train import THREADS_OPTION
 
 if TYPE_CHECKING:
     import torch
@@ -161,13 +162,14 @@ def external_from_options(*, model_ref: str | None, weights: str | None,
               help="auto (cuda when available), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Inputs per attack batch.")
+@THREADS_OPTION
 def eval_command(
     checkpoint: str | None, suite_name: str, model_ref: str | None, weights: str | None,
     factory_kwargs: str | None, robustbench: str | None, threat_model: str | None,
     model_dir: str | None, dataset: str | None, input_range: str, mean: str | None,
     std: str | None, n_test: int | None, out_dir: str | None, data_dir: str | None,
     download: bool, shard_size: int, attacks: tuple[str, ...], label: str | None, device: str,
-    batch_size: int,
+    batch_size: int, threads: int | None,
 ) -> None:
     """Evaluate a model against an attack suite: CHECKPOINT (a checkpoint.pt or a training
     folder), or an external model (--model, --robustbench).
@@ -184,7 +186,9 @@ def eval_command(
     from jobs.results import summarize
     from jobs.suite import load_suite
     from jobs.training import resolve_device
+    from orchestrator.resources import available_cpus, set_torch_threads
 
+    set_torch_threads(threads or available_cpus())
     console = Console()
     given = [name for name, v in (("CHECKPOINT", checkpoint), ("--model", model_ref),
                                   ("--robustbench", robustbench)) if v is not None]
