@@ -50,16 +50,6 @@ def _proc_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def holder_record(command: str) -> dict[str, Any]:
     """What this process writes into the lock it holds."""
     pid = os.getpid()
@@ -82,10 +72,16 @@ def _same_live_process(holder: dict[str, Any]) -> bool:
     pid = holder.get("pid")
     if holder.get("host") != platform.node() or not isinstance(pid, int) or pid == os.getpid():
         return False
-    if not _alive(pid):
+    now = _proc_start(pid)
+    if now is not None:  # Linux: /proc says whether it runs, and whether it is the same process
+        return holder.get("proc_start") in (None, now)
+    try:  # elsewhere: whether a process of that pid runs
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    recorded, now = holder.get("proc_start"), _proc_start(pid)
-    return recorded is None or now is None or recorded == now
+    except PermissionError:
+        return True
+    return True
 
 
 def read_holder(run_dir: Path) -> dict[str, Any]:
