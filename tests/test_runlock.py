@@ -1,9 +1,11 @@
 """One driver per run folder (``orchestrator.runlock``): a second driver is refused naming the
 first, a lock left by a dead driver is taken over with a notice, and a filesystem that ignores
-flock does not let two drivers in. No Ray: the refusal comes before a driver connects."""
+flock does not let two drivers in. No Ray: the refusal comes before a driver connects. And the
+signals that end a driver (``orchestrator.tune_driver.interruptible``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -121,3 +123,43 @@ def test_mpo_sweep_resume_is_refused_while_a_driver_holds_the_run(run_folder):
     assert f"pid {proc.pid} on host {platform.node()}" in lines[0]
     assert f"mpo sweep --resume {run_folder}" in lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def signal_handlers_restored():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_a_signal_ends_the_run_block_once(signal_handlers_restored):
+    from orchestrator.tune_driver import SweepInterrupted, interruptible
+
+    with pytest.raises(SweepInterrupted) as info, interruptible():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert info.value.signum == signal.SIGTERM and str(info.value) == "SIGTERM"
+    # on its way out, the driver ignores further signals (shutting Ray down is not interrupted)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_a_bare_keyboard_interrupt_is_reported_as_the_signal_that_came(signal_handlers_restored):
+    """Ray turns the handler's exception inside its waits into a bare KeyboardInterrupt."""
+    from orchestrator.tune_driver import SweepInterrupted, interruptible
+
+    with pytest.raises(SweepInterrupted) as info, interruptible():
+        with contextlib.suppress(SweepInterrupted):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        raise KeyboardInterrupt
+    assert info.value.signum == signal.SIGINT
+
+
+def test_without_a_signal_the_handlers_come_back(signal_handlers_restored):
+    from orchestrator.tune_driver import interruptible
+
+    before = signal.getsignal(signal.SIGINT)
+    with interruptible():
+        assert signal.getsignal(signal.SIGINT) is not before
+    assert signal.getsignal(signal.SIGINT) is before
