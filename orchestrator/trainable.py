@@ -78,8 +78,8 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _where(cpus: float) -> dict[str, Any]:
-    """Where this process runs and what Ray gave it; sets torch's threads from ``cpus``."""
+def _where(threads: dict[str, int]) -> dict[str, Any]:
+    """Where this process runs, what Ray gave it, and torch's ``threads`` as set."""
     ctx = ray.get_runtime_context()
     assigned = ctx.get_assigned_resources()
     return {
@@ -90,7 +90,7 @@ def _where(cpus: float) -> dict[str, Any]:
         "resources": {k: assigned[k] for k in ("CPU", "GPU") if k in assigned},
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         "device": _device(),
-        "threads": set_torch_threads(torch_threads(cpus)),
+        "threads": threads,
         "started": _now(),
     }
 
@@ -147,7 +147,7 @@ def evaluate_shard_task(
     rd = RunDir(Path(run_dir))
     target = shard_path(run_dir, model_id, attack, start, stop)
     run = uuid.uuid4().hex[:12]
-    where = _where(cpus)
+    where = _where(set_torch_threads(torch_threads(cpus)))
     rd.note_shard_run(model_id, target.name, run, **where)
     fault_injection.before_shard(faults, rd.path, label)  # tests only (MPO_TEST_FAULTS)
     before = _identity(target)
@@ -251,7 +251,8 @@ def run_trial(config: dict[str, Any]) -> None:
         return
     previous_wall = float(record.get("wall_seconds") or 0.0)
     attempt = int(record.get("attempts", 0)) + 1
-    where = {"attempt": attempt, **_where(settings["cpus_per_trial"])}
+    threads = set_torch_threads(torch_threads(settings["cpus_per_trial"]))
+    where = {"attempt": attempt, **_where(threads)}
     record = rd.update_trial(
         mid, model_id=mid, label=label, state="training", attempts=attempt,
         tune_trial_id=tune.get_context().get_trial_id(), restored_from_tune_epoch=_tune_epoch(),
