@@ -191,5 +191,50 @@ def build_model(name: str, info: DatasetInfo, *, layout: str = "channels_last", 
     return model.to(memory_format=LAYOUTS[layout])
 
 
+#: how a model's forward pass computes (``set_execution``): ``fp32`` as built; ``bf16`` under
+#: autocast to bfloat16 (convolutions and matmuls in bf16, the logits handed back in float32);
+#: ``tf32`` TF32 matmuls and convolutions on CUDA (plain fp32 on other devices)
+PRECISIONS = ("fp32", "bf16", "tf32")
+
+
+class _Precision:
+    """A model's forward pass run in a reduced precision: the callable ``set_execution`` puts in
+    place of ``model.forward`` (the module, its parameter names and its hooks stay as they are)."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], precision: str) -> None:
+        self.forward, self.precision = forward, precision
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                out = self.forward(x, *args, **kwargs)
+            return out.float()
+        if x.device.type != "cuda":
+            return self.forward(x, *args, **kwargs)
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return self.forward(x, *args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def set_execution(model: nn.Module, *, precision: str = "fp32", compile: bool = False) -> nn.Module:
+    """Run ``model`` in ``precision`` (``PRECISIONS``) and, with ``compile``, compiled by
+    ``torch.compile``; in place (the state dict, parameter names and hooks are unchanged, so
+    checkpoints and ``jobs.train_cost.PassCounter`` work as before). Returns ``model``.
+
+    Inputs, gradients and logits stay float32 in every precision: attacks and the training loss
+    see the same types. Compilation happens at the first call of each input shape (seconds to
+    minutes)."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision '{precision}': valid precisions: {', '.join(PRECISIONS)}")
+    if precision != "fp32":
+        model.forward = _Precision(model.forward, precision)
+    if compile:
+        model.compile()
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -83,3 +83,80 @@ def test_checkpoint_never_unpickles_objects(tmp_path):
     torch.save({"format_version": FORMAT_VERSION, "payload": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointFormatError, match="not a readable mpo checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_cnns_are_channels_last_and_the_layout_changes_no_function():
+    info = dataset_info("cifar10")
+    torch.manual_seed(0)
+    fast = build_model("wrn", info, **SMALL["wrn"])
+    plain = build_model("wrn", info, layout="contiguous", **SMALL["wrn"])
+    conv = fast.body[1].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.body[1].weight.is_contiguous()
+    plain.load_state_dict(fast.state_dict())  # checkpoints load across layouts
+    fast.eval(), plain.eval()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    out_fast, out_plain = fast(x), plain(x)
+    assert torch.allclose(out_fast, out_plain, atol=1e-5)
+    (g_fast,) = torch.autograd.grad(out_fast.sum(), x)
+    (g_plain,) = torch.autograd.grad(out_plain.sum(), x)
+    assert torch.allclose(g_fast, g_plain, atol=1e-5)
+    with pytest.raises(ModelError, match="layout 'nhwc'"):
+        build_model("wrn", info, layout="nhwc")
+
+
+def test_mnist_cnn_pooling_before_relu_is_conv_relu_pool():
+    """Max-pool and ReLU commute: the same logits and input gradients as Madry et al.'s order,
+    ties and all-negative windows included."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = build_model("mnist_cnn", dataset_info("mnist"), width=0.25, layout="contiguous").eval()
+    f = model.features
+    madry = nn.Sequential(f[0], nn.ReLU(), nn.MaxPool2d(2), f[3], nn.ReLU(), nn.MaxPool2d(2),
+                          model.classifier)
+    x = torch.rand(8, 1, 28, 28)
+    x[0] = 0.0  # all-zero input: many windows without a positive value
+    x = x.requires_grad_(True)
+    out, ref = model(x), madry(x)
+    assert torch.equal(out, ref)
+    y = torch.arange(8) % 10
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y), x)
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.cross_entropy(ref, y), x)
+    assert torch.equal(g, g_ref)
+
+
+def test_set_execution_keeps_the_state_dict_and_refuses_unknown_precisions():
+    from jobs.models import set_execution
+
+    info = dataset_info("mnist")
+    torch.manual_seed(0)
+    model = build_model("mnist_cnn", info, width=0.125).eval()
+    keys = list(model.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    ref = model(x)
+    set_execution(model, precision="bf16")
+    out = model(x)
+    assert out.dtype == torch.float32 and list(model.state_dict()) == keys
+    assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)
+    set_execution(model, precision="tf32")  # TF32 is CUDA's: the CPU runs the pass as before
+    with pytest.raises(ModelError, match="precision 'fp16'"):
+        set_execution(model, precision="fp16")
+
+
+@pytest.mark.slow  # compiling the forward and backward passes takes about 30 s on 2 cores
+def test_compiled_model_gives_the_same_logits_and_input_gradients():
+    from jobs.attacks.base import input_grad
+    from jobs.models import set_execution
+
+    info = dataset_info("mnist")
+    torch.manual_seed(0)
+    model = build_model("mnist_cnn", info, width=0.125).eval()
+    compiled = build_model("mnist_cnn", info, width=0.125).eval()
+    compiled.load_state_dict(model.state_dict())
+    set_execution(compiled, compile=True)
+    assert list(compiled.state_dict()) == list(model.state_dict())
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6)
+    g, logits = input_grad(model, x, y)
+    g_c, logits_c = input_grad(compiled, x, y)
+    assert torch.allclose(logits_c, logits, atol=1e-5) and torch.allclose(g_c, g, atol=1e-5)
