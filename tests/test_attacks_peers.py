@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import foolbox as fb
 import pytest
 import torch
 
@@ -16,9 +17,7 @@ def trained(mnist_model):
     return model, x[:N], y[:N]
 
 
-@pytest.mark.peer
 def test_slide_at_least_as_strong_as_foolbox_sparse_l1_descent(trained):
-    fb = pytest.importorskip("foolbox", reason="foolbox not installed (pip install -e .[attacks])")
     model, x, y = trained
     eps, k, a, q = 4.0, 10, 1.0, 99.0
     fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))

@@ -8,15 +8,20 @@ import math
 
 import pytest
 
-EXPECTED_KEYS = {
-    "attack/pgd_linf", "attack/pgd_l2", "attack/slide",
+ATTACK_KEYS = {f"attack/{name}_k{k}" for k in (10, 20) for name in ("pgd_linf", "pgd_l2", "slide")}
+STRATEGIES = ("nat", "single", "avg", "max", "msd", "eat", "random")
+EXPECTED_KEYS = ATTACK_KEYS | {
     "peer/pgd_linf_vs_torchattacks", "peer/slide_vs_foolbox", "peer/rt_grid_vs_foolbox",
     "peer/rt_grid_vs_foolbox_early_stop",
-    "train/nat_step", "train/single", "train/avg", "train/max",
+    "exec/channels_last_mnist_cnn_attack", "exec/channels_last_mnist_cnn_update",
+    "exec/channels_last_wrn_attack", "exec/channels_last_wrn_update",
+    "exec/compile_attack", "exec/compile_update", "exec/bf16_attack", "exec/bf16_update",
+    *(f"train/{s}" for s in STRATEGIES),
+    *(f"train/{s}_vs_single" for s in STRATEGIES[2:]),
     "sweep/tune_vs_inprocess", "sweep/per_trial_overhead", "sweep/tune_parallel_vs_inprocess",
     "sweep/eval_fanout_speedup",
-    "gpu/mnist_adv_max_examples_per_s", "gpu/cifar10_wrn_adv_max_examples_per_s",
-    "gpu/paper_grid_gpu_hours",
+    "projection/mnist_adv_max_examples_per_s", "projection/cifar10_wrn_adv_max_examples_per_s",
+    "projection/paper_grid_hours",
 }
 STATUSES = {"pass", "miss", "info", "skipped", "error"}
 
@@ -52,12 +57,19 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
             assert f["value"] is not None and math.isfinite(f["value"]), key
             lo, hi = f["spread"]
             assert lo <= f["value"] <= hi, key
-    for key in ("attack/pgd_linf", "attack/pgd_l2", "attack/slide", "train/max"):
+    for key in (*ATTACK_KEYS, *(f"train/{s}" for s in STRATEGIES), "train/eat_vs_single",
+                "train/random_vs_single", "peer/pgd_linf_vs_torchattacks"):
         assert figures[key]["target"] and figures[key]["status"] in ("pass", "miss"), key
+    for s in STRATEGIES:  # the ideal counts the passes that ran
+        passes = figures[f"train/{s}"]["details"]["passes_per_example"]
+        assert passes["update_fwd"] == (3 if s == "avg" else 1), s
+        assert passes["attack_fwd"] >= passes["attack_bwd"] == {"nat": 0, "single": 5, "msd": 5,
+                                                                "eat": 5, "random": 5}.get(s, 15)
+    assert figures["exec/compile_attack"]["status"] == "skipped"  # not in --quick
     assert figures["sweep/tune_vs_inprocess"]["details"]["cluster_started_here"] is False
     if not report["machine"]["cuda_available"]:
-        assert figures["gpu/paper_grid_gpu_hours"]["status"] == "skipped"
-        assert "GPU" in figures["gpu/paper_grid_gpu_hours"]["reason"]
+        assert figures["projection/paper_grid_hours"]["status"] == "skipped"
+        assert "GPU" in figures["projection/paper_grid_hours"]["reason"]
     assert report["summary"]["error"] == 0
     assert "PGD" in result.output and "wrote" in result.output
 
@@ -102,29 +114,75 @@ def test_training_passes_counts_attack_steps_and_training_passes():
 
     s = Settings.make(quick=True, device=torch.device("cpu"))
     configs = {k: make_train_config(v) for k, v in train_configs(s).items()}
+    assert set(configs) == set(STRATEGIES)
     k = s.train_k
     assert training_passes(configs["nat"]) == 1
     assert training_passes(configs["single"]) == k + 1
     assert training_passes(configs["max"]) == 3 * k + 1
     assert training_passes(configs["avg"]) == 3 * k + 3  # trains on 3 x B inputs
+    assert training_passes(configs["random"]) == training_passes(configs["eat"]) == k + 1
+    assert training_passes(configs["msd"]) == k * (1 + 3) + 1  # 3 candidate forwards per step
+
+
+def test_ideal_seconds_prices_each_pass_at_its_batch_size():
+    from orchestrator.bench.training_cost import ideal_seconds
+
+    units = {"attack": 3.0, "forward": 1.0, "forward_wide": 2.4, "update": 4.0, "update_wide": 9.0}
+    m = {"attack_bwd_per_example": 10, "attack_fwd_per_example": 10.5, "update_fwd_per_example": 1}
+    assert ideal_seconds(m, units, strategy="single", wide=3) == 10 * 3.0 + 0.5 * 1.0 + 4.0
+    msd = {"attack_bwd_per_example": 10, "attack_fwd_per_example": 40, "update_fwd_per_example": 1}
+    assert ideal_seconds(msd, units, strategy="msd", wide=3) == pytest.approx(30 + 30 * 0.8 + 4)
+    avg = {"attack_bwd_per_example": 30, "attack_fwd_per_example": 30, "update_fwd_per_example": 3}
+    assert ideal_seconds(avg, units, strategy="avg", wide=3) == pytest.approx(90 + 9.0)
 
 
 def test_gpu_code_paths_on_cpu():
-    """The GPU group's throughput and projection, exercised on the CPU with a tiny batch."""
+    """The projection group's throughput and projection, exercised on the CPU with a tiny batch."""
     import torch
 
     from orchestrator.bench.gpu import adv_max_throughput, project_paper_grid
 
     r = adv_max_throughput("mnist-paper", torch.device("cpu"), steps=1, warmup=0, batch_size=2)
     assert r["examples_per_s"] > 0 and r["passes_per_example"] == 61
+    assert (r["layout"], r["precision"]) == ("channels_last", "fp32")
+    bf16 = adv_max_throughput("mnist-paper", torch.device("cpu"), steps=1, warmup=0,
+                              batch_size=2, layout="contiguous", precision="bf16")
+    assert bf16["examples_per_s"] > 0 and bf16["layout"] == "contiguous"
     proj = project_paper_grid({"mnist": 1e6, "cifar10": 1e5})
-    total = proj["train_gpu_hours"] + proj["eval_gpu_hours"]
-    assert proj["total_gpu_hours"] == pytest.approx(total)
-    assert proj["train_gpu_hours"] > 0 and proj["eval_gpu_hours"] > 0
+    assert proj["models"] == 27
+    assert proj["total_hours"] == pytest.approx(proj["train_hours"] + proj["eval_hours"])
+    assert proj["train_hours"] > 0 and proj["eval_hours"] > 0
     assert proj["datasets_without_rate"] == []
     half = project_paper_grid({"mnist": 2e6, "cifar10": 2e5})
-    assert half["total_gpu_hours"] == pytest.approx(proj["total_gpu_hours"] / 2)
+    assert half["total_hours"] == pytest.approx(proj["total_hours"] / 2)
     assert project_paper_grid({"mnist": 1e6})["datasets_without_rate"] == ["cifar10"]
+
+
+@pytest.mark.slow  # about 90 s on 2 cores: the WRN-32-10 steps on the CPU dominate
+@pytest.mark.peer
+def test_projection_script_runs_on_the_cpu(tmp_path, mnist_dir):
+    """``mpo bench --projection`` (the GPU script) on the CPU with --quick: the attack, peer and
+    execution groups and the projection from the CPU's rates; nothing else is measured."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    out = tmp_path / "proj.json"
+    result = CliRunner().invoke(main, ["bench", "--device", "cpu", "--projection", "--quick",
+                                       "--out", str(out), "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["projection"] is True and report["device"] == "cpu"
+    figures = {f["key"]: f for f in report["figures"]}
+    assert {f["group"] for f in figures.values()} == {"attack", "peer", "exec", "projection"}
+    assert report["summary"]["error"] == 0
+    proj = figures["projection/paper_grid_hours"]
+    assert proj["status"] == "info" and proj["value"] > 0 and proj["details"]["device"] == "cpu"
+    assert proj["details"]["models"] == 27 and proj["details"]["bf16_total_hours"] > 0
+    for name in ("mnist_adv_max_examples_per_s", "cifar10_wrn_adv_max_examples_per_s"):
+        f = figures[f"projection/{name}"]
+        assert f["value"] > 0 and set(f["details"]["speedup"]) == {"fp32", "contiguous", "bf16"}
+    assert "projected" in result.output and "wrote" in result.output
 
 
 def test_bench_refuses_cuda_without_gpu():

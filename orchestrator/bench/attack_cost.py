@@ -1,6 +1,13 @@
 """Group 1, ``attack``: a k-step attack on a batch / k plain forward+backward (input gradient)
-passes of the same model and batch. 1.0 is the physical limit (the attack also scores its last
-iterate with one forward pass, so k = 10 costs at least ~1.03)."""
+passes of the same model on perturbed inputs, at every k of ``Settings.ks``. 1.0 is the
+physical limit.
+
+The reference passes run on the attack's own adversarial batch (from its warm-up run): the
+perturbed inputs the attack differentiates at, not the clean batch, whose many exact zeros make
+a pass a few percent cheaper on the CPU. On top of its k passes the attack scores its last
+iterate with one forward pass of the inputs no earlier iterate fooled (``details``: the share of
+the batch it fooled).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.bench.figures import Figure, Target, interleaved, per_rep, ratio_figure
+from orchestrator.bench.figures import Figure, Keep, Target, interleaved, per_rep, ratio_figure
 from orchestrator.bench.workload import Bench, lp_specs
 
-ATTACK_TARGETS = {"pgd_linf": Target("<=", 1.10), "pgd_l2": Target("<=", 1.10),
-                  "slide": Target("<=", 1.25)}
-ATTACK_KEYS = [f"attack/{name}" for name in ATTACK_TARGETS]
+ATTACK_TARGETS = {"pgd_linf": Target("<=", 1.05), "pgd_l2": Target("<=", 1.05),
+                  "slide": Target("<=", 1.15)}
+
+
+def attack_keys(ks: tuple[int, ...], prefix: str = "") -> list[str]:
+    return [f"{prefix}attack/{name}_k{k}" for k in ks for name in ATTACK_TARGETS]
 
 
 def reference_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int) -> None:
@@ -30,18 +40,22 @@ def attack_figures(b: Bench, prefix: str = "") -> list[Figure]:
 
     s = b.settings
     out = []
-    for name, spec in lp_specs(s.k).items():
-        attack = make_attack(spec)
-        gen = torch.Generator(device=b.device).manual_seed(0)
-        times = interleaved(
-            {"attack": lambda a=attack, g=gen: a(b.model, b.x, b.y, generator=g),
-             "k_passes": lambda: reference_passes(b.model, b.x, b.y, s.k)},
-            reps=s.reps, warmup=s.warmup, device=b.device,
-        )
-        out.append(ratio_figure(
-            f"{prefix}attack/{name}", "attack",
-            f"{spec['type']} {'SLIDE' if name == 'slide' else 'PGD'} k={s.k} / {s.k} fwd+bwd",
-            per_rep(times["attack"], times["k_passes"]), target=ATTACK_TARGETS[name], times=times,
-            details={"spec": attack.spec, "batch": s.batch},
-        ))
+    for k in s.ks:
+        for name, spec in lp_specs(k).items():
+            attack = make_attack(spec)
+            gen = torch.Generator(device=b.device).manual_seed(0)
+            run = Keep(lambda a=attack, g=gen: a(b.model, b.x, b.y, generator=g))
+            x_adv = run().x_adv  # the perturbed inputs of the reference passes
+            times = interleaved(
+                {"attack": run, "k_passes": lambda x=x_adv, k=k: reference_passes(b.model, x, b.y, k)},
+                reps=s.reps, warmup=s.warmup, device=b.device,
+            )
+            out.append(ratio_figure(
+                f"{prefix}attack/{name}_k{k}", "attack",
+                f"{spec['type']} {'SLIDE' if name == 'slide' else 'PGD'} k={k} / {k} fwd+bwd "
+                "(perturbed inputs)",
+                per_rep(times["attack"], times["k_passes"]), target=ATTACK_TARGETS[name],
+                times=times, details={"spec": attack.spec, "batch": s.batch, "k": k,
+                                      "success": float(run.result.success.float().mean())},
+            ))
     return out

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from orchestrator.bench.attack_cost import ATTACK_KEYS, attack_figures
+from orchestrator.bench.attack_cost import attack_figures, attack_keys
+from orchestrator.bench.execution import execution_figures, execution_keys
 from orchestrator.bench.figures import STATUSES, Figure, guarded, skipped
-from orchestrator.bench.gpu import gpu_figures
+from orchestrator.bench.gpu import projection_figures, projection_keys
 from orchestrator.bench.peers import peer_figures
 from orchestrator.bench.sweep_overhead import SWEEP_TITLES, sweep_figures
-from orchestrator.bench.training_cost import TRAIN_KEYS, training_figures
+from orchestrator.bench.training_cost import train_keys, training_figures
 from orchestrator.bench.workload import Settings, make_bench
 
 SCHEMA = "mpo-bench/1"
@@ -60,10 +61,13 @@ def versions() -> dict[str, str | None]:
 
 
 def run_bench(*, device: str = "auto", quick: bool = False, data_dir: str | None = None,
-              command: str = "", sweep: bool = True, threads: int | None = 1,
+              command: str = "", sweep: bool = True, projection: bool = False,
+              threads: int | None = 1,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every figure; returns the JSON-able report (``figures``: a list of dicts).
 
+    ``projection``: only the groups a GPU session needs (attacks, peers, execution, the
+    paper-grid projection), all on ``device``; the training and sweep groups are skipped.
     ``threads``: torch CPU threads while measuring (None: torch's default). One thread is the
     default because on a shared or small machine multi-threaded timings swing by several times
     (threads wait for each other when one is descheduled), which ratios cannot cancel.
@@ -75,13 +79,14 @@ def run_bench(*, device: str = "auto", quick: bool = False, data_dir: str | None
         torch.set_num_threads(threads)
     try:
         return _run_bench(device=device, quick=quick, data_dir=data_dir, command=command,
-                          sweep=sweep, progress=progress)
+                          sweep=sweep and not projection, projection=projection,
+                          progress=progress)
     finally:
         torch.set_num_threads(previous)
 
 
 def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, sweep: bool,
-               progress: Callable[[str], None] | None) -> dict[str, Any]:
+               projection: bool, progress: Callable[[str], None] | None) -> dict[str, Any]:
     from jobs.training import resolve_device
 
     dev = resolve_device(device)
@@ -91,26 +96,37 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
     say(f"model: MNIST CNN width {s.width}, batch {s.batch}, {s.fit_steps} clean training steps")
     b = make_bench(dev, s, data_dir)
     figures: list[Figure] = []
-    say(f"1/5 attack efficiency (k = {s.k}, {s.reps} repetitions)")
-    figures += guarded("attack", ATTACK_KEYS, lambda: attack_figures(b))
-    say("2/5 peers: torchattacks, foolbox")
+    say(f"1/6 attack efficiency (k = {', '.join(map(str, s.ks))}, {s.reps} repetitions)")
+    figures += guarded("attack", attack_keys(s.ks), lambda: attack_figures(b))
+    say("2/6 peers: torchattacks, foolbox")
     figures += peer_figures(b)
-    say("3/5 training cost per strategy")
-    figures += guarded("train", TRAIN_KEYS, lambda: training_figures(b))
-    if sweep:
-        say(f"4/5 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
-        figures += guarded("sweep", list(SWEEP_TITLES), lambda: sweep_figures(s))
+    say("3/6 execution: layout, torch.compile, bf16")
+    figures += guarded("exec", execution_keys(),
+                       lambda: execution_figures(b, compile_model=not quick))
+    if not projection:  # the GPU script leaves these groups out
+        say("4/6 training cost per strategy")
+        figures += guarded("train", train_keys(), lambda: training_figures(b))
+        if sweep:
+            say(f"5/6 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
+            figures += guarded("sweep", list(SWEEP_TITLES), lambda: sweep_figures(s))
+        else:
+            figures += [skipped(k, "sweep", k, "sweep figures not requested") for k in SWEEP_TITLES]
+    if projection or dev.type == "cuda":
+        say(f"6/6 training throughput of the paper's recipes on {dev}, paper-grid projection")
+        figures += guarded("projection", projection_keys(), lambda: projection_figures(
+            dev, steps=s.proj_steps, warmup=s.proj_warmup, batch_size=s.proj_batch))
     else:
-        figures += [skipped(k, "sweep", k, "sweep figures not requested") for k in SWEEP_TITLES]
-    gpu = torch.device("cuda") if torch.cuda.is_available() else None
-    say("5/5 GPU" + ("" if gpu else ": skipped (no GPU)"))
-    figures += guarded("gpu", ["gpu/all"], lambda: gpu_figures(gpu, quick, data_dir, dev))
+        say("6/6 projection: skipped (no GPU; --projection measures it on this device)")
+        reason = ("no GPU: the projection needs the device's rates (mpo bench --projection "
+                  "measures it on this device)")
+        figures += [skipped(k, "projection", k, reason) for k in projection_keys()]
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command,
         "device": str(dev),
         "quick": quick,
+        "projection": projection,
         "seconds": time.perf_counter() - t_start,
         "machine": machine_info(dev),
         "versions": versions(),

@@ -1,25 +1,53 @@
-"""Group 3, ``train``: the seconds per training step of ``jobs.training.train`` for each
-strategy / the ideal: (attack passes + training passes) x a ``nat`` step."""
+"""Group 3, ``train``: the seconds per training step of ``jobs.training.train`` for each strategy
+against its ideal, and each strategy's step against Adv_inf's.
+
+The ideal of a step is the sum of the passes it must run, each at the cost of a lone pass of
+the same model and batch: the passes are counted as they ran (``jobs.train_cost.PassCounter``,
+the run's ``metrics.jsonl``): per clean input, ``attack_bwd`` input-gradient passes (eval mode,
+forward+backward), ``attack_fwd - attack_bwd`` forward-only passes (the scoring of a last
+iterate, MSD's candidates) and ``update_fwd`` updates (train mode: forward, backward with the
+weight gradients, the optimiser step). The three unit costs are measured in the same run, on
+the bench's model and a perturbed batch, interleaved with the strategies' runs. 1.0 means a
+step costs exactly its passes: no extra pass, no time outside the model beyond the passes'.
+"""
 
 from __future__ import annotations
 
+import copy
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.bench.figures import Figure, Target, ratio_figure, skipped
+import torch
+import torch.nn.functional as F
+
+from orchestrator.bench.attack_cost import reference_passes
+from orchestrator.bench.figures import Figure, Target, interleaved, ratio_figure, skipped, sync
 from orchestrator.bench.workload import Bench, Settings
 
 if TYPE_CHECKING:
     from jobs.config import TrainConfig
 
-TRAIN_KEYS = [f"train/{name}" for name in ("nat_step", "single", "avg", "max")]
+#: the strategies timed, with their row label
+STRATEGY_TITLES = {"nat": "Nat", "single": "Adv_inf (single)", "avg": "Adv_avg", "max": "Adv_max",
+                   "msd": "Adv_msd", "eat": "Adv_eat", "random": "Adv_rand"}
+#: each strategy's step against Adv_inf's: the targets of the one-attack-per-batch strategies
+VS_SINGLE_TARGETS = {"eat": Target("<=", 1.15), "random": Target("<=", 1.15)}
+IDEAL_TARGET = Target("<=", 1.05)
+
+
+def train_keys(prefix: str = "") -> list[str]:
+    keys = [f"{prefix}train/{name}" for name in STRATEGY_TITLES]
+    return keys + [f"{prefix}train/{name}_vs_single" for name in STRATEGY_TITLES
+                   if name not in ("nat", "single")]
 
 
 def train_configs(s: Settings) -> dict[str, dict[str, Any]]:
-    """One MNIST training config per strategy, sized by ``s`` (nat runs 4x as many steps)."""
+    """One MNIST training config per strategy, sized by ``s`` (the paper's MNIST training
+    attacks at ``s.train_k`` steps; MSD runs over the same three balls)."""
     k = s.train_k
     linf = {"type": "linf", "epsilon": 0.3, "k": k, "a": 0.01}
     l1 = {"type": "l1", "epsilon": 10.0, "k": k, "a": 1.0, "perc": 99}
@@ -31,23 +59,74 @@ def train_configs(s: Settings) -> dict[str, dict[str, Any]]:
         "start_small": False, "epochs": 1, "steps_per_epoch": s.train_steps,
         "batch_size": s.batch, "seed": 0,
     }
+    multi = [linf, l1, l2]
     return {
-        "nat": {**base, "label": "Nat", "strategy": "nat", "steps_per_epoch": s.train_steps * 4},
-        "single": {**base, "label": "Adv_inf", "strategy": "single", "attacks": [linf]},
-        "avg": {**base, "label": "Adv_avg", "strategy": "avg", "attacks": [linf, l1, l2]},
-        "max": {**base, "label": "Adv_max", "strategy": "max", "attacks": [linf, l1, l2]},
+        name: {**base, "label": label, "strategy": name,
+               "attacks": [] if name == "nat" else [linf] if name == "single" else multi}
+        for name, label in (("nat", "Nat"), ("single", "Adv_inf"), ("avg", "Adv_avg"),
+                            ("max", "Adv_max"), ("msd", "Adv_msd"), ("eat", "Adv_eat"),
+                            ("random", "Adv_rand"))
     }
 
 
-def training_passes(config: TrainConfig) -> int:
-    """Ideal forward+backward passes per step and clean input: every attack's steps, plus the
-    training pass (K passes for ``avg``, which trains on K x B inputs)."""
+def training_passes(config: TrainConfig) -> float:
+    """Forward+backward passes per step and clean input, from the config: every attack's steps
+    (for ``random`` and ``eat``, one attack's, on average over the attacks; for ``msd``, its k
+    steps and the k x K candidate forwards, counted as full passes), plus the training pass (K
+    passes for ``avg``, which trains on K x B inputs). The GPU-hour projection uses it; the
+    training figures count what really ran instead."""
     from jobs.attacks import make_attack
 
     bounds = config.dataset_info().bounds
     attacks = [make_attack(spec, bounds=bounds) for spec in config.attacks]
+    steps = [a.total_steps for a in attacks]
+    if config.strategy in ("random", "eat"):
+        return sum(steps) / len(steps) + 1
+    if config.strategy == "msd":
+        return steps[0] * (1 + len(steps)) + 1
     train = len(attacks) if config.strategy == "avg" else 1
-    return sum(a.total_steps for a in attacks) + train
+    return sum(steps) + train
+
+
+def unit_costs(b: Bench, reps: int, wide: int) -> dict[str, list[float]]:
+    """Seconds of one pass, ``reps`` times each, interleaved: ``attack`` (input gradient, eval
+    mode), ``forward`` (no gradient, eval mode), ``update`` (train mode: forward, backward, Adam
+    step, on a copy of the model), on the bench's batch (perturbed) and, for ``forward_wide`` and
+    ``update_wide``, on ``wide`` copies of it at once (MSD scores its candidates and ``avg``
+    trains on its attacks' batches that way)."""
+    from jobs.attacks import make_attack
+
+    x = make_attack({"type": "linf", "epsilon": 0.3, "k": 2})(b.model, b.x, b.y).x_adv
+    xw, yw = x.repeat(wide, 1, 1, 1), b.y.repeat(wide)
+    model = copy.deepcopy(b.model).eval()
+    learner = copy.deepcopy(b.model).train()
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+
+    def forward(inputs: torch.Tensor) -> None:
+        with torch.no_grad():
+            model(inputs)
+
+    def update(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        loss = F.cross_entropy(learner(inputs), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return interleaved({"attack": lambda: reference_passes(model, x, b.y, 1),
+                        "forward": lambda: forward(x), "forward_wide": lambda: forward(xw),
+                        "update": lambda: update(x, b.y), "update_wide": lambda: update(xw, yw)},
+                       reps=reps, warmup=2, device=b.device)
+
+
+def ideal_seconds(m: dict[str, Any], units: dict[str, float], *, strategy: str, wide: int) -> float:
+    """A step's ideal seconds from its passes per clean input (a metrics record): each pass at
+    the cost of a lone pass of the batch size it runs at (MSD's candidate forwards and ``avg``'s
+    update at ``wide`` x B, the others at B)."""
+    grads = m["attack_bwd_per_example"]
+    forwards = m["attack_fwd_per_example"] - grads
+    forward = units["forward_wide"] / wide if strategy == "msd" else units["forward"]
+    update = units["update_wide"] / wide if strategy == "avg" else units["update"]
+    return grads * units["attack"] + forwards * forward + m["update_fwd_per_example"] * update
 
 
 def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
@@ -55,46 +134,69 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
     from jobs.training import train
 
     s = b.settings
-    group, target = "train", Target("<=", 1.15)
-    titles = {"single": "Adv_inf (single)", "avg": "Adv_avg", "max": "Adv_max"}
+    group = "train"
     if not b.data.startswith("mnist"):
-        return [skipped(f"{prefix}train/{n}", group, t, f"needs MNIST: {b.data}", target)
-                for n, t in titles.items()]
+        return [skipped(key, group, key, f"needs MNIST: {b.data}") for key in train_keys(prefix)]
     configs = {name: make_train_config(c) for name, c in train_configs(s).items()}
     root = Path(tempfile.mkdtemp(prefix="mpo-bench-train-"))
     counter = iter(range(10**6))
 
-    def step_seconds(name: str) -> float:
+    def run(name: str) -> tuple[float, dict[str, Any]]:
         out = root / f"{name}-{next(counter)}"
         result = train(configs[name], out, data_dir=b.data_dir, device=b.device, resume=False)
         shutil.rmtree(out, ignore_errors=True)
         m = result.metrics[-1]
-        return m["seconds"] / configs[name].steps_per_epoch
+        return m["seconds"] / configs[name].steps_per_epoch, m
 
     per_step: dict[str, list[float]] = {name: [] for name in configs}
+    ideal: dict[str, list[float]] = {name: [] for name in configs}
+    counts: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+    units: dict[str, list[float]] = {}
+    wide = len(configs["max"].attacks)
+    t0 = time.perf_counter()
     try:
-        step_seconds("nat")  # warm-up: data loading paths, allocator
+        run("nat")  # warm-up: data loading paths, allocator
         for _ in range(s.train_reps):
             for name in configs:
-                per_step[name].append(step_seconds(name))
+                # the unit costs next to each run, so both see the same machine state
+                u = {k: statistics.median(v) for k, v in unit_costs(b, 3, wide).items()}
+                for k, v in u.items():
+                    units.setdefault(k, []).append(v)
+                seconds, m = run(name)
+                sync(b.device)
+                per_step[name].append(seconds)
+                ideal[name].append(ideal_seconds(m, u, strategy=name, wide=wide))
+                counts[name].append({k: m[f"{k}_per_example"] for k in
+                                     ("attack_fwd", "attack_bwd", "update_fwd", "update_bwd")})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    nat = per_step["nat"]
-    figures = [ratio_figure(f"{prefix}train/nat_step", group, "Nat: seconds per training step",
-                            nat, target=None, times={"nat_step": nat}, unit="s",
-                            details={"batch": s.batch, "width": s.width})]
-    for name, title in titles.items():
-        passes = training_passes(configs[name])
-        ratios = [t / (passes * n) for t, n in zip(per_step[name], nat, strict=True)]
-        details = {"ideal_passes": passes, "attacks": configs[name].attacks,
-                   "steps": configs[name].steps_per_epoch, "batch": s.batch}
-        if name == "avg":
-            k = len(configs[name].attacks)
-            details["ratio_vs_sum_plus_1"] = statistics.median(
-                t / ((passes - k + 1) * n) for t, n in zip(per_step[name], nat, strict=True))
-            details["note"] = "ideal counts K training passes: avg trains on K x B inputs"
+    unit_medians = {k: statistics.median(v) for k, v in units.items()}
+    figures = []
+    for name, title in STRATEGY_TITLES.items():
+        ratios = [t / i for t, i in zip(per_step[name], ideal[name], strict=True)]
+        passes = {k: statistics.mean(c[k] for c in counts[name]) for k in counts[name][0]}
+        details = {"passes_per_example": passes, "unit_seconds": unit_medians,
+                   "attacks": configs[name].attacks, "steps": configs[name].steps_per_epoch,
+                   "batch": s.batch, "ideal_seconds": statistics.median(ideal[name])}
         figures.append(ratio_figure(
-            f"{prefix}train/{name}", group, f"{title} step / ({passes} x nat step)", ratios,
-            target=target, times={"step": per_step[name], "nat_step": nat}, details=details,
+            f"{prefix}train/{name}", group,
+            f"{title} step / its passes ({passes['attack_bwd']:.3g} grad + "
+            f"{passes['attack_fwd'] - passes['attack_bwd']:.3g} fwd + {passes['update_fwd']:.3g} update)",
+            ratios, target=IDEAL_TARGET, times={"step": per_step[name], "ideal": ideal[name]},
+            details=details,
         ))
+    for name, title in STRATEGY_TITLES.items():
+        if name in ("nat", "single"):
+            continue
+        ratios = [t / r for t, r in zip(per_step[name], per_step["single"], strict=True)]
+        ideal_ratio = statistics.median(
+            i / r for i, r in zip(ideal[name], ideal["single"], strict=True))
+        figures.append(ratio_figure(
+            f"{prefix}train/{name}_vs_single", group, f"{title} step / Adv_inf step", ratios,
+            target=VS_SINGLE_TARGETS.get(name),
+            times={"step": per_step[name], "single_step": per_step["single"]},
+            details={"ideal_ratio": ideal_ratio,
+                     "note": "ideal_ratio: the same ratio of the steps' ideals (their passes)"},
+        ))
+    figures[0].details["seconds_total"] = time.perf_counter() - t0
     return figures

@@ -18,7 +18,8 @@ class Settings:
     quick: bool
     width: float  # MNIST CNN width multiplier
     batch: int
-    k: int  # attack steps
+    k: int  # attack steps of the peer comparisons
+    ks: tuple[int, ...]  # attack steps of the attack figures
     reps: int
     warmup: int
     fit_steps: int  # clean training of the model the attacks run on
@@ -32,20 +33,25 @@ class Settings:
     sweep_warmup: bool  # a 1-trial Tune run first, so first-use imports are not counted
     sweep_parallel: bool  # also time the sweep with 2 trials at a time
     eval_shards: int
-    gpu_steps: int
+    proj_steps: int  # timed training steps of each projection throughput
+    proj_warmup: int
+    proj_batch: int | None  # None: the recipe's batch size
 
     @classmethod
     def make(cls, *, quick: bool, device: torch.device) -> Settings:
         cuda = device.type == "cuda"
         if quick:
-            return cls(quick=True, width=1.0 if cuda else 0.25, batch=100, k=10, reps=3, warmup=1,
-                       fit_steps=50, rt_grid=(3, 3, 5), rt_reps=2, train_k=5, train_steps=4,
-                       train_reps=2, sweep_trials=2, sweep_reps=1, sweep_warmup=False,
-                       sweep_parallel=False, eval_shards=2, gpu_steps=5)
+            return cls(quick=True, width=1.0 if cuda else 0.25, batch=100, k=10, ks=(10, 20),
+                       reps=3, warmup=1, fit_steps=50, rt_grid=(3, 3, 5), rt_reps=2, train_k=5,
+                       train_steps=4, train_reps=2, sweep_trials=2, sweep_reps=1,
+                       sweep_warmup=False, sweep_parallel=False, eval_shards=2,
+                       proj_steps=3 if cuda else 1, proj_warmup=1 if cuda else 0,
+                       proj_batch=None if cuda else 2)
         return cls(quick=False, width=1.0 if cuda else 0.5, batch=500 if cuda else 100, k=20,
-                   reps=7, warmup=2, fit_steps=400, rt_grid=(5, 5, 31), rt_reps=2, train_k=10,
-                   train_steps=10, train_reps=3, sweep_trials=8, sweep_reps=2, sweep_warmup=True,
-                   sweep_parallel=True, eval_shards=8, gpu_steps=20)
+                   ks=(10, 20), reps=7, warmup=2, fit_steps=400, rt_grid=(5, 5, 31), rt_reps=2,
+                   train_k=10, train_steps=10, train_reps=3, sweep_trials=8, sweep_reps=2,
+                   sweep_warmup=True, sweep_parallel=True, eval_shards=8, proj_steps=20,
+                   proj_warmup=2, proj_batch=None)
 
 
 @dataclass

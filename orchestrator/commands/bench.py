@@ -47,7 +47,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     m = report["machine"]
-    mode = "quick" if report["quick"] else "full"
+    mode = ("quick" if report["quick"] else "full") + (", projection" if report.get("projection") else "")
     table = Table(title=f"mpo bench on {report['device']} ({mode})", show_lines=False)
     for col, kw in (("figure", {}), ("value", {"justify": "right"}), ("spread", {}),
                     ("target", {}), ("status", {}), ("median times / notes", {"overflow": "fold"})):
@@ -101,15 +101,21 @@ def _command_line(ctx: click.Context) -> str:
               help="torch CPU threads while measuring (0: torch's default); one thread keeps "
                    "CPU timings steady on a shared machine")
 @click.option("--no-sweep", is_flag=True, help="skip the Ray sweep-overhead figures")
+@click.option("--projection", is_flag=True,
+              help="the GPU script: attacks, peers, execution variants, the paper recipes' "
+                   "training throughput and the paper-grid projection, all on --device "
+                   "(about 5 minutes on one GPU; with --device cpu --quick, a tiny CPU run)")
 def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, threads: int,
-          no_sweep: bool) -> None:
+          no_sweep: bool, projection: bool) -> None:
     """Measure mpo's speed as ratios against the physical limit and against peer libraries.
 
     Each figure is measured side by side in one run (interleaved repetitions; the median and
     the min..max spread are shown, with the absolute median times): 1) attack / k fwd+bwd
-    passes, 2) torchattacks and foolbox / ours, 3) training step per strategy / ideal,
-    4) Ray sweep overhead and evaluation fan-out, 5) GPU figures (when CUDA is available).
-    A figure that cannot be measured is reported as skipped, with the reason.
+    passes, 2) torchattacks and foolbox / ours, 3) execution variants (channels-last,
+    torch.compile, bf16) / default, 4) training step per strategy / its passes, 5) Ray sweep
+    overhead and evaluation fan-out, 6) the paper recipes' training throughput and the
+    paper-grid projection (on a GPU, or with --projection). A figure that cannot be measured is
+    reported as skipped, with the reason.
     """
     from rich.console import Console
 
@@ -124,7 +130,7 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     with console.status("benchmarking") as status:
         report = run_bench(
             device=device, quick=quick, data_dir=None if data_dir is None else str(data_dir),
-            command=command, sweep=not no_sweep, threads=threads or None,
+            command=command, sweep=not no_sweep, projection=projection, threads=threads or None,
             progress=lambda msg: (status.update(msg), console.log(msg)),
         )
     render(report, console)
