@@ -41,6 +41,7 @@ from jobs.checkpoint import load_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
 from jobs.errors import DeviceError, MpoError
 from jobs.io import write_json_atomic, write_jsonl_atomic
+from jobs.models import set_execution
 from jobs.strategies import StepOutput, get_strategy
 from jobs.train_cost import PassCounter, describe_device, training_cost
 from jobs.train_state import (
@@ -173,8 +174,14 @@ def train(
     resume: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     sync_every: int = SYNC_EVERY,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``config`` into ``out_dir``; resume from ``out_dir/state.pt`` when present.
+
+    ``precision`` and ``compile`` set how the model runs (``jobs.models.set_execution``: bf16
+    or TF32 autocast, ``torch.compile``); they are how this process computes, like ``device``,
+    not part of the config or the model id.
 
     The host waits for the device only every ``sync_every`` steps and at the end of each epoch
     (a sync point): no training step synchronises on its own (the attacks may: see
@@ -205,6 +212,7 @@ def train(
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         # the strategy's own draws (random, eat) get a stream apart from Generators.seeded's
         state = new_state(config, dev, get_strategy(config.strategy, seed=config.seed + 3))
+        set_execution(state.model, precision=precision, compile=compile)
         if resume and state_path.exists():
             restore_state(state, state_path)
         write_json_atomic(out / CONFIG_FILE, config.to_dict())

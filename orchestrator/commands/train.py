@@ -30,9 +30,16 @@ THREADS_OPTION = click.option(
               help="auto (cuda when available), cpu, cuda or cuda:N.")
 @click.option("--fresh", is_flag=True, help="Start over even if the folder holds a resumable state.")
 @THREADS_OPTION
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "tf32"]), default="fp32",
+              show_default=True,
+              help="bf16: autocast to bfloat16; tf32: TF32 matmuls and convolutions (CUDA only). "
+                   "`mpo bench` measures which is faster on this device.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Compile the model with torch.compile (a CUDA option: on CPUs `mpo bench` "
+                   "measured it slower).")
 def train(
     config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool,
-    threads: int | None,
+    threads: int | None, precision: str, compile_model: bool,
 ) -> None:
     """Train the model described by CONFIG (a YAML file, or a recipe name such as `toy`).
 
@@ -81,6 +88,7 @@ def train(
         result = run_training(
             cfg, out, data_dir=data_dir, download=download, device=dev,
             on_epoch=on_epoch, on_step=on_step, sync_every=10, resume=not fresh,
+            precision=precision, compile=compile_model,
         )
 
     if result.resumed_from_epoch:
