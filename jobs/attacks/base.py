@@ -123,9 +123,15 @@ class Best:
             if x.device.type == "cpu":
                 idx = (~self.success).nonzero().squeeze(1)
                 if idx.numel():
-                    part = Best(x[idx])
-                    part.update(x[idx], model(x[idx]), y[idx])
-                    self.merge(idx, part)
+                    xs, ys = x[idx], y[idx]
+                    logits = model(xs)
+                    loss = F.cross_entropy(logits, ys, reduction="none")
+                    pred = logits.argmax(1)
+                    success = pred != ys
+                    take = self.better(success, loss, self.success[idx], self.loss[idx])
+                    sel = idx[take]
+                    self.x[sel], self.loss[sel] = xs[take], loss[take]
+                    self.pred[sel], self.success[sel] = pred[take], success[take]
                 return
             logits = model(x)
             done = self.success
