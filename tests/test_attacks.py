@@ -286,3 +286,34 @@ def test_margin_gradient_is_the_gradient_of_the_margin_loss():
     grad, logits = input_grad(model, x, y)
     assert torch.allclose(grad, expected, atol=1e-6)
     assert torch.equal(logits, model(x).detach())
+
+
+@pytest.mark.parametrize("family", ["linf", "l2", "l1"])
+def test_stopping_when_fooled_finds_the_same_inputs_for_fewer_passes(family, trained):
+    """An input leaves at its first fooled iterate: the same inputs are fooled (the others'
+    iterates are computed as before), each result is still the model's at a valid x_adv, and
+    the passes drop by the fooled inputs' remaining steps."""
+    from jobs.attacks.pgd import PGDAttack
+    from jobs.attacks.spec import parse_spec
+    from jobs.train_cost import PassCounter
+
+    model, x, y = trained
+    spec = parse_spec({"type": family, "epsilon": {"linf": 0.1, "l2": 1.0, "l1": 6.0}[family],
+                       "a": {"linf": 0.03, "l2": 0.4, "l1": 1.0}[family], "k": 6, "reps": 2})
+    results, counts = [], []
+    for stop in (False, True):
+        with PassCounter(model) as counter:
+            results.append(PGDAttack(spec, stop_when_fooled=stop)(
+                model, x, y, generator=torch.Generator().manual_seed(2)))
+        counts.append(counter.counts["attack_bwd"])
+    full, stopped = results
+    assert torch.equal(stopped.success, full.success)
+    assert 0 < int(full.success.sum()) < len(y)
+    assert counts[1] < counts[0]
+    with torch.no_grad():
+        logits = model(stopped.x_adv)
+    assert torch.allclose(stopped.loss, F.cross_entropy(logits, y, reduction="none"), atol=1e-5)
+    assert torch.equal(stopped.pred, logits.argmax(1))
+    assert (stopped.norm <= spec.epsilon * (1 + 1e-5)).all()
+    robust = ~full.success  # never fooled: the very same iterates
+    assert torch.allclose(stopped.x_adv[robust], full.x_adv[robust], atol=1e-6)

@@ -12,6 +12,7 @@ ATTACK_KEYS = {f"attack/{name}_k{k}" for k in (10, 20) for name in ("pgd_linf", 
 STRATEGIES = ("nat", "single", "avg", "max", "msd", "eat", "random")
 EXPECTED_KEYS = ATTACK_KEYS | {
     "peer/pgd_linf_vs_torchattacks", "peer/slide_vs_foolbox", "peer/rt_grid_vs_foolbox",
+    "peer/pgd_linf_vs_torchattacks_stop", "peer/slide_vs_foolbox_stop",
     "peer/rt_grid_vs_foolbox_early_stop",
     "exec/channels_last_mnist_cnn_attack", "exec/channels_last_mnist_cnn_update",
     "exec/channels_last_wrn_attack", "exec/channels_last_wrn_update",

@@ -106,38 +106,44 @@ class Best:
     def better(success: Tensor, loss: Tensor, than_success: Tensor, than_loss: Tensor) -> Tensor:
         return (success & ~than_success) | ((success == than_success) & (loss > than_loss))
 
-    def update(self, x: Tensor, logits: Tensor, y: Tensor) -> None:
-        """Offer candidates x [B, ...] whose logits [B, K] are already known (no forward here)."""
+    def update(self, x: Tensor, logits: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
+        """Offer candidates x [B, ...] whose logits [B, K] are already known (no forward here);
+        ``rows`` [B]: the tracker's inputs they are candidates for (None: all, in order)."""
         loss = F.cross_entropy(logits, y, reduction="none")
         pred = logits.argmax(1)
-        self.offer(x, loss, pred, pred != y)
+        if rows is None:
+            self.offer(x, loss, pred, pred != y)
+        else:
+            self.offer_rows(rows, x, loss, pred, pred != y)
 
-    def score_unfooled(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
-        """Score candidates x [B, ...] with one forward pass and offer them to the inputs that no
-        earlier candidate fooled (for a fooled input the success cannot change).
+    def score_unfooled(self, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
+        """Score candidates x [B, ...] (for ``rows``, as in ``update``) with one forward pass
+        and offer them to the inputs that no earlier candidate fooled (for a fooled input the
+        success cannot change).
 
-        On the CPU only those inputs go through the model (reading which they are costs
-        nothing); elsewhere every input does, and the others' candidates are masked out, so the
-        host never waits for the device. The result is the same on every device."""
+        On the CPU, or for a subset of rows, only those inputs go through the model (on the CPU
+        reading which they are costs nothing); on other devices every input does, and the
+        others' candidates are masked out, so the host never waits for the device. The result
+        is the same either way."""
         with torch.no_grad():
-            if x.device.type == "cpu":
-                idx = (~self.success).nonzero().squeeze(1)
+            if x.device.type == "cpu" or rows is not None:
+                idx = (~self.success if rows is None else ~self.success[rows]).nonzero().squeeze(1)
                 if idx.numel():
                     xs, ys = x[idx], y[idx]
-                    logits = model(xs)
-                    loss = F.cross_entropy(logits, ys, reduction="none")
-                    pred = logits.argmax(1)
-                    success = pred != ys
-                    take = self.better(success, loss, self.success[idx], self.loss[idx])
-                    sel = idx[take]
-                    self.x[sel], self.loss[sel] = xs[take], loss[take]
-                    self.pred[sel], self.success[sel] = pred[take], success[take]
+                    self.update(xs, model(xs), ys, idx if rows is None else rows[idx])
                 return
             logits = model(x)
             done = self.success
             loss = F.cross_entropy(logits, y, reduction="none").masked_fill(done, float("-inf"))
             pred = logits.argmax(1)
             self.offer(x, loss, pred, (pred != y) & ~done)
+
+    def offer_rows(self, rows: Tensor, x: Tensor, loss: Tensor, pred: Tensor, success: Tensor) -> None:
+        """``offer`` for candidates of the inputs ``rows`` [B] (distinct) only."""
+        take = self.better(success, loss, self.success[rows], self.loss[rows])
+        sel = rows[take]
+        self.x[sel], self.loss[sel] = x[take].detach(), loss[take]
+        self.pred[sel], self.success[sel] = pred[take], success[take]
 
     def offer(self, x: Tensor, loss: Tensor, pred: Tensor, success: Tensor) -> Tensor:
         take = self.better(success, loss, self.success, self.loss)

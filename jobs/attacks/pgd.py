@@ -7,6 +7,11 @@ gradient, so the bookkeeping needs no extra forward; x_k is offered only to the 
 fooled (``Best.score_unfooled``): a fooled input stays fooled, and keeps the highest-loss fooled
 iterate among x_0 .. x_{k-1}. Restarts after the first run only on the inputs not yet
 misclassified (a cascade).
+
+``PGDAttack(..., stop_when_fooled=True)`` (evaluation only) takes an input out of the batch at
+its first misclassified iterate: the same inputs end up fooled, for far fewer passes when many
+are fooled early, but a fooled input's example is its first fooled iterate rather than the one
+with the highest loss (training wants the latter, so it is off by default).
 """
 
 from __future__ import annotations
@@ -38,8 +43,14 @@ def pgd_run(
     steps: int,
     random_start: bool,
     generator: torch.Generator | None,
+    stop_when_fooled: bool = False,
 ) -> Best:
-    """One PGD run from one start: returns the per-input best of x_0 .. x_k (Best tracker)."""
+    """One PGD run from one start: returns the per-input best of x_0 .. x_k (Best tracker).
+
+    ``stop_when_fooled``: an input leaves the batch at its first misclassified iterate (it
+    stays fooled; its result is that iterate, not the highest-loss fooled one), so the later
+    passes run on the inputs still robust only. Which inputs end up fooled is the same as
+    without (inputs are attacked independently), up to float rounding."""
     if isinstance(threat, L1Threat):
         threat = threat.for_run(generator, x0.device)
     if random_start:
@@ -48,12 +59,22 @@ def pgd_run(
         delta = torch.zeros_like(x0)
     box = threat.box(x0)
     best = Best(x0)
+    rows: Tensor | None = None  # the inputs still attacked (None: all of them)
     for _ in range(steps):
         x = _apply(x0, delta, threat.bounds)
         grad, logits = input_grad(model, x, y)
-        best.update(x, logits, y)
+        best.update(x, logits, y, rows)
+        if stop_when_fooled:
+            left = ~best.success if rows is None else ~best.success[rows]
+            if not bool(left.all()):
+                keep = left.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return best
+                rows = keep if rows is None else rows[keep]
+                x0, y, delta, grad, threat = x0[keep], y[keep], delta[keep], grad[keep], threat.subset(keep)
+                box = None if box is None else (box[0][keep], box[1][keep])
         delta = threat.project(threat.step(delta, grad, x0, box), x0, box)
-    best.score_unfooled(model, _apply(x0, delta, threat.bounds), y)
+    best.score_unfooled(model, _apply(x0, delta, threat.bounds), y, rows)
     return best
 
 
@@ -67,9 +88,11 @@ def pgd(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    stop_when_fooled: bool = False,
 ) -> Best:
     """PGD with restarts: x0 [B, ...], y [B] -> per-input best over all restarts and iterates."""
-    best = pgd_run(model, x0, y, threat, steps=steps, random_start=random_start, generator=generator)
+    best = pgd_run(model, x0, y, threat, steps=steps, random_start=random_start,
+                   generator=generator, stop_when_fooled=stop_when_fooled)
     for _ in range(restarts - 1):
         idx = (~best.success).nonzero().squeeze(1)
         if idx.numel() == 0:
@@ -77,6 +100,7 @@ def pgd(
         run = pgd_run(
             model, x0[idx], y[idx], threat.subset(idx),
             steps=steps, random_start=random_start, generator=generator,
+            stop_when_fooled=stop_when_fooled,
         )
         best.merge(idx, run)
     return best
@@ -85,8 +109,11 @@ def pgd(
 class PGDAttack(Attack):
     """PGD on an l_p ball ∩ box: l_inf and l_2 (steepest ascent) and l_1 (SLIDE)."""
 
-    def __init__(self, spec: LpSpec, *, bounds: Bounds = (0.0, 1.0)):
+    def __init__(self, spec: LpSpec, *, bounds: Bounds = (0.0, 1.0), stop_when_fooled: bool = False):
         self._spec = spec
+        #: evaluation only: an input stops at its first fooled iterate (``pgd_run``); the
+        #: successes are the same, the examples of the fooled inputs are not the strongest
+        self.stop_when_fooled = stop_when_fooled
         self.family = spec.type
         self.epsilon = spec.epsilon
         self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
@@ -102,6 +129,7 @@ class PGDAttack(Attack):
         best = pgd(
             model, x, y, self.threat,
             steps=s.k, restarts=s.reps, random_start=s.random_start, generator=generator,
+            stop_when_fooled=self.stop_when_fooled,
         )
         return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred)
 

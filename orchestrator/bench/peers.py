@@ -1,6 +1,11 @@
 """Group 2, ``peer``: our attacks against torchattacks and foolbox on the same model, batch,
 budget, steps and device, as a speedup (peer time / our time), with both success rates.
 
+PGD and SLIDE are compared twice: at equal work (ours, as training and evaluation run it,
+attacks every input for every step: both sides are then mostly the same model passes), and with
+ours stopping each input at its first fooled iterate (``PGDAttack(stop_when_fooled=True)``: the
+same inputs are fooled for fewer passes). The RT grid is compared over the whole grid.
+
 torchattacks is optional (the ``peers`` extra): without it its figure is ``skipped``. foolbox is
 a regular dependency: a foolbox that does not import is an ``error``, not a skip.
 """
@@ -12,7 +17,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
     import eagerpy as ep
     import foolbox
 
+    from jobs.attacks.base import Attack
+
 #: a second chunk size for the RT attack's scoring passes (reported next to the default's)
 SMALL_EVAL_BATCH = 256
 
@@ -46,34 +53,64 @@ def _success(pred_wrong: torch.Tensor) -> float:
     return float(pred_wrong.float().mean())
 
 
+def _ours(spec: dict[str, Any]) -> tuple[Attack, Attack]:
+    """Our attack as the training and the evaluation run it (equal work: every input for every
+    step), and the same attack stopping for each input at its first fooled iterate."""
+    from jobs.attacks.pgd import PGDAttack
+    from jobs.attacks.spec import parse_spec
+
+    parsed = parse_spec(spec)
+    return PGDAttack(parsed), PGDAttack(parsed, stop_when_fooled=True)
+
+
+def _start(b: Bench) -> torch.Generator:
+    """The generator of our random starts, seeded alike for every run (both of our variants
+    start from the same points, so their successes differ only by the stopping)."""
+    return torch.Generator(device=b.device).manual_seed(0)
+
+
+def _pair(key: str, title: str, times: dict[str, list[float]], target: Target,
+          details: dict[str, Any], success: dict[str, float]) -> list[Figure]:
+    """Two figures: the peer / ours at equal work, and the peer / ours stopping when fooled."""
+    out = []
+    for suffix, side, note in (("", "ours", "equal work: ours attacks every input for every step"),
+                               ("_stop", "ours_stop", "ours stops each input at its first "
+                                "fooled iterate (the same inputs are fooled)")):
+        out.append(ratio_figure(
+            f"{key}{suffix}", "peer", f"{title}{' (ours stops when fooled)' if suffix else ''}",
+            per_rep(times["peer"], times[side]), target=target,
+            times={"ours": times[side], "peer": times["peer"]},
+            details={**details, "success_ours": success[side], "success_peer": success["peer"],
+                     "note": f"{details['note']}; {note}"}))
+    return out
+
+
 def peer_pgd(b: Bench, prefix: str) -> list[Figure]:
     key, title = f"{prefix}peer/pgd_linf_vs_torchattacks", "PGD l_inf: torchattacks.PGD / ours"
     target = Target(">=", 1.2)
     try:
         ta = _import_quietly("torchattacks")
     except Exception as err:
-        return [skipped(key, "peer", title, f"torchattacks not importable: {err}", target)]
-    from jobs.attacks import make_attack
-
+        return [skipped(k, "peer", title, f"torchattacks not importable: {err}", target)
+                for k in (key, f"{key}_stop")]
     s = b.settings
     spec = lp_specs(s.k)["pgd_linf"]
-    attack = make_attack(spec)
+    attack, stopping = _ours(spec)
     pgd = ta.PGD(b.model, eps=spec["epsilon"], alpha=attack.spec["a"], steps=s.k, random_start=True)
-    gen = torch.Generator(device=b.device).manual_seed(0)
-    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=gen))
+    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=_start(b)))
+    ours_stop = Keep(lambda: stopping(b.model, b.x, b.y, generator=_start(b)))
     peer = Keep(lambda: pgd(b.x, b.y))
-    times = interleaved({"ours": ours, "peer": peer}, reps=s.reps, warmup=s.warmup,
-                        device=b.device)
+    times = interleaved({"ours": ours, "ours_stop": ours_stop, "peer": peer}, reps=s.reps,
+                        warmup=s.warmup, device=b.device)
     with torch.no_grad():
         peer_wrong = b.model(peer.result).argmax(1) != b.y
-    return [ratio_figure(key, "peer", title, per_rep(times["peer"], times["ours"]), target=target,
-                         times=times, details={
-                             "spec": attack.spec, "batch": s.batch,
-                             "success_ours": _success(ours.result.success),
-                             "success_peer": _success(peer_wrong),
-                             "note": "ours: CW-margin gradient, best iterate kept; "
-                                     "torchattacks: cross-entropy gradient, last iterate",
-                         })]
+    success = {"ours": _success(ours.result.success), "ours_stop": _success(ours_stop.result.success),
+               "peer": _success(peer_wrong)}
+    return _pair(key, title, times, target, {
+        "spec": attack.spec, "batch": s.batch,
+        "note": "same steps, step size and uniform random start in the cube; ours: CW-margin "
+                "gradient, best iterate kept; torchattacks: cross-entropy gradient, last iterate",
+    }, success)
 
 
 def _foolbox_model(b: Bench) -> tuple[ModuleType, foolbox.PyTorchModel]:
@@ -85,31 +122,30 @@ def _foolbox_model(b: Bench) -> tuple[ModuleType, foolbox.PyTorchModel]:
 
 def peer_slide(b: Bench, prefix: str) -> list[Figure]:
     key, title = f"{prefix}peer/slide_vs_foolbox", "SLIDE: foolbox SparseL1Descent / ours"
-    from jobs.attacks import make_attack, perturbation_norm
+    from jobs.attacks import perturbation_norm
 
     fb, fmodel = _foolbox_model(b)
     s = b.settings
     spec = lp_specs(s.k)["slide"]
-    attack = make_attack(spec)
+    attack, stopping = _ours(spec)
     slide = fb.attacks.SparseL1DescentAttack(quantile=spec["perc"] / 100.0, abs_stepsize=spec["a"],
                                              steps=s.k, random_start=True)
-    gen = torch.Generator(device=b.device).manual_seed(0)
-    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=gen))
+    ours = Keep(lambda: attack(b.model, b.x, b.y, generator=_start(b)))
+    ours_stop = Keep(lambda: stopping(b.model, b.x, b.y, generator=_start(b)))
     peer = Keep(lambda: slide(fmodel, b.x, b.y, epsilons=spec["epsilon"]))
-    times = interleaved({"ours": ours, "peer": peer}, reps=s.reps, warmup=s.warmup,
-                        device=b.device)
+    times = interleaved({"ours": ours, "ours_stop": ours_stop, "peer": peer}, reps=s.reps,
+                        warmup=s.warmup, device=b.device)
     _, peer_adv, peer_success = peer.result
-    peer_l1 = perturbation_norm(peer_adv - b.x, "l1")
-    return [ratio_figure(key, "peer", title, per_rep(times["peer"], times["ours"]),
-                         target=Target(">=", 2.0), times=times, details={
-                             "spec": attack.spec, "batch": s.batch, "steps": s.k,
-                             "success_ours": _success(ours.result.success),
-                             "success_peer": _success(peer_success),
-                             "max_l1_ours": float(ours.result.norm.max()),
-                             "max_l1_peer": float(peer_l1.max()),
-                             "note": "foolbox: numpy percentile on the host every step, "
-                                     "cross-entropy gradient, last iterate",
-                         })]
+    success = {"ours": _success(ours.result.success), "ours_stop": _success(ours_stop.result.success),
+               "peer": _success(peer_success)}
+    return _pair(key, title, times, Target(">=", 2.0), {
+        "spec": attack.spec, "batch": s.batch, "steps": s.k,
+        "max_l1_ours": float(ours.result.norm.max()),
+        "max_l1_peer": float(perturbation_norm(peer_adv - b.x, "l1").max()),
+        "note": "same steps, step mass, percentile and random start; foolbox: numpy percentile on "
+                "the host every step, loss.backward() (weight gradients too), cross-entropy "
+                "gradient, last iterate",
+    }, success)
 
 
 def _never_adversarial(fb: ModuleType) -> foolbox.criteria.Criterion:
@@ -183,8 +219,8 @@ def peer_rt(b: Bench, prefix: str) -> list[Figure]:
 
 #: each peer comparison and the keys of the figures it makes
 PEERS: tuple[tuple[Callable[[Bench, str], list[Figure]], tuple[str, ...]], ...] = (
-    (peer_pgd, ("pgd_linf_vs_torchattacks",)),
-    (peer_slide, ("slide_vs_foolbox",)),
+    (peer_pgd, ("pgd_linf_vs_torchattacks", "pgd_linf_vs_torchattacks_stop")),
+    (peer_slide, ("slide_vs_foolbox", "slide_vs_foolbox_stop")),
     (peer_rt, ("rt_grid_vs_foolbox", "rt_grid_vs_foolbox_early_stop")),
 )
 
