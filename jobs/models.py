@@ -2,11 +2,11 @@
 (normalisation, where any, is inside the model) and return logits ``[B, num_classes]``.
 
 ``build_model`` puts the convolutional models' weights in the channels-last layout (``LAYOUTS``):
-their convolutions then compute in NHWC whatever the input's layout, which ``mpo bench`` measured
-faster on this CPU for every pass the attacks and the training run (forward+backward of the MNIST
-CNN at width 0.5: 0.19 s -> 0.13 s for 5 passes of 100 inputs; WRN-8-1: -13 to -26%). The
-layout changes the kernels, so float rounding, never the function; a checkpoint loads into
-either layout.
+their convolutions then compute in NHWC whatever the input's layout, which ``mpo bench`` (its
+``exec/channels_last_*`` figures) measures faster on the development CPU for the attack passes
+and the training updates of both CNNs. The layout changes the kernels, so float rounding, never
+the function; a checkpoint loads into either layout. ``set_execution`` runs a model in bf16 or
+TF32 autocast, or compiled.
 """
 
 from __future__ import annotations
