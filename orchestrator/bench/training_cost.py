@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from orchestrator.bench.attack_cost import reference_passes
 from orchestrator.bench.figures import Figure, Target, interleaved, ratio_figure, skipped, sync
@@ -88,18 +89,19 @@ def training_passes(config: TrainConfig) -> float:
     return sum(steps) + train
 
 
-def unit_costs(b: Bench, reps: int, wide: int) -> dict[str, list[float]]:
-    """Seconds of one pass, ``reps`` times each, interleaved: ``attack`` (input gradient, eval
-    mode), ``forward`` (no gradient, eval mode), ``update`` (train mode: forward, backward, Adam
-    step, on a copy of the model), on the bench's batch (perturbed) and, for ``forward_wide`` and
-    ``update_wide``, on ``wide`` copies of it at once (MSD scores its candidates and ``avg``
-    trains on its attacks' batches that way)."""
+def unit_costs(b: Bench, trained: nn.Module, reps: int, wide: int) -> dict[str, list[float]]:
+    """Seconds of one pass of ``trained`` (the model a strategy's run ended with: a pass's time
+    can depend on the weights, e.g. through denormal numbers), ``reps`` times each,
+    interleaved: ``attack`` (input gradient, eval mode), ``forward`` (no gradient, eval mode),
+    ``update`` (train mode: forward, backward, Adam step, on a copy), on the bench's batch
+    (perturbed) and, for ``forward_wide`` and ``update_wide``, on ``wide`` copies of it at once
+    (MSD scores its candidates and ``avg`` trains on its attacks' batches that way)."""
     from jobs.attacks import make_attack
 
-    x = make_attack({"type": "linf", "epsilon": 0.3, "k": 2})(b.model, b.x, b.y).x_adv
+    model = copy.deepcopy(trained).eval()
+    learner = copy.deepcopy(trained).train()
+    x = make_attack({"type": "linf", "epsilon": 0.3, "k": 2})(model, b.x, b.y).x_adv
     xw, yw = x.repeat(wide, 1, 1, 1), b.y.repeat(wide)
-    model = copy.deepcopy(b.model).eval()
-    learner = copy.deepcopy(b.model).train()
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
 
     def forward(inputs: torch.Tensor) -> None:
@@ -131,7 +133,7 @@ def ideal_seconds(m: dict[str, Any], units: dict[str, float], *, strategy: str, 
 
 def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
     from jobs.config import make_train_config
-    from jobs.training import train
+    from jobs.training import load_trained, train
 
     s = b.settings
     group = "train"
@@ -141,12 +143,13 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
     root = Path(tempfile.mkdtemp(prefix="mpo-bench-train-"))
     counter = iter(range(10**6))
 
-    def run(name: str) -> tuple[float, dict[str, Any]]:
+    def run(name: str) -> tuple[float, dict[str, Any], nn.Module]:
         out = root / f"{name}-{next(counter)}"
         result = train(configs[name], out, data_dir=b.data_dir, device=b.device, resume=False)
+        model, _, _ = load_trained(result.checkpoint, device=b.device)
         shutil.rmtree(out, ignore_errors=True)
         m = result.metrics[-1]
-        return m["seconds"] / configs[name].steps_per_epoch, m
+        return m["seconds"] / configs[name].steps_per_epoch, m, model
 
     per_step: dict[str, list[float]] = {name: [] for name in configs}
     ideal: dict[str, list[float]] = {name: [] for name in configs}
@@ -158,12 +161,12 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
         run("nat")  # warm-up: data loading paths, allocator
         for _ in range(s.train_reps):
             for name in configs:
-                # the unit costs next to each run, so both see the same machine state
-                u = {k: statistics.median(v) for k, v in unit_costs(b, 3, wide).items()}
+                seconds, m, model = run(name)
+                sync(b.device)
+                # the unit costs right after each run, on its model and the same machine state
+                u = {k: statistics.median(v) for k, v in unit_costs(b, model, 3, wide).items()}
                 for k, v in u.items():
                     units.setdefault(k, []).append(v)
-                seconds, m = run(name)
-                sync(b.device)
                 per_step[name].append(seconds)
                 ideal[name].append(ideal_seconds(m, u, strategy=name, wide=wide))
                 counts[name].append({k: m[f"{k}_per_example"] for k in

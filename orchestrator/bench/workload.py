@@ -49,7 +49,7 @@ class Settings:
                        proj_batch=None if cuda else 2)
         return cls(quick=False, width=1.0 if cuda else 0.5, batch=500 if cuda else 100, k=20,
                    ks=(10, 20), reps=7, warmup=2, fit_steps=400, rt_grid=(5, 5, 31), rt_reps=2,
-                   train_k=10, train_steps=10, train_reps=3, sweep_trials=8, sweep_reps=2,
+                   train_k=10, train_steps=10, train_reps=5, sweep_trials=8, sweep_reps=2,
                    sweep_warmup=True, sweep_parallel=True, eval_shards=8, proj_steps=20,
                    proj_warmup=2, proj_batch=None)
 
