@@ -6,9 +6,10 @@ the same model and batch: the passes are counted as they ran (``jobs.train_cost.
 the run's ``metrics.jsonl``): per clean input, ``attack_bwd`` input-gradient passes (eval mode,
 forward+backward), ``attack_fwd - attack_bwd`` forward-only passes (the scoring of a last
 iterate, MSD's candidates) and ``update_fwd`` updates (train mode: forward, backward with the
-weight gradients, the optimiser step). The three unit costs are measured in the same run, on
-the bench's model and a perturbed batch, interleaved with the strategies' runs. 1.0 means a
-step costs exactly its passes: no extra pass, no time outside the model beyond the passes'.
+weight gradients, the optimiser step). The unit costs are measured in the same process right
+before and after each strategy's run, on a model like the run's (at its start, and the one it
+ended with) and a perturbed batch. 1.0 means a step costs exactly its passes: no extra pass, no
+time outside the model beyond the passes'.
 """
 
 from __future__ import annotations
@@ -151,6 +152,14 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
         m = result.metrics[-1]
         return m["seconds"] / configs[name].steps_per_epoch, m, model
 
+    def initial(name: str) -> nn.Module:
+        from jobs.models import build_model
+
+        torch.manual_seed(configs[name].seed)
+        model = build_model(configs[name].model.name, configs[name].dataset_info(),
+                            **configs[name].model.kwargs)
+        return model.to(b.device)
+
     per_step: dict[str, list[float]] = {name: [] for name in configs}
     ideal: dict[str, list[float]] = {name: [] for name in configs}
     counts: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
@@ -161,10 +170,13 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
         run("nat")  # warm-up: data loading paths, allocator
         for _ in range(s.train_reps):
             for name in configs:
+                # the unit costs on each run's model right before and after it (the model at
+                # its start and at its end), so that both sides see the same machine state
+                before = unit_costs(b, initial(name), 3, wide)
                 seconds, m, model = run(name)
                 sync(b.device)
-                # the unit costs right after each run, on its model and the same machine state
-                u = {k: statistics.median(v) for k, v in unit_costs(b, model, 3, wide).items()}
+                after = unit_costs(b, model, 3, wide)
+                u = {k: statistics.median(before[k] + after[k]) for k in before}
                 for k, v in u.items():
                     units.setdefault(k, []).append(v)
                 per_step[name].append(seconds)
