@@ -93,6 +93,7 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
     say = progress or (lambda _msg: None)
     s = Settings.make(quick=quick, device=dev)
     t_start = time.perf_counter()
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     say(f"model: MNIST CNN width {s.width}, batch {s.batch}, {s.fit_steps} clean training steps")
     b = make_bench(dev, s, data_dir)
     figures: list[Figure] = []
@@ -128,7 +129,7 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
         "quick": quick,
         "projection": projection,
         "seconds": time.perf_counter() - t_start,
-        "machine": machine_info(dev),
+        "machine": {**machine_info(dev), "load_average_start": load_start},
         "versions": versions(),
         "settings": {**asdict(s), "data": b.data, "model_clean_acc": b.clean_acc},
         "summary": {st: sum(f.status == st for f in figures) for st in STATUSES},
