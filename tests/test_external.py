@@ -300,12 +300,9 @@ RB_NAME = "Ding2020MMA"  # the smallest CIFAR-10 Linf/L2 zoo entry: WRN-28-4, 5.
 
 @pytest.fixture(scope="module")
 def robustbench_utils():
-    from jobs.external.robustbench import MissingExtraError, _import_robustbench
+    from jobs.external.robustbench import _import_robustbench
 
-    try:
-        return _import_robustbench()
-    except MissingExtraError:
-        pytest.skip("robustbench is not installed (pip install 'mpo[robustbench]')")
+    return _import_robustbench()  # robustbench is in the dev extra: a test never skips it
 
 
 @pytest.fixture(scope="module")
@@ -385,6 +382,20 @@ def test_robustbench_errors(tmp_path, zoo_dir, name, files, match):
     folder = zoo_dir if files else tmp_path
     with pytest.raises(ExternalModelError, match=match):
         load_external(_rb(folder, name), device=CPU)
+
+
+def test_robustbench_overwritten_by_torchattacks_is_named(tmp_path, robustbench_utils):
+    """torchattacks 3.5.1 ships an old robustbench copy: a utils.py that is not the file the
+    installed release recorded is refused with the repair command; the real one passes."""
+    from jobs.external.robustbench import MissingExtraError, _check_not_overwritten
+
+    real = Path(robustbench_utils.__file__)
+    _check_not_overwritten(real)
+    old = tmp_path / "utils.py"
+    old.write_bytes(real.read_bytes().replace(b"import timm\n", b""))
+    with pytest.raises(MissingExtraError, match=r"overwritten .*torchattacks 3\.5\.1 .*"
+                       r"pip install --force-reinstall --no-deps robustbench"):
+        _check_not_overwritten(old)
 
 
 def test_robustbench_missing_names_the_extra(monkeypatch):

@@ -9,10 +9,12 @@ Entries that timm hosts (loaded from the Hugging Face hub) are refused.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import difflib
 import hashlib
 import importlib
+import importlib.metadata
 import os
 import sys
 import types
@@ -53,13 +55,38 @@ def _import_robustbench() -> types.ModuleType:
                     sys.modules.setdefault("autoattack" + name.removeprefix("pyautoattack"),
                                            module)
     try:
-        return importlib.import_module("robustbench.utils")
+        utils = importlib.import_module("robustbench.utils")
     except ImportError as err:
         raise MissingExtraError(
             f"RobustBench models need the package 'robustbench', which cannot be imported "
             f"({err}); install mpo's extra: pip install '{ROBUSTBENCH_EXTRA}' (or "
             f"pip install -e '.[robustbench]' in the checkout)"
         ) from None
+    _check_not_overwritten(Path(str(utils.__file__)))
+    return utils
+
+
+def _check_not_overwritten(utils_file: Path) -> None:
+    """Refuse a robustbench whose ``utils.py`` is not the file its installed release recorded.
+
+    torchattacks 3.5.1 ships an old copy of robustbench as a top-level package: installed after
+    robustbench, it overwrites robustbench's files (an older zoo, another ``load_model``)."""
+    try:
+        record = importlib.metadata.files("robustbench") or []
+    except importlib.metadata.PackageNotFoundError:
+        return  # not installed as a distribution (a source checkout on the path): nothing to check
+    entry = next((p for p in record if p.as_posix() == "robustbench/utils.py"), None)
+    if entry is None or entry.hash is None or entry.hash.mode != "sha256":
+        return
+    digest = base64.urlsafe_b64encode(hashlib.sha256(utils_file.read_bytes()).digest())
+    if digest.rstrip(b"=").decode() != entry.hash.value.rstrip("="):
+        version = importlib.metadata.version("robustbench")
+        raise MissingExtraError(
+            f"the installed robustbench {version} has had its files overwritten ({utils_file} "
+            "is not the file it was installed with): torchattacks 3.5.1 ships an old copy of "
+            "robustbench and overwrites it when installed after it; repair with: pip install "
+            "--force-reinstall --no-deps robustbench"
+        )
 
 
 class _WeightsOnlyTorch(types.ModuleType):
