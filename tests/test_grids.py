@@ -207,9 +207,14 @@ def test_paper_grid_is_the_union_of_its_parts():
 
 def test_mnist_mini_and_toy_are_cpu_sized():
     mini, _, _ = load_plan("mnist-mini")
-    assert len(mini.trials) == 9
+    assert len(mini.trials) == 14  # 9 l_p models and 7 RT ones, Nat and Adv_inf shared
     assert all(t.config["model"]["name"] == "mnist_cnn_small" for t in mini.trials.values())
-    assert mini.grid.evaluation["mnist"].n_test == 200
+    assert {t.config["strategy"] for t in mini.trials.values()} == {
+        "nat", "single", "avg", "max", "msd", "eat", "random"}
+    # the paper's training attacks (paper-grid's): 20 steps each
+    assert {a["k"] for t in mini.trials.values() for a in t.config["attacks"]
+            if a["type"] != "rt"} == {20}
+    assert mini.grid.evaluation["mnist"].n_test >= 500
     toy, _, _ = load_plan("toy")
     assert sorted(t.label for t in toy.trials.values()) == sorted(
         ["Nat", "Adv_inf", "Adv_1", "Adv_avg", "Adv_max"])
