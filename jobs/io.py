@@ -42,7 +42,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:
     host = _HOST
     for stale in path.parent.glob(f".{path.name}.tmp-{host}-*"):
         pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{host}-{os.getpid()}")
     try:
@@ -56,7 +56,8 @@ def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:
 _HOST = "".join(c if c.isalnum() else "_" for c in platform.node()) or "host"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this host (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.io import pid_alive
 from orchestrator.resources import SweepError
 
 LOCK_FILE = "driver.lock"
@@ -75,13 +76,7 @@ def _same_live_process(holder: dict[str, Any]) -> bool:
     now = _proc_start(pid)
     if now is not None:  # Linux: /proc says whether it runs, and whether it is the same process
         return holder.get("proc_start") in (None, now)
-    try:  # elsewhere: whether a process of that pid runs
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)  # elsewhere: whether a process of that pid runs
 
 
 def read_holder(run_dir: Path) -> dict[str, Any]:
