@@ -18,6 +18,7 @@ them up for the final checkpoint, ``TrainResult.cost`` and the sweep's ``trial.j
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -81,12 +82,18 @@ COST_KEYS = ("fwd_per_example", "bwd_per_example",
 
 def training_cost(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The whole run's cost from its epoch records: passes per example over all epochs,
-    ``train_seconds``, ``examples`` and the device(s) in order of use."""
-    examples = sum(int(m["examples"]) for m in metrics)
+    ``train_seconds``, ``examples`` and the device(s) in order of use.
+
+    Epochs resumed from a state written before costs were counted have no cost record: the
+    figures are then over the counted epochs, and ``uncounted_epochs`` says how many were not."""
+    counted = [m for m in metrics if all(k in m for k in (*COST_KEYS, "examples", "device"))]
+    examples = sum(int(m["examples"]) for m in counted)
     out: dict[str, Any] = {
-        k: sum(m[k] * m["examples"] for m in metrics) / max(examples, 1) for k in COST_KEYS
+        k: sum(m[k] * m["examples"] for m in counted) / max(examples, 1) for k in COST_KEYS
     }
-    out["train_seconds"] = metrics[-1]["train_seconds"] if metrics else 0.0
+    out["train_seconds"] = metrics[-1].get("train_seconds", math.nan) if metrics else 0.0
     out["examples"] = examples
-    out["device"] = ", ".join(dict.fromkeys(m["device"] for m in metrics))
+    out["device"] = ", ".join(dict.fromkeys(m["device"] for m in counted))
+    if len(counted) < len(metrics):
+        out["uncounted_epochs"] = len(metrics) - len(counted)
     return out

@@ -264,6 +264,8 @@ def test_model_that_does_not_fit_is_a_clear_error(tmp_path, spec, match):
     ({"robustbench": "Ding2020MMA"}, "needs threat_model: Linf or L2"),
     ({"robustbench": "Ding2020MMA", "threat_model": "Linf", "mean": [0.5], "std": [0.2]},
      "RobustBench models take \\[0, 1\\] inputs"),
+    ({"robustbench": "Ding2020MMA", "threat_model": "Linf"},
+     "dataset 'mnist': mpo evaluates RobustBench models of cifar10 only"),
     ({"factory": FACTORY, "mean": [0.5]}, "give mean and std together"),
     ({"factory": FACTORY, "mean": [0.5], "std": [0.0]}, "every std must be > 0"),
     ({"factory": FACTORY, "input_range": [255, 0]}, "upper end must be above"),

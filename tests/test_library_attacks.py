@@ -125,7 +125,7 @@ def test_apgd_t_refuses_models_with_fewer_than_four_classes():
     x, y = load_split("toy", "test", n=4)
     attack = make_attack({"type": "autoattack", "attack": "apgd-t", "norm": "linf", "epsilon": 0.4},
                          bounds=None)
-    with pytest.raises(ValueError, match=r"apgd-t.*at least 4 classes; the model has 2"):
+    with pytest.raises(AttackSpecError, match=r"apgd-t.*at least 4 classes; the model has 2"):
         attack(model, x, y)
 
 

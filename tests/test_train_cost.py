@@ -105,3 +105,15 @@ def test_rt_and_restarts_count_what_ran(tmp_path, mnist_dir):
                  tmp_path / "pgd", data_dir=mnist_dir).metrics
     bwd = m["attack_bwd_per_example"]
     assert 2 < bwd <= 4 and bwd <= m["attack_fwd_per_example"] <= bwd * 3 / 2
+
+
+def test_epochs_resumed_from_a_state_without_cost_records_are_named_not_a_crash():
+    from jobs.train_cost import COST_KEYS
+
+    new = {"examples": 100, "device": "cpu (1 threads)", "train_seconds": 3.0,
+           **{k: 2.0 for k in COST_KEYS}}
+    old = {"examples": 100, "train_loss": 1.0}  # an epoch recorded before costs were counted
+    cost = training_cost([old, new])
+    assert cost["uncounted_epochs"] == 1 and cost["examples"] == 100
+    assert cost["fwd_per_example"] == 2.0 and cost["train_seconds"] == 3.0
+    assert "uncounted_epochs" not in training_cost([new, new])

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jobs.attacks.base import BUDGET_RTOL, Attack, AttackResult, RunOutput
+from jobs.attacks.checks import AttackSpecError
 from jobs.attacks.norms import perturbation_norm
 from jobs.errors import MpoError
 
@@ -283,7 +284,7 @@ class AutoAttackAttack(LibraryAttack):
         common = {"norm": norm, "eps": eps, "seed": seed, "device": x.device, "verbose": False}
         if name in ("apgd-t", "fab-t"):
             if name == "apgd-t" and num_classes < 4:
-                raise ValueError(
+                raise AttackSpecError(
                     f"autoattack 'apgd-t' uses the targeted DLR loss, which needs at least 4 "
                     f"classes; the model has {num_classes}"
                 )
@@ -424,7 +425,7 @@ class AutoAttackStandard(LibraryAttack):
             num_classes = scaled(u[:1]).shape[1]
         targets = max(int(s.get("n_target_classes", 0)) for s in self.parsed.component_settings().values())
         if num_classes <= targets:
-            raise ValueError(
+            raise AttackSpecError(
                 f"autoattack version 'standard' targets {targets} other classes (apgd-t, fab-t): "
                 f"it needs a model with at least {targets + 1} classes; the model has {num_classes}"
             )

@@ -73,6 +73,9 @@ class ExternalModel(FrozenModel):
         if rb and (self.mean or self.std or tuple(self.input_range) != (0.0, 1.0)):
             raise ValueError("RobustBench models take [0, 1] inputs and normalise inside: "
                              "give no input_range, mean or std")
+        if rb and self.dataset != "cifar10":
+            raise ValueError(f"dataset '{self.dataset}': mpo evaluates RobustBench models of "
+                             "cifar10 only (its zoo has no mnist or toy models)")
         lo, hi = self.input_range
         if not hi > lo:
             raise ValueError(f"input_range {list(self.input_range)}: the upper end must be above "

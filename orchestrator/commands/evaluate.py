@@ -197,10 +197,11 @@ def eval_command(
                                  "(or a TorchScript file) or --robustbench NAME; got "
                                  + (", ".join(given) or "none"))
     source: str | Path | ExternalModel
+    unit_range = _floats(input_range, "--input-range", count=2) == [0.0, 1.0]
     external_only = [opt for opt, v in (("--weights", weights), ("--factory-kwargs", factory_kwargs),
                                         ("--threat-model", threat_model), ("--model-dir", model_dir),
                                         ("--dataset", dataset), ("--mean", mean), ("--std", std),
-                                        ("--input-range", None if input_range == "0,1" else 1))
+                                        ("--input-range", None if unit_range else 1))
                      if v is not None]
     if checkpoint is not None and external_only:
         raise ExternalModelError(f"{', '.join(external_only)}: for external models (--model, "
