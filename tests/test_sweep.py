@@ -111,7 +111,8 @@ def test_toy_sweep_writes_the_run_folder(faulty_run):
     assert run["versions"]["ray"] and run["versions"]["torch"]
     first = run["sweeps"][0]  # the driver's own record of how long the sweep took
     assert first["resume"] is False and first["trial_states"] == {"done": 3}
-    assert 0 < first["wall_seconds"] <= seconds and first["finished"] >= first["started"]
+    assert 0 < first["wall_seconds"] <= round(seconds, 1)  # recorded to 0.1 s
+    assert first["finished"] >= first["started"]
     labels = sorted(t["label"] for t in manifest["trials"].values())
     assert labels == ["Adv_inf", "Adv_max", "Nat"]
     assert manifest["groups"]["toy"]["families"] == ["linf", "l1"]
