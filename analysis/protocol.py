@@ -22,13 +22,6 @@ from analysis.metrics import FULL_BUDGET, display_names, evaluated_by_all
 from analysis.suite_meta import RecordedAttack, SuiteInfo
 
 CLEAN = "clean"
-#: The type column's name for each spec type of jobs.attacks (others are shown as written).
-SPEC_TYPES = {"linf": "PGD", "l2": "PGD", "l1": "SLIDE"}
-#: Specs made of parts, and how their parts' radii combine: an affine attack composes its two
-#: perturbations, MSD searches the union of its balls.
-COMPOSITE = {"affine": " + ", "msd": " ∪ "}
-
-
 @dataclass(frozen=True)
 class ProtocolRow:
     """One attack that counts for a family, as the protocol table shows it."""
@@ -60,89 +53,15 @@ def fmt_points(values: tuple[float, ...] | list[float]) -> str:
     return ", ".join(_num(v) for v in values)
 
 
-def spec_type(spec: dict[str, object]) -> str:
-    """What kind of attack a spec runs: PGD, SLIDE, RT grid, AutoAttack apgd-ce, foolbox ..."""
-    typ = str(spec.get("type", ""))
-    if typ == "rt":
-        return "RT grid" if _int(spec.get("random_tries"), -1) < 0 else "RT random"
-    if typ == "autoattack":
-        if spec.get("version") == "standard":
-            return "AutoAttack standard (apgd-ce, apgd-t, fab-t, square)"
-        return f"AutoAttack {spec.get('attack', '')}".strip()
-    if typ == "foolbox":
-        return f"foolbox {spec.get('attack', '')}".strip()
-    if typ == "affine":
-        return "affine (" + " + ".join(spec_type(s) for s in _parts(spec)) + ")"
-    if typ == "msd":
-        return "MSD (" + ", ".join(str(p.get("type", "")) for p in _parts(spec)) + ")"
-    return SPEC_TYPES.get(typ, typ)
-
-
-def _int(value: object, default: int) -> int:
-    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else default
-
-
-def _parts(spec: dict[str, object]) -> list[dict[str, object]]:
-    parts = spec.get("attacks")
-    return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
-
-
-def spec_radius(spec: dict[str, object], epsilon: float) -> str:
-    """The attack's radius: epsilon for l_p attacks, the RT limits, an affine attack's parts."""
-    if spec.get("type") == "rt":
-        limits = spec.get("spatial_limits")
-        if isinstance(limits, list) and len(limits) == 3:
-            return f"±{_num(limits[0])} px, ±{_num(limits[1])} px, ±{_num(limits[2])}°"
-    if spec.get("type") in COMPOSITE:
-        parts = [f"{p.get('type', '')} {spec_radius(p, math.nan)}" for p in _parts(spec)]
-        return COMPOSITE[str(spec["type"])].join(parts) or "—"
-    eps = spec.get("epsilon", epsilon)
-    return _num(float(eps)) if isinstance(eps, (int, float)) and math.isfinite(eps) else "—"
-
-
-def spec_effort(spec: dict[str, object]) -> str:
-    """Steps, iterations or queries per input (per restart), as the spec states them."""
-    if spec.get("type") == "rt":
-        grid = spec.get("grid_granularity")
-        tries = _int(spec.get("random_tries"), -1)
-        if tries >= 0:
-            return f"{tries} random transforms"
-        if isinstance(grid, list):
-            return f"{math.prod(int(g) for g in grid)} transforms"
-    if spec.get("type") == "affine":
-        return " + ".join(spec_effort(p) for p in _parts(spec))
-    out = []
-    for key, unit in (("k", "steps"), ("steps", "steps"), ("n_iter", "iterations"),
-                      ("n_queries", "queries")):
-        if isinstance(spec.get(key), int):
-            out.append(f"{spec[key]} {unit}")
-    if isinstance(spec.get("binary_search_steps"), int) and out:
-        out[0] = f"{spec['binary_search_steps']} × {out[0]}"
-    if isinstance(spec.get("n_target_classes"), int):
-        out.append(f"{spec['n_target_classes']} target classes")
-    if isinstance(spec.get("init_steps"), int):
-        out.append(f"{spec['init_steps']} start steps")
-    if spec.get("type") == "autoattack" and spec.get("version") == "standard" and not out:
-        out.append("AutoAttack's standard budgets")
-    return ", ".join(out) or "—"
-
-
-def spec_restarts(spec: dict[str, object]) -> str:
-    for key in ("reps", "n_restarts"):
-        if isinstance(spec.get(key), int):
-            return str(spec[key])
-    return "1"
-
-
 def _row(suite: SuiteInfo, attack: RecordedAttack) -> ProtocolRow:
     budgets = tuple(suite.points(attack.name))
     full = suite.full_radius.get(attack.family, attack.epsilon)
     radii = tuple(b * full for b in budgets) if math.isfinite(full) else ()
+    d = attack.description
     return ProtocolRow(suite=suite.name, family=attack.family, attack=attack.name,
-                       kind=attack.kind, type=spec_type(attack.spec),
-                       radius=spec_radius(attack.spec, attack.epsilon),
-                       effort=spec_effort(attack.spec), restarts=spec_restarts(attack.spec),
-                       budgets=budgets, radii=radii)
+                       kind=attack.kind, type=str(d.get("label", attack.spec.get("type", ""))),
+                       radius=str(d.get("radius", "—")), effort=str(d.get("effort", "—")),
+                       restarts=str(d.get("restarts", "1")), budgets=budgets, radii=radii)
 
 
 def protocol_rows(rs: ResultSet) -> list[ProtocolRow]:

@@ -12,13 +12,13 @@ describes results the rows already hold).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from analysis.legacy_describe import legacy_description
 
 FULL_PROTOCOL = "full"
 REDUCED_PROTOCOL = "reduced"
-#: The components of AutoAttack's standard ensemble, in the order it runs them.
-AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class RecordedAttack:
     budget: float
     epsilon: float
     base: str
+    #: how the attack states itself (``jobs.attacks.specbase.Description``: label, radius,
+    #: effort, restarts, kind, components), as its results file recorded it
+    description: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_full(self) -> bool:
@@ -41,11 +44,8 @@ class RecordedAttack:
 
     @property
     def components(self) -> tuple[str, ...]:
-        """The AutoAttack components that can break an input for this attack (its standard
-        ensemble's), or () for any other attack."""
-        if self.spec.get("type") == "autoattack" and self.spec.get("version") == "standard":
-            return AUTOATTACK_STANDARD
-        return ()
+        """An ensemble's components (which the rows name as what broke an input), or ()."""
+        return tuple(str(c) for c in self.description.get("components") or ())
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,13 @@ def _attack(entry: dict[str, Any]) -> RecordedAttack:
     budget = _float(entry.get("budget"), 1.0)
     # A copy is named "<base>@<budget>" by jobs.suite; the base is stated from schema 2 on.
     base = str(entry.get("base") or (name if budget == 1.0 else name.split("@")[0]))
-    spec = entry.get("spec")
+    spec = entry.get("spec") if isinstance(entry.get("spec"), dict) else {}
+    epsilon = _float(entry.get("epsilon"))
+    described = entry.get("describe")
+    description = described if isinstance(described, dict) else legacy_description(spec, epsilon)
     return RecordedAttack(name=name, family=str(entry.get("family", "")),
-                       kind=str(entry.get("kind", "")),
-                       spec=spec if isinstance(spec, dict) else {}, budget=budget,
-                       epsilon=_float(entry.get("epsilon")), base=base)
+                          kind=str(entry.get("kind", "")), spec=spec, budget=budget,
+                          epsilon=epsilon, base=base, description=description)
 
 
 def parse_suite_info(suite: dict[str, Any], warnings: list[str]) -> SuiteInfo:

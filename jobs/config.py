@@ -8,7 +8,7 @@ A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complet
     optimizer: {name: adam, lr: 1.0e-3, momentum: 0.0, weight_decay: 0.0,
                 milestones: [0.5], gamma: 0.1}          # milestones: fractions of all steps
     strategy: max                    # nat | single | avg | max | random | eat | msd
-    attacks:                         # attack specs, as jobs.attacks.make_attack takes them
+    attacks:                         # attack specs, as jobs.attacks.parse_spec takes them
       - {type: pgd_linf, eps: 0.3, steps: 20}
     start_small: true                # first epoch: every eps and RT limit divided by 3
     epochs: 10
@@ -17,8 +17,9 @@ A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complet
     seed: 0
     augment: null                    # null = the dataset's default (crop+flip on CIFAR10)
 
-Attack specs are validated by ``jobs.attacks.make_attack`` when the config is built and stored in
-their normalised form (``Attack.spec``), so ``config.json`` holds every hyperparameter explicitly.
+Attack specs are validated by ``jobs.attacks.parse_spec`` when the config is built and stored in
+their canonical form (``AttackSpec.to_dict``), so ``config.json`` holds every hyperparameter
+explicitly. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def check_combined_attacks(strategy: str, specs: list[dict[str, Any]]) -> None:
     if strategy != "msd":
         return
     from jobs.attacks import AttackSpecError
-    from jobs.attacks.msd import MsdSpec
+    from jobs.attacks.msd.spec import MsdSpec
 
     try:
         MsdSpec.combine(specs)
@@ -97,7 +98,7 @@ class DatasetConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _known(self) -> DatasetConfig:
-        from jobs.data import DataError, dataset_info
+        from jobs.datasets import DataError, dataset_info
 
         try:
             dataset_info(self.name, self.params or None)
@@ -113,10 +114,10 @@ class ModelConfig(FrozenModel):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from jobs.models import MODELS
+        from jobs.model_names import MODEL_NAMES
 
-        if name not in MODELS:
-            raise ValueError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}")
+        if name not in MODEL_NAMES:
+            raise ValueError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODEL_NAMES))}")
         return name
 
 
@@ -161,7 +162,7 @@ class TrainConfig(FrozenModel):
         info = self.dataset_info()
         if self.augment and info.augmentation is None:
             raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")
-        normalised = [_normalise_attack(spec, i, info.bounds) for i, spec in enumerate(self.attacks)]
+        normalised = [_normalise_attack(spec, i) for i, spec in enumerate(self.attacks)]
         check_combined_attacks(self.strategy, normalised)
         # frozen model: set the normalised specs once, during validation
         object.__setattr__(self, "attacks", normalised)
@@ -170,16 +171,15 @@ class TrainConfig(FrozenModel):
     # ------------------------------------------------------------------------------------------
 
     def dataset_info(self):
-        from jobs.data import dataset_info
+        from jobs.datasets import dataset_info
 
         return dataset_info(self.dataset.name, self.dataset.params or None)
 
     def families(self) -> list[str]:
         """The training attacks' perturbation families, in config order."""
-        from jobs.attacks import make_attack
+        from jobs.attacks.spec import parse_spec
 
-        bounds = self.dataset_info().bounds
-        return [make_attack(spec, bounds=bounds).family for spec in self.attacks]
+        return [parse_spec(spec).family for spec in self.attacks]
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -215,13 +215,14 @@ def scale_spec(spec: Mapping[str, Any], factor: float) -> dict[str, Any]:
     return parse_spec(spec).scaled(factor).to_dict()
 
 
-def _normalise_attack(spec: Any, index: int, bounds: tuple[float, float] | None) -> dict[str, Any]:
-    from jobs.attacks import AttackSpecError, make_attack
+def _normalise_attack(spec: Any, index: int) -> dict[str, Any]:
+    """The attack spec's canonical dict (every default explicit), or a ValueError naming it."""
+    from jobs.attacks import AttackSpecError, parse_spec
 
     if not isinstance(spec, dict):
         raise ValueError(f"attacks[{index}]: an attack spec must be a mapping, got {spec!r}")
     try:
-        return make_attack(spec, bounds=bounds).spec
+        return parse_spec(spec).to_dict()
     except AttackSpecError as err:
         raise ValueError(f"attacks[{index}]: {err}") from None
 

@@ -21,78 +21,33 @@ import os
 import pickle
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, ValidationError
 
-from jobs.errors import MpoError
-from jobs.validation import FrozenModel, format_validation_error
+from jobs.datasets import (
+    DEFAULT_DATA_DIR,
+    ENV_DATA_DIR,
+    DataError,
+    DatasetInfo,
+    Split,
+    ToyParams,
+    check_name,
+    dataset_info,
+    resolve_data_dir,
+    toy_params,
+)
 
-DEFAULT_DATA_DIR = Path("~/.cache/mpo/data")
-ENV_DATA_DIR = "MPO_DATA_DIR"
-
-Split = Literal["train", "test"]
-
-
-class DataError(MpoError, RuntimeError):
-    """A dataset that cannot be loaded: missing, corrupt, or asked for more points than it has."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: input shape ``(C, H, W)``, classes, input bounds (None = unbounded)."""
-
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    bounds: tuple[float, float] | None
-    train_size: int | None
-    test_size: int | None
-    augmentation: str | None = None
+__all__ = ["DATASETS", "DEFAULT_DATA_DIR", "ENV_DATA_DIR", "LOADERS", "DataError", "DatasetInfo",
+           "Split", "ToyParams", "augment_batch", "check_dataset", "dataset_info", "fetch",
+           "load_split", "require_dataset", "resolve_data_dir", "toy_params"]
 
 
-class ToyParams(FrozenModel):
-    """Parameters of the Section 2 distribution."""
-
-    d: int = Field(99, ge=1, description="number of weakly correlated features x1..xd")
-    alpha: float = Field(2.0, gt=0, description="signal strength: eta = alpha / sqrt(d)")
-    p0: float = Field(0.9, ge=0.5, le=1.0, description="P(x0 = y) for the sign feature")
-    x0: Literal["sign", "gaussian"] = "sign"
-    n_train: int = Field(10_000, ge=1, description="size of the generated training split")
-    n_test: int = Field(2_000, ge=1, description="size of the generated test split")
-
-    @property
-    def eta(self) -> float:
-        return self.alpha / math.sqrt(self.d)
-
-    @property
-    def side(self) -> int:
-        return math.ceil(math.sqrt(self.d + 1))
-
-
-def toy_params(params: dict[str, Any] | ToyParams | None) -> ToyParams:
-    if isinstance(params, ToyParams):
-        return params
-    try:
-        return ToyParams(**(params or {}))
-    except ValidationError as err:
-        raise DataError(
-            format_validation_error(err, source="toy dataset parameters", model=ToyParams)
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------
 # Data root
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: argument, else ``$MPO_DATA_DIR``, else ``~/.cache/mpo/data``."""
-    if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
-    return Path(data_dir).expanduser()
 
 
 def _fix_hint(name: str, root: Path) -> str:
@@ -256,8 +211,7 @@ def _download(name: str, root: Path) -> None:
 
 def fetch(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Download a dataset into the data root (``mpo data fetch``)."""
-    spec = _spec(name)
-    if spec.loader is None:
+    if LOADERS[check_name(name)] is None:
         raise DataError(f"dataset '{name}' is generated, there is nothing to fetch")
     root = resolve_data_dir(data_dir)
     _download(name, root)
@@ -291,45 +245,14 @@ def _toy_split(params: ToyParams, split: Split, seed: int) -> tuple[torch.Tensor
 # Registry
 
 
-@dataclass(frozen=True)
-class _Spec:
-    info: Callable[[ToyParams | None], DatasetInfo]
-    loader: Callable[[Path, Split, bool], tuple[torch.Tensor, torch.Tensor]] | None
-
-
-def _mnist_info(_: ToyParams | None) -> DatasetInfo:
-    return DatasetInfo("mnist", (1, 28, 28), 10, (0.0, 1.0), 60_000, 10_000)
-
-
-def _cifar_info(_: ToyParams | None) -> DatasetInfo:
-    return DatasetInfo("cifar10", (3, 32, 32), 10, (0.0, 1.0), 50_000, 10_000, "crop+flip")
-
-
-def _toy_info(params: ToyParams | None) -> DatasetInfo:
-    p = params or ToyParams()
-    return DatasetInfo("toy", (1, p.side, p.side), 2, None, p.n_train, p.n_test)
-
-
-DATASETS: dict[str, _Spec] = {
-    "mnist": _Spec(_mnist_info, _load_mnist),
-    "cifar10": _Spec(_cifar_info, _load_cifar10),
-    "toy": _Spec(_toy_info, None),
+#: Each dataset's loader (the toy data is generated: ``_toy_split``).
+LOADERS: dict[str, Callable[[Path, Split, bool], tuple[torch.Tensor, torch.Tensor]] | None] = {
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar10,
+    "toy": None,
 }
-
-
-def _spec(name: str) -> _Spec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset '{name}'; valid datasets: {', '.join(sorted(DATASETS))}"
-        ) from None
-
-
-def dataset_info(name: str, params: dict[str, Any] | ToyParams | None = None) -> DatasetInfo:
-    """Shape, classes and bounds of a dataset (``params`` only for ``toy``)."""
-    spec = _spec(name)
-    return spec.info(toy_params(params) if name == "toy" else None)
+#: The dataset names (``jobs.datasets.DATASET_INFO`` describes each).
+DATASETS = tuple(LOADERS)
 
 
 def load_split(
@@ -349,13 +272,13 @@ def load_split(
     """
     if split not in ("train", "test"):
         raise DataError(f"unknown split '{split}'; valid splits: train, test")
-    spec = _spec(name)
-    if spec.loader is None:
+    loader = LOADERS[check_name(name)]
+    if loader is None:
         x, y = _toy_split(toy_params(params), split, seed)
     else:
         if params:
             raise DataError(f"dataset '{name}' takes no parameters, got {sorted(params)}")
-        x, y = spec.loader(resolve_data_dir(data_dir), split, download)
+        x, y = loader(resolve_data_dir(data_dir), split, download)
     if n is not None:
         if n < 1:
             raise DataError(f"n_{split} = {n}: must be at least 1")
@@ -378,12 +301,12 @@ def require_dataset(
 ) -> None:
     """Check, before any work starts, that ``name``'s files are under the data root and hold at
     least ``n_train`` / ``n_test`` points; raises the ``DataError`` a trial would hit."""
-    spec = _spec(name)
-    if spec.loader is None:
+    loader = LOADERS[check_name(name)]
+    if loader is None:
         return
     root = resolve_data_dir(data_dir)
     for split, n in (("train", n_train), ("test", n_test)):
-        _, y = spec.loader(root, split, False)
+        _, y = loader(root, split, False)
         if n is not None and n > len(y):
             raise DataError(
                 f"{name} {split} under {root} has {len(y)} points, fewer than the {n} asked for"
@@ -434,10 +357,9 @@ def check_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
     """
     from torchvision.datasets import CIFAR10, MNIST
 
-    spec = _spec(name)
     root = resolve_data_dir(data_dir)
     out: dict[str, Any] = {"name": name, "root": str(root), "splits": {}, "checksums": ""}
-    if spec.loader is None:
+    if LOADERS[check_name(name)] is None:
         out["present"] = True
         out["checksums"] = "generated from a seed"
         info = dataset_info(name)

@@ -43,8 +43,7 @@ from torch import Tensor, nn
 
 import jobs.attacks
 from jobs.attacks import Attack
-from jobs.attacks.library import EnsembleResult
-from jobs.attacks.norms import IN_BALL_TOLERANCE, Ball
+from jobs.attacks.balls import Ball
 from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
 from jobs.checkpoint import file_digest
 from jobs.data import dataset_info, load_split
@@ -269,7 +268,7 @@ def attack_inputs(
         s, inside = ball.contains(xb, result)
         adv_pred[idx] = pred.cpu()
         fooled[idx] = ((pred != yb) & inside).cpu()
-        if isinstance(result, EnsembleResult):
+        if result.component is not None:  # an ensemble: name the component
             for i, component, hit in zip(idx.tolist(), result.component, fooled[idx].tolist(),
                                          strict=True):
                 breaker[i] = component if hit else None
@@ -285,7 +284,7 @@ def threshold_rows(below: pd.DataFrame, ball: Ball, prior: CascadePrior) -> Atta
     copy's n rows in index order) are counted against this ``ball``'s l_p radius. Inputs the
     prior skips keep its values; every other input's row in ``below`` is robust there, so it
     holds the attack's own result for that input."""
-    limit = ball.epsilon * (1.0 + IN_BALL_TOLERANCE)
+    limit = ball.limit()
     adv_pred, size, loss = below["adv_pred"].tolist(), below["perturbation"].tolist(), below["loss"].tolist()
     labels = below["label"].tolist()
     fooled = []
@@ -341,7 +340,7 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
         "kind": [entry.kind] * n,
         "epsilon": [entry.ball().epsilon] * n,
         "budget": [entry.budget] * n,
-        "attack_spec": [json.dumps(entry.spec, sort_keys=True)] * n,
+        "attack_spec": [json.dumps(entry.spec.to_dict(), sort_keys=True)] * n,
         "eval_seed": [shard.seed] * n,
         "index": list(range(shard.start, shard.stop)),
         "label": labels,

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from jobs.data import DatasetInfo
+from jobs.datasets import DatasetInfo
 from jobs.errors import MpoError
+from jobs.model_names import MODEL_NAMES
 
 
 class ModelError(MpoError, ValueError):
@@ -157,13 +158,17 @@ class MLP(nn.Module):
 
 
 #: name -> (constructor, default keyword arguments, description)
+_BUILDERS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
+    "mnist_cnn": (MadryMNIST, {"width": 1.0}),
+    "mnist_cnn_small": (MadryMNIST, {"width": 0.25}),
+    "wrn": (WideResNet, {"depth": 32, "widen": 10}),
+    "wrn_small": (WideResNet, {"depth": 8, "widen": 1}),
+    "linear": (Linear, {}),
+    "mlp": (MLP, {"hidden": 64, "layers": 2}),
+}
+#: name -> (module class, default kwargs, description); the names are ``jobs.model_names``'s
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
-    "mnist_cnn": (MadryMNIST, {"width": 1.0}, "Madry et al.'s MNIST CNN (3.27M parameters)"),
-    "mnist_cnn_small": (MadryMNIST, {"width": 0.25}, "the MNIST CNN at 1/4 width, for CPUs"),
-    "wrn": (WideResNet, {"depth": 32, "widen": 10}, "Madry et al.'s CIFAR10 WRN-32-10"),
-    "wrn_small": (WideResNet, {"depth": 8, "widen": 1}, "a WRN-8-1, for CPUs"),
-    "linear": (Linear, {}, "a linear classifier (toy)"),
-    "mlp": (MLP, {"hidden": 64, "layers": 2}, "a small MLP (toy)"),
+    name: (*_BUILDERS[name], text) for name, text in MODEL_NAMES.items()
 }
 
 

@@ -50,46 +50,34 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-
-import jobs.attacks
-from jobs.attacks.base import AttackSpec
-from jobs.attacks.library_spec import AutoAttackStandardSpec, LibrarySpec
-from jobs.attacks.spec import parse_spec
+from jobs.attacks.library.spec import package_present
+from jobs.attacks.specbase import AttackSpec
 from jobs.cascade import resolve_cascades
-from jobs.data import DataError, dataset_info, toy_params
+from jobs.datasets import toy_params
 from jobs.errors import MpoError
 from jobs.io import load_yaml
-from jobs.validation import FrozenModel, format_validation_error
+from jobs.suite_file import (
+    FULL_PROTOCOL,
+    REDUCED_PROTOCOL,
+    SuiteError,
+    SuiteFile,
+    radius_points,
+    validate_suite_file,
+)
 
 if TYPE_CHECKING:
-    from jobs.attacks.norms import Ball
+    from jobs.attacks.balls import Ball
     from jobs.config import TrainConfig
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
-#: ``budgets_protocol``: every attack of a family at every point / the suite says some are not.
-FULL_PROTOCOL, REDUCED_PROTOCOL = "full", "reduced"
-#: At most this many points per radius range (a typo in the step should not add 10^6 attacks).
-MAX_RADII = 200
-
-
-class SuiteError(MpoError, ValueError):
-    """An invalid suite file or an unknown suite/attack name."""
+__all__ = ["FULL_PROTOCOL", "REDUCED_PROTOCOL", "EvalSuite", "SuiteAttack", "SuiteError",
+           "SuiteMismatchError", "check_compatible", "load_suite", "parse_suite", "radius_points",
+           "suite_names", "suite_path", "toy_identity"]
 
 
 class SuiteMismatchError(MpoError, ValueError):
@@ -102,10 +90,13 @@ class SuiteMismatchError(MpoError, ValueError):
 
 @dataclass(frozen=True)
 class SuiteAttack:
+    """One attack of a suite at one budget point: its spec object (turned into a dict only where
+    it is written), its ball's radius and its place in the cascades."""
+
     name: str
     family: str
     kind: str
-    spec: dict[str, Any]
+    spec: AttackSpec
     budget: float = 1.0
     epsilon: float | None = None
     after: tuple[str, ...] = ()  # cascade: attacked only where these left the input robust
@@ -119,21 +110,20 @@ class SuiteAttack:
 
     def ball(self) -> Ball:
         """The ball of the in-ball rule (``epsilon``, when set, is its l_p radius)."""
-        return parse_spec(self.spec).ball(self.epsilon)
+        return self.spec.ball(self.epsilon)
 
     def own_labels(self) -> tuple[str, ...]:
-        """The ``broken_by`` values of inputs this attack's own run broke: its name, or its
-        components for an ensemble (AutoAttack's standard version)."""
-        parsed = parse_spec(self.spec)
-        return (self.name, *parsed.components) if isinstance(parsed, AutoAttackStandardSpec) else (
-            self.name,)
+        """The ``broken_by`` values of inputs this attack's own run broke: its name, and an
+        ensemble's components (AutoAttack's standard version)."""
+        return (self.name, *self.spec.components)
 
     def to_dict(self) -> dict[str, Any]:
+        """The attack as its shard's content key holds it."""
         out = {
             "name": self.name,
             "family": self.family,
             "kind": self.kind,
-            "spec": self.spec,
+            "spec": self.spec.to_dict(),
             "budget": self.budget,
             "epsilon": self.epsilon,
             "base": self.base,
@@ -145,6 +135,11 @@ class SuiteAttack:
         if self.thresholds:
             out["thresholds"] = True
         return out
+
+    def record(self) -> dict[str, Any]:
+        """The attack as the results' suite metadata records it: ``to_dict`` and how a report
+        states it (``describe``), so the torch-free analysis never re-learns an attack type."""
+        return {**self.to_dict(), "describe": dict(self.spec.describe())}
 
 
 @dataclass(frozen=True)
@@ -187,7 +182,7 @@ class EvalSuite:
             "description": self.description,
             "groups": {g: list(v["families"]) for g, v in self.groups.items()},
             "affine": {g: list(v.get("affine", [])) for g, v in self.groups.items()},
-            "attacks": [a.to_dict() for a in self.attacks],
+            "attacks": [a.record() for a in self.attacks],
             "budgets_protocol": self.budgets_protocol,
             "radii": {f: list(r) for f, r in self.radii.items()},
             "full_radius": dict(self.full_radius),
@@ -218,170 +213,7 @@ def check_compatible(config: TrainConfig, suite: EvalSuite, *, source: str = "ch
 
 
 # ----------------------------------------------------------------------------------------------
-# The suite file
-
-
-def _name(value: str) -> str:
-    if not _NAME_RE.match(value):
-        raise ValueError("letters, digits and . _ - + @ only")
-    return value
-
-
-def _flag(value: object) -> bool:
-    # YAML's true / false only: pydantic would also read 'yes' or 1 as true
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _cascade_request(value: object) -> bool | list[str] | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, list) and value and all(isinstance(n, str) for n in value):
-        return value
-    raise ValueError("must be true, false or a non-empty list of earlier attack names")
-
-
-def _radius_range(value: tuple[float, float, float]) -> tuple[float, float, float]:
-    start, stop, step = value
-    if not (start >= 0 and step > 0 and stop >= start):
-        raise ValueError("must be [start, stop, step] with 0 <= start <= stop and step > 0")
-    if len(radius_points(value)) > MAX_RADII:
-        raise ValueError(f"gives more than {MAX_RADII} radii; use a larger step")
-    return value
-
-
-def radius_points(value: tuple[float, float, float]) -> list[float]:
-    """The radii of an inclusive range [start, stop, step] (float steps that land within 1e-9 of
-    ``stop`` include it)."""
-    start, stop, step = value
-    count = math.floor((stop - start) / step + 1e-9) + 1
-    return [round(start + i * step, 12) for i in range(count)]
-
-
-Name = Annotated[str, AfterValidator(_name)]
-Fraction = Annotated[float, Field(gt=0, lt=1, strict=True)]
-RadiusRange = Annotated[tuple[float, float, float], AfterValidator(_radius_range)]
-
-
-class AttackEntry(FrozenModel):
-    """One attack of a suite file."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    name: Name
-    kind: Literal["first-order", "gradient-free", "grid"]
-    spec: Annotated[AttackSpec, BeforeValidator(parse_spec)]
-    family: str | None = Field(None, description="checked against the spec's family")
-    epsilon: float | None = Field(None, gt=0, strict=True, description="radius of the in-ball rule")
-    budgets: list[Fraction] | None = Field(None, description="fractions of the ball for copies")
-    cascade: Annotated[bool | list[str] | None, BeforeValidator(_cascade_request)] = None
-
-    @field_validator("family")
-    @classmethod
-    def _same_family(cls, family: str | None, info: ValidationInfo) -> str | None:
-        spec = info.data.get("spec")
-        if family is not None and spec is not None and family != spec.family:
-            raise ValueError(f"the spec's family is {spec.family!r}")
-        return family
-
-    @field_validator("epsilon")
-    @classmethod
-    def _has_radius(cls, epsilon: float | None, info: ValidationInfo) -> float | None:
-        spec = info.data.get("spec")
-        if epsilon is not None and spec is not None:
-            spec.ball(epsilon)  # a ValueError for families without a radius
-        return epsilon
-
-
-class GroupEntry(FrozenModel):
-    """A report group: the families its union and average are over, and its affine families."""
-
-    families: list[str]
-    affine: list[str] | None = None
-
-    @field_validator("families")
-    @classmethod
-    def _not_empty(cls, families: list[str]) -> list[str]:
-        if not families:
-            raise ValueError("needs at least one family")
-        return families
-
-
-def _group_shorthand(value: object) -> object:
-    return {"families": value} if isinstance(value, list) else value
-
-
-def _families_present(group: GroupEntry, info: ValidationInfo) -> GroupEntry:
-    attacks = info.data.get("attacks")
-    if attacks is not None:
-        present = {a.spec.family for a in attacks}
-        for f in group.families + (group.affine or []):
-            if f not in present:
-                raise ValueError(f"family {f!r} has no attack in the suite ({sorted(present)})")
-    return group
-
-
-class SuiteFile(FrozenModel):
-    """A suite file as written (the module docstring shows every field)."""
-
-    name: Name
-    description: str | None = None
-    dataset: str
-    dataset_params: dict[str, Any] | None = Field(None, description="toy only")
-    seed: int = Field(0, ge=0, strict=True)
-    n_test: int = Field(1000, ge=1, strict=True)
-    cascade: Annotated[bool, BeforeValidator(_flag)] = False
-    budgets: list[Fraction] | dict[str, list[Fraction]] | None = Field(
-        None, description="fractions of every family's ball (a list) or per family")
-    radii: dict[str, RadiusRange] | None = Field(None, description="{family: [start, stop, step]}")
-    budgets_protocol: Literal["full", "reduced"] = FULL_PROTOCOL
-    attacks: list[AttackEntry]
-    groups: dict[str, Annotated[GroupEntry, BeforeValidator(_group_shorthand),
-                                AfterValidator(_families_present)]] | None = None
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        try:
-            dataset_info(name)
-        except DataError as err:
-            raise ValueError(str(err)) from None
-        return name
-
-    @field_validator("dataset_params")
-    @classmethod
-    def _known_params(cls, params: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        if info.data.get("dataset") is not None:
-            try:
-                dataset_info(info.data["dataset"], params or None)
-            except DataError as err:
-                raise ValueError(str(err)) from None
-        return params
-
-    @field_validator("attacks")
-    @classmethod
-    def _unique_names(cls, attacks: list[AttackEntry]) -> list[AttackEntry]:
-        if not attacks:
-            raise ValueError("must be a non-empty list of attacks")
-        names = [a.name for a in attacks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate attack names {dupes}")
-        return attacks
-
-
-# ----------------------------------------------------------------------------------------------
 # From the file to the suite
-
-
-def _validate(data: object, source: str, default_name: str) -> SuiteFile:
-    if not isinstance(data, Mapping):
-        raise SuiteError(f"{source}: a suite must be a mapping, got {type(data).__name__}")
-    try:
-        return SuiteFile.model_validate({**data, "name": data.get("name") or default_name})
-    except ValidationError as err:
-        raise SuiteError(format_validation_error(err, source=source, model=SuiteFile)) from None
 
 
 #: The error a suite check raises: (field, message) -> SuiteError naming the file.
@@ -485,21 +317,25 @@ def _copy_name(name: str, budget: float) -> str:
 
 
 def _suite_attacks(file: SuiteFile, points: _Points, fail: Fail) -> list[SuiteAttack]:
-    """Each attack, then its copies at its other points, ascending (built once: a missing
-    library fails here). A copy's ``below`` is the same attack at the next smaller point."""
-    bounds = dataset_info(file.dataset, file.dataset_params or None).bounds
+    """Each attack, then its copies at its other points, ascending. A copy's ``below`` is the
+    same attack at the next smaller point. A library that cannot be found fails here, before any
+    work (found, not imported: suites load without torch)."""
     out = []
-    for entry, budgets in zip(file.attacks, points.per_attack, strict=True):
+    for i, (entry, budgets) in enumerate(zip(file.attacks, points.per_attack, strict=True)):
+        for package in entry.spec.required_packages():
+            if not package_present(package):
+                raise fail(f"attacks[{i}].spec", f"attack {entry.name!r} needs the package "
+                           f"'{package}', which is not installed; it is one of mpo's "
+                           f"dependencies: reinstall mpo (`pip install -e .`) or `pip install {package}`")
         below = None
-        minimum_norm = isinstance(entry.spec, LibrarySpec) and entry.spec.minimum_norm
         copies = []
         for budget in budgets:
             name = _copy_name(entry.name, budget)
             radius = None if entry.epsilon is None else entry.epsilon * budget
-            attack = jobs.attacks.make_attack(entry.spec.scaled(budget).to_dict(), bounds=bounds)
-            copies.append(SuiteAttack(name, attack.family, entry.kind, attack.spec, budget, radius,
+            spec = entry.spec.scaled(budget)
+            copies.append(SuiteAttack(name, spec.family, entry.kind, spec, budget, radius,
                                       base=entry.name, below=below,
-                                      thresholds=minimum_norm and below is not None))
+                                      thresholds=entry.spec.minimum_norm and below is not None))
             below = name
         out += sorted(copies, key=lambda a: a.budget != 1.0)  # the full-budget attack first
     names = [a.name for a in out]
@@ -522,7 +358,7 @@ def _groups(file: SuiteFile, attacks: list[SuiteAttack]) -> dict[str, dict[str, 
 
 def parse_suite(data: object, *, source: str = "suite", default_name: str = "") -> EvalSuite:
     """Validate a suite mapping (the YAML content) into an ``EvalSuite``."""
-    file = _validate(data, source, default_name)
+    file = validate_suite_file(data, source, default_name)
 
     def fail(where: str, msg: str) -> SuiteError:
         return SuiteError(f"{source}: field '{where}': {msg}")

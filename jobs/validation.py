@@ -8,6 +8,7 @@ that names the file, the dotted field (``attacks[0].kind``), the value given and
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any
@@ -63,10 +64,44 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+#: pydantic's names of union members and constrained types in an error's location
+#: (``list[constrained-float]``, ``function-after[...]``): not fields, so never shown.
+_TAG = re.compile(r"^[A-Za-z_-]+\[.*\]$|^constrained-")
+
+
+def _is_tag(part: int | str) -> bool:
+    return isinstance(part, str) and bool(_TAG.match(part))
+
+
+def _union_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The errors to show, pydantic's union members' tags dropped from every location. Where a
+    value matched no member of a union, the members that refused its very type ("should be a
+    valid dictionary" for a list) are left out when another member says more; when all refused
+    the type, they become one error ("a valid list or a valid dictionary")."""
+    out: list[dict[str, Any]] = []
+    by_union: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for e in errors:
+        loc = tuple(e["loc"])
+        first = next((i for i, p in enumerate(loc) if _is_tag(p)), None)
+        clean = {**e, "loc": tuple(p for p in loc if not _is_tag(p))}
+        if first is None:
+            out.append(clean)
+        else:
+            by_union.setdefault(loc[:first], []).append(clean)
+    for members in by_union.values():
+        specific = [e for e in members if not str(e["type"]).endswith("_type")]
+        if specific:
+            out += specific
+        else:
+            msgs = " or ".join(dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in members))
+            out.append({**members[0], "msg": f"Input should be {msgs}"})
+    return out
+
+
 def format_validation_error(err: ValidationError, *, source: str, model: type[BaseModel]) -> str:
     """One line per error: ``source`` (the file), the dotted field, the value and what is allowed."""
     lines = []
-    for e in err.errors():
+    for e in _union_errors(list(err.errors())):
         loc = tuple(e["loc"])
         where = field_path(loc)
         msg = e["msg"].removeprefix("Value error, ")

@@ -323,14 +323,9 @@ class SweepPlan:
 
 def _suite_with_restarts(suite: EvalSuite, restarts: int | None) -> EvalSuite:
     """A copy of ``suite`` whose attacks with random restarts (l_p and affine) use ``restarts``."""
-    from jobs.attacks.spec import parse_spec
-
     if restarts is None:
         return suite
-    attacks = [
-        dataclasses.replace(att, spec=parse_spec(att.spec).with_restarts(restarts).to_dict())
-        for att in suite.attacks
-    ]
+    attacks = [dataclasses.replace(att, spec=att.spec.with_restarts(restarts)) for att in suite.attacks]
     return dataclasses.replace(suite, attacks=attacks)
 
 

@@ -69,8 +69,8 @@ def test_builtin_suites_load():
     toy = load_suite("toy")
     assert toy.dataset == "toy" and toy.groups == {"toy": {"families": ["linf", "l1"], "affine": []}}
     full = {a.family: a for a in toy.attacks if a.budget == 1.0}
-    assert full["linf"].spec["epsilon"] == pytest.approx(2 * 2.0 / 99**0.5)
-    assert full["l1"].spec["epsilon"] == 2.0
+    assert full["linf"].spec.to_dict()["epsilon"] == pytest.approx(2 * 2.0 / 99**0.5)
+    assert full["l1"].spec.to_dict()["epsilon"] == 2.0
     # the protocol: every attack (Square and Pointwise too) at every budget point
     points = {a.base: sorted(c.budget for c in toy.attacks if c.base == a.base) for a in toy.attacks}
     assert len(points) == 4 and all(p == [0.25, 0.5, 0.75, 1.0] for p in points.values())
@@ -78,14 +78,14 @@ def test_builtin_suites_load():
     fams = {a.family for a in mini.attacks}
     assert fams == {"linf", "l1", "l2", "rt", "linf+rt", "linf+l1"}
     assert {a.name: a.kind for a in mini.attacks}["rt-grid"] == "grid"
-    eps = {a.name: a.spec.get("epsilon") for a in mini.attacks}
+    eps = {a.name: a.spec.to_dict().get("epsilon") for a in mini.attacks}
     assert (eps["linf-pgd"], eps["l1-slide"], eps["l2-pgd"]) == (0.3, 10.0, 2.0)
     assert eps["linf-pgd@0.25"] == pytest.approx(0.075)
     for a in mini.attacks:
         swept = a.family in ("linf", "l1", "l2", "rt")
         expected = [0.25, 0.5, 0.75, 1.0] if swept else [1.0]
         assert sorted(c.budget for c in mini.attacks if c.base == a.base) == expected, a.name
-    affine = mini.attack("linf+rt").spec
+    affine = mini.attack("linf+rt").spec.to_dict()
     assert affine["draws"] == 2 and affine["attacks"][0]["random_tries"] < 0  # the RT grid
 
 
@@ -264,6 +264,7 @@ class _Result:
     pred: torch.Tensor
     norm: torch.Tensor
     transform: torch.Tensor | None = None
+    component: tuple[str, ...] | None = None
 
 
 class FlipX0:

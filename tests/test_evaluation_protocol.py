@@ -297,7 +297,7 @@ def test_autoattack_standard_is_pyautoattacks_run_standard_evaluation(checkpoint
 def test_run_standard_records_the_component_that_broke_each_input(monkeypatch):
     """The bookkeeping of the ensemble: components in AutoAttack's order, each only on the
     inputs still robust, in batches of AutoAttack's size, the first success kept."""
-    from jobs.attacks import library
+    from jobs.attacks.autoattack import attack as library
 
     calls: list[tuple[str, list[int]]] = []
 

@@ -85,16 +85,16 @@ def test_strong_suites_run_decision_based_attacks_last_on_the_inputs_square_left
     for family in families:
         full = [a for a in s.attacks if a.family == family and a.budget == 1.0]
         gradient_free = [a for a in full if a.kind == "gradient-free"]
-        square = [a for a in gradient_free if a.spec.get("attack") == "square"]
-        decision = [a for a in gradient_free if a.spec.get("attack") in DECISION_BASED]
+        square = [a for a in gradient_free if a.spec.to_dict().get("attack") == "square"]
+        decision = [a for a in gradient_free if a.spec.to_dict().get("attack") in DECISION_BASED]
         assert len(square) == 1 and len(decision) == 1, (family, [a.name for a in gradient_free])
         # after its own copy at 3/4 of the radius, then after Square
         assert decision[0].after == (decision[0].below, square[0].name)
         assert names.index(decision[0].name) > names.index(square[0].name)
         # AutoAttack's standard version and C&W / EAD cascade after the paper's PGD / SLIDE
         first = [a for a in full if a.kind == "first-order"]
-        assert first[0].spec["type"] == family and all(first[0].name in a.after for a in first[1:])
-        assert [a.spec.get("version") for a in first].count("standard") == 1
+        assert first[0].spec.to_dict()["type"] == family and all(first[0].name in a.after for a in first[1:])
+        assert [a.spec.to_dict().get("version") for a in first].count("standard") == 1
     # the paper's attacks keep the paper suite's budgets
     paper = load_suite(suite.replace("strong", "paper"))
     for attack in paper.attacks:
@@ -130,7 +130,7 @@ def test_strong_suite_attacks_run_through_the_evaluation(mnist_model, mnist_dir,
     ckpt = save_checkpoint(tmp_path / "nat.pt", model=model, config=cfg.to_dict())
     suite = parse_suite(tiny_strong_suite())
     names = [a.name for a in suite.attacks]
-    assert {a.spec["type"] for a in suite.attacks} == {"linf", "l2", "l1", "foolbox", "autoattack"}
+    assert {a.spec.to_dict()["type"] for a in suite.attacks} == {"linf", "l2", "l1", "foolbox", "autoattack"}
     assert len(names) == 3 + 2 + 3 + 3  # PGD/SLIDE, C&W/EAD, Square x3, HSJ/Boundary/Pointwise
 
     paths = evaluate(ckpt, suite, n_test=n, out_dir=tmp_path / "run", data_dir=mnist_dir,

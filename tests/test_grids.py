@@ -157,8 +157,8 @@ def test_seeds_multiply_trials_and_restarts_override_the_suite():
     plan = expand_grid(parse_grid(data, source="inline"))
     assert len(plan.trials) == 4
     assert {t.config["seed"] for t in plan.trials.values()} == {0, 1}
-    restartable = [a for a in plan.suites["toy"].attacks if a.spec["type"] in ("linf", "l1", "l2")]
-    assert restartable and all(a.spec["reps"] == 3 for a in restartable)
+    restartable = [a for a in plan.suites["toy"].attacks if a.spec.to_dict()["type"] in ("linf", "l1", "l2")]
+    assert restartable and all(a.spec.to_dict()["reps"] == 3 for a in restartable)
 
 
 @pytest.mark.parametrize("name", builtin_grid_names())

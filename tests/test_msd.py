@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from jobs.attacks import AttackSpecError, make_attack, parse_spec, perturbation_norm
-from jobs.attacks.msd import MsdSpec, UnionBall, union_size
+from jobs.attacks.balls import UnionBall
+from jobs.attacks.msd import MsdSpec
+from jobs.attacks.norms import union_size
 from jobs.config import ConfigError, make_train_config
 from jobs.training import train
 

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.attacks.norms import linf_l1_gauge, perturbation_norm, project
+from jobs.attacks.norms import linf_l1_gauge, perturbation_norm
+from jobs.attacks.projections import project
 
 FAMILIES = ("linf", "l2", "l1")
 

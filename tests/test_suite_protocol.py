@@ -33,7 +33,7 @@ def test_suite_level_budgets_give_every_attack_of_the_family_the_same_points():
     assert points(suite, "pgd") == points(suite, "square") == [0.25, 0.5, 1.0]
     assert points(suite, "slide") == [1.0]
     half = suite.attack("square@0.5")
-    assert half.spec["epsilon"] == pytest.approx(0.15) and half.base == "square"
+    assert half.spec.to_dict()["epsilon"] == pytest.approx(0.15) and half.base == "square"
     assert half.below == "square@0.25" and half.after == ("square@0.25",)
     assert suite.attack("pgd@0.25").below is None
     # a list applies to every family
@@ -65,10 +65,10 @@ def test_radius_ranges_add_copies_at_each_radius_beyond_the_full_budget_too():
                         radii={"linf": [0, 0.4, 0.1], "rt": [0.5, 1.5, 0.5]})
     assert suite.radii == {"linf": [0.0, 0.1, 0.2, 0.3, 0.4], "rt": [0.5, 1.0, 1.5]}
     assert points(suite, "pgd") == points(suite, "square") == pytest.approx([1 / 3, 2 / 3, 1.0, 4 / 3])
-    eps = {a.name: a.spec["epsilon"] for a in suite.attacks if a.base == "pgd"}
+    eps = {a.name: a.spec.to_dict()["epsilon"] for a in suite.attacks if a.base == "pgd"}
     assert sorted(eps.values()) == pytest.approx([0.1, 0.2, 0.3, 0.4])  # radius 0: no attack
     assert points(suite, "rt") == [0.5, 1.0, 1.5]
-    assert suite.attack("rt@1.5").spec["spatial_limits"] == pytest.approx([4.5, 4.5, 45.0])
+    assert suite.attack("rt@1.5").spec.to_dict()["spatial_limits"] == pytest.approx([4.5, 4.5, 45.0])
     # copies chain upwards, the full-budget attack included
     ascending = sorted((a for a in suite.attacks if a.base == "pgd"), key=lambda a: a.budget)
     assert [a.below for a in ascending] == [None, *(a.name for a in ascending[:-1])]
@@ -84,12 +84,21 @@ def test_radius_ranges_add_copies_at_each_radius_beyond_the_full_budget_too():
     ({"radii": {"linf": [0, 1, 0]}}, r"field 'radii.linf'.*step > 0"),
     ({"radii": {"linf": [0, 100, 0.001]}}, r"field 'radii.linf'.*more than 200 radii"),
     ({"budgets": {"l2": [0.5]}}, r"field 'budgets.l2': the suite has no attack of family 'l2'"),
-    ({"budgets": [1.5]}, r"field 'budgets"),
+    ({"budgets": [0]}, r"field 'budgets\[0\]' = 0: Input should be greater than 0$"),
+    ({"budgets": 0.5}, r"field 'budgets' = 0.5: Input should be a valid list or a valid dictionary$"),
     ({"budgets_protocol": "partial"}, r"field 'budgets_protocol'"),
-], ids=["family", "order", "step", "count", "budget-family", "budget-range", "protocol"])
+], ids=["family", "order", "step", "count", "budget-family", "budget-range", "budget-type",
+        "protocol"])
 def test_bad_points_are_refused(top, match):
     with pytest.raises(SuiteError, match=match):
         mnist_suite([entry("pgd", LINF)], **top)
+
+
+def test_a_budget_may_exceed_the_full_ball():
+    """The format says budgets are fractions of the full ball that may exceed 1."""
+    suite = mnist_suite([entry("pgd", LINF)], budgets=[0.5, 1.5])
+    eps = {a.name: a.spec.epsilon for a in suite.attacks}
+    assert eps == pytest.approx({"pgd": 0.3, "pgd@0.5": 0.15, "pgd@1.5": 0.45})
 
 
 def test_a_radius_range_needs_one_full_radius_per_family():
@@ -123,7 +132,7 @@ def test_autoattack_standard_spec():
     # APGD-CE 5 x 100, APGD-T 5 targets x 100 (l_1), FAB-T 9 x 100, Square 5000
     assert attack.total_steps == 500 + 500 + 900 + 5000
     suite = mnist_suite([entry("aa", spec)], budgets=[0.5])
-    assert suite.attack("aa@0.5").spec["epsilon"] == 5.0
+    assert suite.attack("aa@0.5").spec.to_dict()["epsilon"] == 5.0
     assert suite.attack("aa").own_labels() == ("aa", "apgd-ce", "apgd-t", "fab-t", "square")
     for bad, match in (({**spec, "version": "plus"}, r"'version': must be one of \['standard'\]"),
                        ({**spec, "attack": "apgd-ce"}, r"'attack': unknown key"),

@@ -1,14 +1,15 @@
-"""Attack library: PGD l_inf / l_2, SLIDE l_1, rotation-translation, affine combinations.
+"""Attack library: PGD l_inf / l_2, SLIDE l_1, rotation-translation, affine combinations, MSD,
+and foolbox / AutoAttack attacks for evaluation.
 
     from jobs.attacks import make_attack
     attack = make_attack({"type": "l1", "epsilon": 10.0, "k": 100, "a": 0.5, "perc": 99})
     result = attack(model, x, y, generator=torch.Generator().manual_seed(0))
     result.x_adv, result.success, result.loss, result.pred, result.norm, result.transform
 
-Spec keys are those of the paper's public config files (see ``jobs.attacks.spec``); the
-library attacks ``{"type": "foolbox" | "autoattack", ...}`` are in ``jobs.attacks.library_spec``.
-Each type's spec class (registered in ``jobs.attacks.spec.SPEC_TYPES``) parses, scales and builds
-it, and names the ball the evaluation checks its results against.
+Spec keys are those of the paper's public config files. ``parse_spec`` (the registry,
+``jobs.attacks.spec``) turns a spec dict into its spec object, torch-free; each attack type is a
+package holding its spec (``spec``) beside its attack (``attack``), which ``spec.build`` loads.
+The attack classes are importable from here too, loaded on first use.
 """
 
 from __future__ import annotations
@@ -16,55 +17,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.attacks.affine import AffineLinfL1, AffineLinfRT
-from jobs.attacks.base import Attack, AttackConstraintError, AttackResult, AttackSpec, margin_loss
+from jobs.attacks.balls import LP_FAMILIES
 from jobs.attacks.checks import AttackSpecError
-from jobs.attacks.norms import (
-    LP_FAMILIES,
-    linf_l1_gauge,
-    perturbation_norm,
-    project,
-    project_l1,
-    project_l2,
-    project_linf,
-)
-from jobs.attacks.pgd import PGDAttack, pgd
-from jobs.attacks.spatial import DEFAULT_EVAL_BATCH, RTAttack, rt_grid, rt_transform
-from jobs.attacks.spec import parse_spec
-from jobs.attacks.threats import L1Threat, L2Threat, LinfThreat, Threat
+from jobs.attacks.spec import SPEC_TYPES, parse_spec
+from jobs.attacks.specbase import AttackSpec, Bounds
+from jobs.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_EVAL_BATCH",
-    "LP_FAMILIES",
-    "AffineLinfL1",
-    "AffineLinfRT",
-    "Attack",
-    "AttackConstraintError",
-    "AttackResult",
-    "AttackSpec",
-    "AttackSpecError",
-    "L1Threat",
-    "L2Threat",
-    "LinfThreat",
-    "PGDAttack",
-    "RTAttack",
-    "Threat",
-    "linf_l1_gauge",
-    "make_attack",
-    "margin_loss",
-    "parse_spec",
-    "perturbation_norm",
-    "pgd",
-    "project",
-    "project_l1",
-    "project_l2",
-    "project_linf",
-    "rt_grid",
-    "rt_transform",
-]
+_LAZY = {
+    "Attack": "jobs.attacks.base", "AttackConstraintError": "jobs.attacks.base",
+    "AttackResult": "jobs.attacks.base", "margin_loss": "jobs.attacks.base",
+    "linf_l1_gauge": "jobs.attacks.norms", "perturbation_norm": "jobs.attacks.norms",
+    "project": "jobs.attacks.projections", "project_l1": "jobs.attacks.projections",
+    "project_l2": "jobs.attacks.projections", "project_linf": "jobs.attacks.projections",
+    "L1Threat": "jobs.attacks.threats", "L2Threat": "jobs.attacks.threats",
+    "LinfThreat": "jobs.attacks.threats", "Threat": "jobs.attacks.threats",
+    "PGDAttack": "jobs.attacks.pgd.attack", "pgd": "jobs.attacks.pgd.attack",
+    "DEFAULT_EVAL_BATCH": "jobs.attacks.spatial.attack", "RTAttack": "jobs.attacks.spatial.attack",
+    "rt_grid": "jobs.attacks.spatial.attack", "rt_transform": "jobs.attacks.spatial.attack",
+    "AffineLinfL1": "jobs.attacks.affine.attack", "AffineLinfRT": "jobs.attacks.affine.attack",
+}  # fmt: skip
+__all__ = ["LP_FAMILIES", "SPEC_TYPES", "AttackSpec", "AttackSpecError", "make_attack",
+           "parse_spec", *_LAZY]
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
-def _check_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+def _check_bounds(bounds: Bounds) -> Bounds:
     if bounds is None:
         return None
     try:
@@ -76,17 +53,21 @@ def _check_bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | N
     return (lo, hi)
 
 
-def make_attack(
-    spec: Mapping[str, Any] | AttackSpec, *, bounds: tuple[float, float] | None = (0.0, 1.0),
-    eval_batch: int = DEFAULT_EVAL_BATCH,
-) -> Attack:
-    """Build an attack from a paper-style spec dict (or a parsed spec); bounds=None for unbounded
-    inputs.
+def make_attack(spec: Mapping[str, Any] | AttackSpec, *, bounds: Bounds = (0.0, 1.0),
+                eval_batch: int | None = None) -> Any:
+    """Build an attack (a ``jobs.attacks.base.Attack``) from a paper-style spec dict or a parsed
+    spec; bounds=None for unbounded inputs.
 
     eval_batch: images per forward pass when the attack scores many transforms (rt, affine
-    linf+rt). Raises AttackSpecError (naming the key) for an invalid spec.
+    linf+rt); None: the device's size (``jobs.attacks.spatial.attack.DEFAULT_EVAL_BATCH``).
+    Raises AttackSpecError (naming the key) for an invalid spec.
     """
+    parsed = parse_spec(spec)
     b = _check_bounds(bounds)
+    if eval_batch is None:
+        from jobs.attacks.spatial.attack import DEFAULT_EVAL_BATCH
+
+        eval_batch = DEFAULT_EVAL_BATCH
     if not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
-    return parse_spec(spec).build(bounds=b, eval_batch=eval_batch)
+    return parsed.build(bounds=b, eval_batch=eval_batch)

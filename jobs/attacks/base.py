@@ -1,7 +1,7 @@
-"""The spec and attack interfaces, the result type and the shared pieces of every gradient loop.
+"""The attack interface, the result type and the shared pieces of every gradient loop.
 
-An attack type is an ``AttackSpec`` subclass (the validated spec: parsing, scaling, the ball of
-the in-ball rule, building) and an ``Attack`` subclass (the attack it builds).
+An attack type is a spec class (``jobs.attacks.specbase.AttackSpec``: parsing, scaling, the
+ball of the in-ball rule, building; torch-free) and an ``Attack`` subclass (the attack it builds).
 ``Attack.__call__`` does the shared work once: checks the inputs, puts the model in eval mode
 (and restores its mode), runs the subclass's ``_run``, and builds the ``AttackResult``, where
 the constraints are asserted: a perturbation outside the budget or an input outside the box is
@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from jobs.attacks.specbase import BUDGET_RTOL, Bounds
 
-    from jobs.attacks.norms import Ball
-
-Bounds = tuple[float, float] | None
-
-#: Relative tolerance of the budget check (float rounding of x0 + delta - x0).
-BUDGET_RTOL = 1e-5
+__all__ = ["BUDGET_RTOL", "Attack", "AttackConstraintError", "AttackResult", "Best", "Bounds",
+           "RunOutput", "input_grad", "margin_grad_output", "margin_loss"]
 
 
 class AttackConstraintError(AssertionError):
@@ -51,6 +45,9 @@ class AttackResult:
     pred: Tensor
     norm: Tensor
     transform: Tensor | None = None
+    #: an ensemble's result: per input, the component whose adversarial input it holds ("" for
+    #: an input no component fooled); None for an attack that is not an ensemble
+    component: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -61,6 +58,7 @@ class RunOutput:
     loss: Tensor
     pred: Tensor
     transform: Tensor | None = None
+    component: list[str] | None = None  # an ensemble's, per input (see AttackResult)
 
 
 def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
@@ -166,56 +164,6 @@ class Best:
         return take
 
 
-class AttackSpec(ABC):
-    """A validated, immutable attack spec: everything one attack type knows about itself.
-
-    A subclass is a frozen dataclass registered under its ``type`` name(s) in
-    ``jobs.attacks.spec.SPEC_TYPES``. ``family`` is its perturbation family (``linf``, ``rt``,
-    ``linf+l1``, ...).
-    """
-
-    type: str
-    family: str
-
-    @classmethod
-    @abstractmethod
-    def parse(cls, spec: Mapping[str, Any], *, path: str) -> Self:
-        """Validate a spec dict of this type and fill in defaults. Raises ``AttackSpecError``
-        naming the key (prefixed with ``path``, e.g. ``attacks[0].``)."""
-
-    @abstractmethod
-    def to_dict(self) -> dict[str, Any]:
-        """The canonical JSON-able spec dict (every default explicit), as results store it."""
-
-    def scaled(self, factor: float) -> Self:
-        """The same attack on its ball scaled by ``factor`` (radius, step size, RT limits), as
-        budget sweeps and ``start_small`` use it."""
-        if not factor > 0:
-            raise ValueError(f"scale factor = {factor}: must be > 0")
-        return self._scaled(factor)
-
-    @abstractmethod
-    def _scaled(self, factor: float) -> Self:
-        """``scaled`` for a factor already checked positive."""
-
-    def with_restarts(self, reps: int) -> Self:
-        """The same attack with ``reps`` random restarts; unchanged for types without them."""
-        return self
-
-    @abstractmethod
-    def ball(self, radius: float | None = None) -> Ball:
-        """The ball of the evaluation's in-ball rule; ``radius`` overrides an l_p radius (a
-        ``ValueError`` for families without one)."""
-
-    @abstractmethod
-    def build(self, *, bounds: Bounds, eval_batch: int) -> Attack:
-        """The attack; ``eval_batch``: images per forward pass where many transforms are scored."""
-
-    def _no_radius(self, radius: float | None) -> None:
-        if radius is not None:
-            raise ValueError(f"only l_p families take a radius, not {self.family!r}")
-
-
 class Attack(ABC):
     """Base class: ``attack(model, x, y, generator=...) -> AttackResult``.
 
@@ -248,13 +196,17 @@ class Attack(ABC):
         if self.bounds is not None:
             x_adv = x_adv.clamp(*self.bounds)  # removes float rounding of x0 + delta only
         norm = self._measure(x, x_adv, out.transform)
+        success = out.pred != y
+        component = None if out.component is None else tuple(
+            c if hit else "" for c, hit in zip(out.component, success.tolist(), strict=True))
         result = AttackResult(
             x_adv=x_adv,
-            success=out.pred != y,
+            success=success,
             loss=out.loss.detach(),
             pred=out.pred,
             norm=norm,
             transform=out.transform,
+            component=component,
         )
         self._assert_constraints(result)
         return result

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from analysis.loading import ModelInfo, ResultSet
     from analysis.metrics import GroupTable, TableRow
 
+#: AutoAttack's standard ensemble, as a suite attack's description names its components.
+AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+
 FORMATS = ("csv", "json")
 ACCURACY_FIELDS = ("group", "dataset", "model_id", "label", "strategy", "source", "measure",
                    "accuracy", "n", "ci_low", "ci_high")
@@ -124,8 +127,7 @@ def _autoattack_acc(rs: ResultSet, group: str, model_id: str, family: str) -> fl
     """Accuracy against AutoAttack's standard version of ``family`` at the full budget, when the
     group's suite ran it (RobustBench's ``autoattack_acc``)."""
     names = {a.name for suite in rs.group_suites(group) for a in suite.attacks
-             if a.family == family and a.base == a.name and a.spec.get("type") == "autoattack"
-             and a.spec.get("version") == "standard"}
+             if a.family == family and a.base == a.name and a.components == AUTOATTACK_STANDARD}
     rows = rs.rows[(rs.rows["model_id"] == model_id) & rs.rows["attack"].isin(names)]
     if rows.empty:
         return None

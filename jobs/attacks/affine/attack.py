@@ -22,9 +22,10 @@ the same beta (again only on the inputs not yet fooled).
   (the paper's default step 2.5 * eps_w / k), SLIDE's step is its ``a`` unscaled (the paper's l_1
   step is never scaled) with the edge mask at the combined input and its percentile drawn once
   per run. Each part is projected onto its scaled ball and the box around x, and the sum is
-  clipped to the box: clipping only shrinks coordinates towards 0, which stays inside the (solid,
-  coordinate-symmetric) Minkowski sum. (The paper's code clips each part against the other's
-  position, which can leave a part's ball.) Size: the exact gauge of eps_inf * B_inf +
+  clipped to the box: clipping only shrinks coordinates towards 0, which stays inside the
+  affine set (the convex hull of the union of the two scaled balls, whose gauge grows with
+  every |coordinate|). (The paper's code clips each part against the other's position, which
+  can leave a part's ball.) Size: the exact gauge of the convex hull of eps_inf * B_inf ∪
   eps_1 * B_1 at x_adv - x (<= 1). Unlike the paper's code, which returns the last iterate, the
   best iterate is kept.
 """
@@ -39,8 +40,8 @@ from torch import Tensor, nn
 
 from jobs.attacks.base import Attack, AttackConstraintError, Best, Bounds, RunOutput, input_grad
 from jobs.attacks.norms import linf_l1_gauge, perturbation_norm
-from jobs.attacks.pgd import _apply, pgd
-from jobs.attacks.spatial import (
+from jobs.attacks.pgd.attack import apply_delta, pgd
+from jobs.attacks.spatial.attack import (
     DEFAULT_EVAL_BATCH,
     random_transforms,
     resolve_eval_batch,
@@ -52,7 +53,9 @@ from jobs.attacks.spatial import (
 from jobs.attacks.threats import L1Threat, LinfThreat
 
 if TYPE_CHECKING:
-    from jobs.attacks.spec import AffineSpec, LpSpec, RTSpec
+    from jobs.attacks.affine.spec import AffineSpec
+    from jobs.attacks.pgd.spec import LpSpec
+    from jobs.attacks.spatial.spec import RTSpec
 
 
 def _shares(spec: AffineSpec, n: int, generator: torch.Generator | None, device: torch.device,
@@ -233,14 +236,14 @@ class AffineLinfL1(_AffineBase):
         d_1 = t_1.random_init(x, generator) if self.l1.random_start else torch.zeros_like(x)
         best = Best(x)
         for name in self.schedule:
-            xa = _apply(x, d_inf + d_1, self.bounds)
+            xa = apply_delta(x, d_inf + d_1, self.bounds)
             grad, logits = input_grad(model, xa, y)
             best.update(xa, logits, y)
             if name == "linf":
                 d_inf = t_inf.project(t_inf.step(d_inf, grad, x), x)
             else:
                 d_1 = t_1.project(t_1.step(d_1, grad, x + d_inf), x)
-        xa = _apply(x, d_inf + d_1, self.bounds)
+        xa = apply_delta(x, d_inf + d_1, self.bounds)
         with torch.no_grad():
             best.update(xa, model(xa), y)
         return best

@@ -26,10 +26,10 @@ from jobs.attacks.norms import perturbation_norm
 from jobs.attacks.threats import THREATS, L1Threat, Threat
 
 if TYPE_CHECKING:
-    from jobs.attacks.spec import LpSpec
+    from jobs.attacks.pgd.spec import LpSpec
 
 
-def _apply(x0: Tensor, delta: Tensor, bounds: Bounds) -> Tensor:
+def apply_delta(x0: Tensor, delta: Tensor, bounds: Bounds) -> Tensor:
     x = x0 + delta
     return x.clamp(*bounds) if bounds is not None else x
 
@@ -61,7 +61,7 @@ def pgd_run(
     best = Best(x0)
     rows: Tensor | None = None  # the inputs still attacked (None: all of them)
     for _ in range(steps):
-        x = _apply(x0, delta, threat.bounds)
+        x = apply_delta(x0, delta, threat.bounds)
         grad, logits = input_grad(model, x, y)
         best.update(x, logits, y, rows)
         if stop_when_fooled:
@@ -74,7 +74,7 @@ def pgd_run(
                 x0, y, delta, grad, threat = x0[keep], y[keep], delta[keep], grad[keep], threat.subset(keep)
                 box = None if box is None else (box[0][keep], box[1][keep])
         delta = threat.project(threat.step(delta, grad, x0, box), x0, box)
-    best.score_unfooled(model, _apply(x0, delta, threat.bounds), y, rows)
+    best.score_unfooled(model, apply_delta(x0, delta, threat.bounds), y, rows)
     return best
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from jobs.attacks.base import Attack, AttackConstraintError, Best, Bounds, RunOutput
 
 if TYPE_CHECKING:
-    from jobs.attacks.spec import RTSpec
+    from jobs.attacks.spatial.spec import RTSpec
 
 #: Images per forward pass when scoring transforms (no gradient is kept), per device type:
 #: on CPU small chunks keep the activations in cache (on a 2-core CPU, 2048-image chunks of the
