@@ -31,17 +31,15 @@ from jobs.schema import (
     SchemaVersionError,
     check_schema_version,
 )
+from jobs.strategy_table import LABEL_ORDER, STRATEGIES
 
 #: trial.json's record of its results files when the trial finished (``mpo sweep``):
 #: {file name: {"bytes": size, "sha256": hex digest}}
 SHARD_FILES = "shard_files"
 #: Trial states (from trial.json) that mean the trial did not finish.
 FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"})
-#: Row order of the training strategies (the paper's, then later work's); others follow.
-STRATEGY_ORDER = ("nat", "single", "avg", "max", "msd", "eat", "random")
-#: Row order of labels within a strategy (the paper's); other labels follow alphabetically.
-LABEL_ORDER = ("Nat", "Adv_inf", "Adv_1", "Adv_2", "Adv_RT", "Adv_avg", "Adv_max", "Adv_msd",
-               "Adv_eat", "Adv_rand")
+#: Row order of the training strategies (``jobs.strategy_table``'s); others follow.
+STRATEGY_ORDER = tuple(STRATEGIES)
 
 
 class RunFolderError(MpoError, ValueError):

@@ -30,47 +30,37 @@ import os
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jobs.errors import MpoError
 from jobs.io import load_yaml
+from jobs.strategy_table import STRATEGIES as STRATEGY_NAMES
+from jobs.strategy_table import strategy
 from jobs.validation import FrozenModel, format_validation_error
 
-#: The training strategies (``jobs.strategies``): the one list, which TrainConfig, grid entries
-#: and ``jobs.strategies.get_strategy`` all take their names from.
-Strategy = Literal["nat", "single", "avg", "max", "random", "eat", "msd"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
-
-#: strategy -> (fewest, most) training attacks it takes (None: no upper bound)
-ATTACK_COUNTS: dict[str, tuple[int, int | None]] = {
-    "nat": (0, 0), "single": (1, 1), "avg": (1, None), "max": (1, None),
-    "random": (2, None), "eat": (2, None), "msd": (2, None),
-}  # fmt: skip
-#: why a strategy needs several attacks (check_attack_count's message)
-SEVERAL = {
-    "random": "trains each batch against one attack drawn from several",
-    "eat": "trains each batch against one attack drawn from several",
-    "msd": "trains against one MSD attack over the l_p balls of several attacks",
-}
+#: The training strategies' names (``jobs.strategy_table``: the one table of strategies).
+STRATEGIES: tuple[str, ...] = tuple(STRATEGY_NAMES)
 
 
-def check_attack_count(strategy: str, n: int) -> None:
-    """``ValueError`` unless ``strategy`` can train against ``n`` attacks."""
-    fewest, most = ATTACK_COUNTS[strategy]
-    if fewest <= n and (most is None or n <= most):
-        return
-    if most == 0:
-        raise ValueError(f"strategy '{strategy}' trains on clean inputs and takes no attacks, got {n}")
-    if fewest == most:
-        raise ValueError(f"strategy '{strategy}' needs exactly one attack, got {n}")
-    if fewest == 1:
-        raise ValueError(f"strategy '{strategy}' needs at least one attack, got none")
-    raise ValueError(
-        f"strategy '{strategy}' {SEVERAL[strategy]}: it needs at least {fewest} attacks, got {n} "
-        "(with one attack, use strategy 'single')"
-    )
+def _strategy(name: object) -> str:
+    """A known strategy name (a ValueError listing them for another)."""
+    if not isinstance(name, str) or name not in STRATEGY_NAMES:
+        quoted = [f"'{n}'" for n in STRATEGY_NAMES]
+        raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+    return name
+
+
+#: A strategy name, as configs and grid entries take it.
+StrategyName = Annotated[str, BeforeValidator(_strategy)]
 
 
 def check_combined_attacks(strategy: str, specs: list[dict[str, Any]]) -> None:
@@ -147,7 +137,7 @@ class TrainConfig(FrozenModel):
     dataset: DatasetConfig
     model: ModelConfig
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    strategy: Strategy
+    strategy: StrategyName
     attacks: list[dict[str, Any]] = Field(default_factory=list)
     start_small: bool = False
     epochs: int = Field(ge=1)
@@ -158,7 +148,7 @@ class TrainConfig(FrozenModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        check_attack_count(self.strategy, len(self.attacks))
+        strategy(self.strategy).check_attack_count(len(self.attacks))
         info = self.dataset_info()
         if self.augment and info.augmentation is None:
             raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.config import STRATEGIES, check_attack_count
+from jobs.strategy_table import strategy
 
 if TYPE_CHECKING:
     from jobs.attacks.base import Attack, AttackResult
@@ -79,7 +79,7 @@ def nat(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[At
 def single(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], *,
            generator: torch.Generator | None = None) -> StepOutput:
     """Adversarial training against exactly one attack."""
-    check_attack_count("single", len(attacks))
+    strategy("single").check_attack_count(len(attacks))
     (res,) = _run_attacks(model, x, y, attacks, generator)
     return StepOutput(
         loss=F.cross_entropy(model(res.x_adv.detach()), y),
@@ -92,7 +92,7 @@ def single(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence
 def avg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[Attack], *,
         generator: torch.Generator | None = None) -> StepOutput:
     """Train on every attack's batch: inputs ``[K*B, ...]``, labels ``y`` repeated K times."""
-    check_attack_count("avg", len(attacks))
+    strategy("avg").check_attack_count(len(attacks))
     results = _run_attacks(model, x, y, attacks, generator)
     x_all = torch.cat([r.x_adv.detach() for r in results])
     y_all = y.repeat(len(results))
@@ -115,7 +115,7 @@ def max_(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence[A
          generator: torch.Generator | None = None) -> StepOutput:
     """Train on the per-input worst example: the attack whose example has the highest
     cross-entropy (``AttackResult.loss``, measured by the attack in eval mode)."""
-    check_attack_count("max", len(attacks))
+    strategy("max").check_attack_count(len(attacks))
     results = _run_attacks(model, x, y, attacks, generator)
     stacked = torch.stack([r.x_adv.detach() for r in results])  # [K, B, ...]
     losses = torch.stack([r.loss.detach().to(stacked.device) for r in results])  # [K, B]
@@ -136,7 +136,7 @@ StepFn = Callable[..., StepOutput]
 # Strategy objects: what the training loop holds (a step function plus its resume state)
 
 
-class Strategy(ABC):
+class TrainingStrategy(ABC):
     """``strategy(model, x, y, attacks, generator=...) -> StepOutput``, with a resume state.
 
     x ``[B, ...]``, y ``[B]``; ``generator`` drives the attacks' random starts."""
@@ -158,7 +158,7 @@ class Strategy(ABC):
             raise ValueError(f"strategy '{self.name}' keeps no state, got keys {sorted(state)}")
 
 
-class Stateless(Strategy):
+class Stateless(TrainingStrategy):
     """A strategy that is a plain step function (nat, single, avg, max)."""
 
     def __init__(self, name: str, step: StepFn):
@@ -169,7 +169,7 @@ class Stateless(Strategy):
         return self.step(model, x, y, attacks, generator=generator)
 
 
-class OneAttackPerBatch(Strategy):
+class OneAttackPerBatch(TrainingStrategy):
     """Per batch, draw one training attack with ``weights()`` and train on its examples.
 
     The draw is ``random.choices``' rule on a uniform number from this strategy's own CPU
@@ -193,7 +193,7 @@ class OneAttackPerBatch(Strategy):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  attacks: Sequence[Attack], *, generator: torch.Generator | None = None) -> StepOutput:
-        check_attack_count(self.name, len(attacks))
+        strategy(self.name).check_attack_count(len(attacks))
         pick = self.draw(self.weights(len(attacks)))
         res = attacks[pick](model, x, y, generator=generator)
         self.observe(pick, res)
@@ -270,7 +270,7 @@ class EAT(OneAttackPerBatch):
         self.correct, self.seen = list(state["correct"]), list(state["seen"])
 
 
-class MSD(Strategy):
+class MSD(TrainingStrategy):
     """``msd``: adversarial training on one MSD attack over the balls of the K training attacks.
 
     The config's attacks are l_p specs with the same k, reps and random_start (checked when the
@@ -301,14 +301,14 @@ class MSD(Strategy):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  attacks: Sequence[Attack], *, generator: torch.Generator | None = None) -> StepOutput:
-        check_attack_count(self.name, len(attacks))
+        strategy(self.name).check_attack_count(len(attacks))
         res = self.combined(attacks)(model, x, y, generator=generator)
         return StepOutput(loss=F.cross_entropy(model(res.x_adv.detach()), y), n=len(y),
                           adv_correct=_robust([res]).repeat(len(attacks)), attacked=[len(y)] * len(attacks))  # fmt: skip
 
 
-#: strategy name (``jobs.config.STRATEGIES``) -> a new strategy from a seed (for its own draws)
-BUILDERS: dict[str, Callable[[int], Strategy]] = {
+#: strategy name (a row of ``jobs.strategy_table``) -> a new strategy from a seed (for its draws)
+BUILDERS: dict[str, Callable[[int], TrainingStrategy]] = {
     "nat": lambda seed: Stateless("nat", nat),
     "single": lambda seed: Stateless("single", single),
     "avg": lambda seed: Stateless("avg", avg),
@@ -319,8 +319,6 @@ BUILDERS: dict[str, Callable[[int], Strategy]] = {
 }
 
 
-def get_strategy(name: str, *, seed: int = 0) -> Strategy:
+def get_strategy(name: str, *, seed: int = 0) -> TrainingStrategy:
     """A new strategy ``name``; ``seed`` seeds the attack draws of ``random`` and ``eat``."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{name}'; valid strategies: {', '.join(STRATEGIES)}")
-    return BUILDERS[name](seed)
+    return BUILDERS[strategy(name).name](seed)

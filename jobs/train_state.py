@@ -20,7 +20,7 @@ from torch import nn
 from jobs.checkpoint import load_checkpoint, save_checkpoint
 from jobs.config import TrainConfig
 from jobs.errors import MpoError
-from jobs.strategies import Strategy
+from jobs.strategies import TrainingStrategy
 from jobs.train_cost import training_cost
 
 
@@ -75,7 +75,7 @@ class TrainingState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     gens: Generators
-    strategy: Strategy
+    strategy: TrainingStrategy
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken (the learning rate is a function of it)
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -90,7 +90,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     )
 
 
-def new_state(config: TrainConfig, device: torch.device, strategy: Strategy) -> TrainingState:
+def new_state(config: TrainConfig, device: torch.device, strategy: TrainingStrategy) -> TrainingState:
     """A fresh run: the model initialised from ``config.seed``, its optimiser, seeded generators,
     and ``strategy`` (new, seeded by its maker).
 

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from jobs.config import Strategy
+from jobs.config import StrategyName
 from jobs.errors import MpoError
 from jobs.external import EXTERNAL_STRATEGY, ExternalModel
 from jobs.io import load_yaml, read_text
@@ -87,7 +87,7 @@ class EvaluationPlan(FrozenModel):
 
 
 class ModelEntry(FrozenModel):
-    strategy: Strategy = Field(description="a training strategy (jobs.config.STRATEGIES)")
+    strategy: StrategyName = Field(description="a training strategy (jobs.strategy_table)")
     attacks: list[str] = Field(default_factory=list, description="names from the attacks table")
 
 

@@ -65,8 +65,8 @@ def write(tmp_path: Path, data: dict, name: str = "g.yaml") -> Path:
     ("path", "value", "expected"),
     [
         (["experiments", "toy", "models", "Nat", "strategy"], "sngle",
-         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg', 'max', 'random', "
-         r"'eat' or 'msd'"),
+         r"field 'experiments\.toy\.models\.Nat\.strategy' = 'sngle'.*'nat', 'single', 'avg', 'max', 'msd', "
+         r"'eat' or 'random'"),
         (["experiments", "toy", "modles"], {},
          r"field 'experiments\.toy\.modles': unknown field; allowed fields: families, affine, "
          r"train, attacks, models"),

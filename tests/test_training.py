@@ -78,7 +78,7 @@ RT = {"type": "rt", "spatial_limits": [3, 3, 30], "random_tries": 2}
     ("changes", "match"),
     [
         ({"strategy": "minmax"},
-         r"field 'strategy' = 'minmax'.*'nat', 'single', 'avg', 'max', 'random', 'eat' or 'msd'"),
+         r"field 'strategy' = 'minmax'.*'nat', 'single', 'avg', 'max', 'msd', 'eat' or 'random'"),
         ({"strategy": "avg", "attacks": []}, r"strategy 'avg' needs at least one attack"),
         ({"strategy": "max", "attacks": []}, r"strategy 'max' needs at least one attack"),
         ({"strategy": "single"}, r"strategy 'single' needs exactly one attack, got 2"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-Bounds = tuple[float, float] | None
+from jobs.attacks.specbase import Bounds
 
 
 def _radius(eps: float | Tensor, ref: Tensor) -> Tensor:

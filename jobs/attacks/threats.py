@@ -25,8 +25,7 @@ from torch import Tensor
 
 from jobs.attacks.norms import perturbation_norm
 from jobs.attacks.projections import DeltaBox, delta_box, project
-
-Bounds = tuple[float, float] | None
+from jobs.attacks.specbase import Bounds
 
 
 def per_input(v: float | Tensor, like: Tensor) -> float | Tensor:

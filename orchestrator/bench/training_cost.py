@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jobs.strategy_table import SINGLE_LABELS, STRATEGY_TABLE, strategy
 from orchestrator.bench.attack_cost import reference_passes
 from orchestrator.bench.figures import Figure, Target, interleaved, ratio_figure, skipped, sync
 from orchestrator.bench.workload import Bench, Settings
@@ -33,9 +34,10 @@ from orchestrator.bench.workload import Bench, Settings
 if TYPE_CHECKING:
     from jobs.config import TrainConfig
 
-#: the strategies timed, with their row label
-STRATEGY_TITLES = {"nat": "Nat", "single": "Adv_inf (single)", "avg": "Adv_avg", "max": "Adv_max",
-                   "msd": "Adv_msd", "eat": "Adv_eat", "random": "Adv_rand"}
+#: the strategies timed (every row of the strategy table), with their row label: the single
+#: attack timed is l_inf PGD
+STRATEGY_TITLES = {row.name: "Adv_inf (single)" if row.name == "single" else row.label
+                   for row in STRATEGY_TABLE}
 #: each strategy's step against Adv_inf's: the targets of the one-attack-per-batch strategies
 VS_SINGLE_TARGETS = {"eat": Target("<=", 1.15), "random": Target("<=", 1.15)}
 IDEAL_TARGET = Target("<=", 1.05)
@@ -63,31 +65,22 @@ def train_configs(s: Settings) -> dict[str, dict[str, Any]]:
     }
     multi = [linf, l1, l2]
     return {
-        name: {**base, "label": label, "strategy": name,
-               "attacks": [] if name == "nat" else [linf] if name == "single" else multi}
-        for name, label in (("nat", "Nat"), ("single", "Adv_inf"), ("avg", "Adv_avg"),
-                            ("max", "Adv_max"), ("msd", "Adv_msd"), ("eat", "Adv_eat"),
-                            ("random", "Adv_rand"))
+        row.name: {**base, "label": SINGLE_LABELS["linf"] if row.name == "single" else row.label,
+                   "strategy": row.name,
+                   "attacks": [] if row.name == "nat" else [linf] if row.name == "single" else multi}
+        for row in STRATEGY_TABLE
     }
 
 
 def training_passes(config: TrainConfig) -> float:
-    """Forward+backward passes per step and clean input, from the config: every attack's steps
-    (for ``random`` and ``eat``, one attack's, on average over the attacks; for ``msd``, its k
-    steps and the k x K candidate forwards, counted as full passes), plus the training pass (K
-    passes for ``avg``, which trains on K x B inputs). The GPU-hour projection uses it; the
-    training figures count what really ran instead."""
+    """Forward+backward passes per step and clean input, from the config: the strategy table's
+    count (``StrategyRow.passes_per_step``) of its attacks' steps. The GPU-hour projection uses
+    it; the training figures count what really ran instead."""
     from jobs.attacks import make_attack
 
     bounds = config.dataset_info().bounds
-    attacks = [make_attack(spec, bounds=bounds) for spec in config.attacks]
-    steps = [a.total_steps for a in attacks]
-    if config.strategy in ("random", "eat"):
-        return sum(steps) / len(steps) + 1
-    if config.strategy == "msd":
-        return steps[0] * (1 + len(steps)) + 1
-    train = len(attacks) if config.strategy == "avg" else 1
-    return sum(steps) + train
+    steps = [make_attack(spec, bounds=bounds).total_steps for spec in config.attacks]
+    return strategy(config.strategy).passes_per_step(steps)
 
 
 def unit_costs(b: Bench, trained: nn.Module, reps: int, wide: int) -> dict[str, list[float]]:
