@@ -148,5 +148,8 @@ class LibrarySpec(AttackSpec):
 
 
 def package_present(package: str) -> bool:
-    """Can ``package`` be imported (found without importing it)?"""
-    return importlib.util.find_spec(package) is not None
+    """Is ``package`` installed (found on the import path, without importing it)?"""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a broken module entry
+        return False
