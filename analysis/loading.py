@@ -8,10 +8,8 @@ inferred from the parquet metadata (``mpo.suite``) and the rows' ``groups`` colu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,14 @@ import pyarrow.parquet as pq
 from analysis.suite_meta import SuiteInfo, parse_suite_info
 from jobs.errors import MpoError
 from jobs.io import read_json, read_text
+from jobs.run_folder import (
+    FAILED_STATES,
+    MANIFEST_FILE,
+    SHARD_FILES,
+    Manifest,
+    RunFolderError,
+    differs_from_record,
+)
 from jobs.schema import (
     COLUMNS,
     META_MODEL,
@@ -33,17 +39,8 @@ from jobs.schema import (
 )
 from jobs.strategy_table import LABEL_ORDER, STRATEGIES
 
-#: trial.json's record of its results files when the trial finished (``mpo sweep``):
-#: {file name: {"bytes": size, "sha256": hex digest}}
-SHARD_FILES = "shard_files"
-#: Trial states (from trial.json) that mean the trial did not finish.
-FAILED_STATES = frozenset({"error", "errored", "failed", "terminated", "crashed"})
 #: Row order of the training strategies (``jobs.strategy_table``'s); others follow.
 STRATEGY_ORDER = tuple(STRATEGIES)
-
-
-class RunFolderError(MpoError, ValueError):
-    """The run folder is missing, empty or holds no readable results."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ class ResultSet:
     models: dict[str, ModelInfo]
     run: dict[str, Any] = field(default_factory=dict)
     grid_text: str | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     skipped_files: list[SkippedFile] = field(default_factory=list)
     missing_shards: list[MissingShard] = field(default_factory=list)
     missing_trials: list[str] = field(default_factory=list)
@@ -242,7 +239,8 @@ def load_results(run_dir: str | Path) -> ResultSet:
     """
     run_dir = _check_run_dir(Path(run_dir))
     warnings: list[str] = []
-    manifest = _read_optional_json(run_dir / "manifest.json", warnings)
+    manifest_data = _read_optional_json(run_dir / MANIFEST_FILE, warnings)
+    manifest = Manifest.from_dict(manifest_data) if isinstance(manifest_data, dict) else None
     files = sorted((run_dir / "results").glob("**/*.parquet"))
     if not files and manifest is None:
         raise RunFolderError(
@@ -320,29 +318,6 @@ class _Shards:
                 known[key] += [f for f in spec[key] if f not in known[key]]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def differs_from_record(path: Path, recorded: Mapping[str, Any] | None) -> str | None:
-    """Why ``path`` is not the file its trial recorded when it finished (``SHARD_FILES``), or
-    None (it is, or nothing was recorded). A storage fault can leave a file parquet still reads,
-    with wrong values (a damaged data page): only the recorded digest shows it."""
-    if not recorded:
-        return None
-    size = path.stat().st_size
-    if size != recorded.get("bytes"):
-        return (f"corrupt on disk: {size} bytes, {recorded.get('bytes')} when its trial "
-                "finished (truncated or overwritten)")
-    if file_sha256(path) != recorded.get("sha256"):
-        return "corrupt on disk: its contents differ from the sha256 recorded when its trial finished"
-    return None
-
-
 def _recorded_files(run_dir: Path, model_dir: str) -> dict[str, Any]:
     """The trial's ``SHARD_FILES`` record ({} without one; a broken trial.json is warned about
     where the trial folder is read)."""
@@ -393,21 +368,19 @@ def _concat_rows(tables: list[pa.Table], warnings: list[str]) -> pd.DataFrame:
 
 
 def _missing_work(
-    manifest: dict[str, Any] | None, models: dict[str, ModelInfo], shards: _Shards
+    manifest: Manifest | None, models: dict[str, ModelInfo], shards: _Shards
 ) -> tuple[list[str], list[MissingShard]]:
     """The manifest's trials with no results at all, and its shards with no results file."""
     if manifest is None:
         return [], []
-    missing_trials = [m for m in manifest.get("trials", {})
-                      if not models.get(m, ModelInfo(m, "")).has_results]
+    missing_trials = [m for m in manifest.trials if not models.get(m, ModelInfo(m, "")).has_results]
     missing_shards: list[MissingShard] = []
-    for shard in manifest.get("shards", []):
-        key = (str(shard["model_id"]), str(shard["attack"]), int(shard["start"]),
-               int(shard["stop"]))
+    for shard in manifest.shards:
+        key = (shard.model_id, shard.attack, shard.start, shard.stop)
         # A trial with no results at all is listed once, as a missing trial.
         if key in shards.loaded or key[0] in missing_trials:
             continue
-        stem = f"{key[1]}__{key[2]}-{key[3]}"
+        stem = Path(shard.filename).stem
         reason = shards.skipped_names.get((key[0], stem), "no results file")
         missing_shards.append(MissingShard(*key, reason=reason))
     return missing_trials, missing_shards
@@ -416,25 +389,21 @@ def _missing_work(
 def _collect_models(
     rows: pd.DataFrame,
     model_meta: dict[str, dict[str, Any]],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     run_dir: Path,
     warnings: list[str],
 ) -> dict[str, ModelInfo]:
     """Every model the run knows of: from the rows, then the manifest's trials, then the trial
     folders (state, wall time, config), each adding what the earlier ones lack."""
     models = _models_from_rows(rows, model_meta)
-    for model_id, trial in ((manifest or {}).get("trials") or {}).items():
+    for model_id, trial in (manifest.trials if manifest is not None else {}).items():
         info = models.get(model_id)
         if info is None:
             info = models[model_id] = ModelInfo(
-                model_id=model_id,
-                label=str(trial.get("label", model_id)),
-                dataset=str(trial.get("dataset", "")),
-                strategy=str(trial.get("strategy", "")),
-                groups=tuple(trial.get("groups", ())),
-            )
-        if not info.config and isinstance(trial.get("config"), dict):
-            info.config = trial["config"]
+                model_id=model_id, label=trial.label or model_id, dataset=trial.dataset,
+                strategy=trial.strategy, groups=tuple(trial.groups))
+        if not info.config and trial.config:
+            info.config = trial.config
     trials_dir = run_dir / "trials"
     if trials_dir.is_dir():
         for trial_dir in sorted(p for p in trials_dir.iterdir() if p.is_dir()):
@@ -487,20 +456,14 @@ def _add_trial_folder(info: ModelInfo, trial_dir: Path, warnings: list[str]) -> 
 def _collect_groups(
     rows: pd.DataFrame,
     suite_groups: dict[str, dict[str, list[str]]],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     models: dict[str, ModelInfo],
 ) -> dict[str, Group]:
     groups: dict[str, Group] = {}
-    if manifest is not None and manifest.get("groups"):
-        for name, spec in manifest["groups"].items():
-            groups[name] = Group(
-                name=name,
-                dataset=str(spec.get("dataset", "")),
-                families=tuple(spec.get("families", ())),
-                affine=tuple(spec.get("affine", ())),
-                models=tuple(spec.get("models", ())),
-            )
-        return groups
+    if manifest is not None and manifest.groups:
+        return {name: Group(name=name, dataset=g.dataset, families=tuple(g.families),
+                            affine=tuple(g.affine), models=tuple(g.models))
+                for name, g in manifest.groups.items()}
     members: dict[str, list[str]] = {}
     for info in models.values():
         for g in info.groups:

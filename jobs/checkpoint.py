@@ -6,7 +6,6 @@ ever unpickled. The config travels as a JSON string inside the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -83,10 +82,3 @@ def _load_failure(err: Exception) -> str:
     return f"torch.load(weights_only=True) could not read it: {first[:300]}"
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, hex."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

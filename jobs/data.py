@@ -15,7 +15,6 @@ The inputs are unbounded (no [0, 1] box).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -38,6 +37,7 @@ from jobs.datasets import (
     resolve_data_dir,
     toy_params,
 )
+from jobs.io import file_digest
 
 __all__ = ["DATASETS", "DEFAULT_DATA_DIR", "ENV_DATA_DIR", "LOADERS", "DataError", "DatasetInfo",
            "Split", "ToyParams", "augment_batch", "check_dataset", "dataset_info", "fetch",
@@ -342,12 +342,6 @@ def augment_batch(
 # Checks (mpo data check)
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -377,7 +371,7 @@ def check_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
         for fname, md5 in MNIST.resources:
             gz = raw / fname
             if gz.exists():
-                verdicts.append(f"{fname}: {'ok' if _md5(gz) == md5 else 'MISMATCH'}")
+                verdicts.append(f"{fname}: {'ok' if file_digest(gz, 'md5') == md5 else 'MISMATCH'}")
         out["checksums"] = (
             "; ".join(verdicts)
             if verdicts
@@ -395,7 +389,7 @@ def check_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
         for fname, md5 in CIFAR10.train_list + CIFAR10.test_list:
             f = folder / fname
             if f.exists():
-                verdicts.append(f"{fname}: {'ok' if _md5(f) == md5 else 'MISMATCH'}")
+                verdicts.append(f"{fname}: {'ok' if file_digest(f, 'md5') == md5 else 'MISMATCH'}")
         out["checksums"] = "; ".join(verdicts) if verdicts else "no files"
     out["present"] = all("size" in s for s in out["splits"].values())
     return out

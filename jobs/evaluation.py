@@ -45,12 +45,12 @@ import jobs.attacks
 from jobs.attacks import Attack
 from jobs.attacks.balls import Ball
 from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
-from jobs.checkpoint import file_digest
 from jobs.data import dataset_info, load_split
 from jobs.external import ExternalModel
 from jobs.external.load import load_external
-from jobs.io import atomic_write
+from jobs.io import atomic_write, file_digest
 from jobs.results import existing_content_key, read_results
+from jobs.run_folder import RunFolder, ShardEntry, plan_shards
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata
 from jobs.suite import (
     EvalSuite,
@@ -66,17 +66,9 @@ from jobs.training import load_trained, resolve_device
 # Shards
 
 
-def plan_shards(n_test: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[(0, s), (s, 2s), ...]`` covering ``range(n_test)``; the last shard may be shorter."""
-    if n_test < 1:
-        raise ValueError(f"n_test = {n_test}: must be at least 1")
-    if shard_size < 1:
-        raise ValueError(f"shard_size = {shard_size}: must be at least 1")
-    return [(s, min(s + shard_size, n_test)) for s in range(0, n_test, shard_size)]
-
-
 def shard_path(out_dir: str | os.PathLike[str], model_id: str, attack: str, start: int, stop: int) -> Path:
-    return Path(out_dir) / "results" / model_id / f"{attack}__{start}-{stop}.parquet"
+    """Where the shard of ``attack`` on test points [start, stop) of a model is written."""
+    return RunFolder(Path(out_dir)).shard_path(ShardEntry(model_id, attack, start, stop))
 
 
 def shard_seed(suite: EvalSuite, attack: str, start: int) -> int:

@@ -15,6 +15,7 @@ Torch-free and Ray-free: ``analysis`` uses it too.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -65,6 +66,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (sha256; md5 where a published checksum is one)."""
+    h = hashlib.new(algorithm)
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

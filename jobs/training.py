@@ -87,7 +87,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"device '{device}': not a device; allowed: auto (cuda when available), "
+                          "cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
     return dev

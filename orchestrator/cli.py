@@ -70,6 +70,16 @@ class LazyGroup(click.Group):
             if debug_enabled(ctx):
                 raise
             raise UserError(str(err)) from None
+        except KeyboardInterrupt:
+            # Ctrl+C: one line that says what is kept and how to go on, and 130 (128 + SIGINT),
+            # as `mpo sweep` does, instead of click's "Aborted!" and status 1
+            if debug_enabled(ctx):
+                raise
+            from orchestrator.commands import resume_hint
+
+            hint = resume_hint(ctx)
+            click.echo(f"interrupted (SIGINT){'; ' + hint if hint else ''}", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

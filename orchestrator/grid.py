@@ -38,19 +38,15 @@ in (so that ``--resume`` finds them again)::
                     dataset: cifar10, groups: [cifar-lp]}
       Scripted: {torchscript: net.pt, dataset: cifar10, input_range: [0, 255], groups: [cifar-lp]}
 
-Expansion builds a ``TrainConfig`` per (model, seed); identical configs (same ``model_id``) in
-several groups are one trial that is evaluated for all of them (Nat shared by ``mnist-lp`` and
-``mnist-rt`` is trained once). An external model is one trial (seeds do not apply). Nothing here
-imports Ray; torch is imported only by expansion.
+``orchestrator.plan`` expands a validated grid into the sweep's trials and shards. Nothing here
+imports Ray or torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,12 +55,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jobs.config import StrategyName
 from jobs.errors import MpoError
-from jobs.external import EXTERNAL_STRATEGY, ExternalModel
+from jobs.external import ExternalModel
 from jobs.io import load_yaml, read_text
 from jobs.validation import FrozenModel, format_validation_error
 
 if TYPE_CHECKING:
-    from jobs.suite import EvalSuite
+    pass
 
 GRID_SUFFIXES = (".yaml", ".yml")
 #: TrainConfig fields a grid sets itself, per model; an experiment's ``train`` block may not.
@@ -225,257 +221,3 @@ def load_grid_text(name_or_path: str | os.PathLike[str]) -> tuple[Grid, str, Pat
 
 def load_grid(name_or_path: str | os.PathLike[str]) -> Grid:
     return load_grid_text(name_or_path)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Expansion
-
-
-@dataclass(frozen=True)
-class Shard:
-    model_id: str
-    attack: str
-    start: int
-    stop: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "attack": self.attack, "start": self.start, "stop": self.stop}
-
-    @property
-    def filename(self) -> str:
-        """The results file name jobs.evaluation writes for this shard."""
-        return f"{self.attack}__{self.start}-{self.stop}.parquet"
-
-
-@dataclass
-class TrialPlan:
-    model_id: str
-    label: str
-    dataset: str
-    strategy: str
-    groups: list[str]
-    config: dict[str, Any]
-    attacks: list[str] = field(default_factory=list)  # suite attacks to evaluate, suite order
-
-    def manifest_entry(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "dataset": self.dataset,
-            "strategy": self.strategy,
-            "groups": list(self.groups),
-            "attacks": list(self.attacks),
-            "config": self.config,
-        }
-
-
-@dataclass
-class GroupPlan:
-    name: str
-    dataset: str
-    families: list[str]
-    affine: list[str]
-    models: list[str] = field(default_factory=list)
-
-    def manifest_entry(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "families": list(self.families),
-            "affine": list(self.affine),
-            "models": list(self.models),
-        }
-
-
-@dataclass
-class SweepPlan:
-    """A grid expanded: groups, distinct trials (keyed by model id), suites and shards."""
-
-    grid: Grid
-    groups: dict[str, GroupPlan]
-    trials: dict[str, TrialPlan]
-    suites: dict[str, EvalSuite]  # dataset -> its suite (restarts applied)
-    shards: list[Shard]
-    suite_files: dict[str, Path] = field(default_factory=dict)  # dataset -> suite file (not built-in)
-
-    def trial_shards(self, model_id: str) -> list[Shard]:
-        return [s for s in self.shards if s.model_id == model_id]
-
-    def trial_groups(self, model_id: str) -> dict[str, dict[str, list[str]]]:
-        """{group: {"families", "affine"}} for the groups a trial is reported in."""
-        return {
-            g: {"families": list(self.groups[g].families), "affine": list(self.groups[g].affine)}
-            for g in self.trials[model_id].groups
-        }
-
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "grid": self.grid.name,
-            "grid_digest": self.grid.digest(),
-            "groups": {name: g.manifest_entry() for name, g in self.groups.items()},
-            "evaluation": {
-                ds: {**plan.model_dump(mode="json"), "suite_name": self.suites[ds].name}
-                for ds, plan in self.grid.evaluation.items()
-                if ds in self.suites
-            },
-            "trials": {mid: t.manifest_entry() for mid, t in self.trials.items()},
-            "shards": [s.to_dict() for s in self.shards],
-        }
-
-
-def _suite_with_restarts(suite: EvalSuite, restarts: int | None) -> EvalSuite:
-    """A copy of ``suite`` whose attacks with random restarts (l_p and affine) use ``restarts``."""
-    if restarts is None:
-        return suite
-    attacks = [dataclasses.replace(att, spec=att.spec.with_restarts(restarts)) for att in suite.attacks]
-    return dataclasses.replace(suite, attacks=attacks)
-
-
-def _load_suite(plan: EvaluationPlan, *, dataset: str, grid_dir: Path | None, source: str,
-                suite_dir: Path | None = None) -> tuple[Any, Path | None]:
-    """(the suite with the grid's restarts applied, its file when it is not a built-in one).
-
-    A suite file is looked up relative to the grid file, or in ``suite_dir`` (a run folder's
-    ``suites/`` snapshot) when given."""
-    from jobs.suite import load_suite
-
-    ref = plan.suite
-    is_file = Path(ref).suffix in GRID_SUFFIXES
-    if is_file and suite_dir is not None:
-        ref = str(suite_dir / Path(ref).name)
-    elif is_file and grid_dir is not None and not Path(ref).is_absolute():
-        ref = str(grid_dir / ref)
-    try:
-        suite = load_suite(ref)
-    except (ValueError, KeyError, OSError) as err:
-        raise GridError(f"{source}: field 'evaluation.{dataset}.suite' = {plan.suite!r}: {err}") from None
-    if suite.dataset != dataset:
-        raise GridError(
-            f"{source}: field 'evaluation.{dataset}.suite' = {plan.suite!r}: the suite is for "
-            f"dataset '{suite.dataset}', not '{dataset}'"
-        )
-    return _suite_with_restarts(suite, plan.restarts), (Path(ref) if is_file else None)
-
-
-def _group_families(
-    name: str, exp: Experiment, suite: Any, source: str
-) -> tuple[list[str], list[str]]:
-    known = sorted({a.family for a in suite.attacks})
-    suite_group = (suite.groups or {}).get(name, {})
-    families = exp.families if exp.families is not None else suite_group.get("families")
-    affine = exp.affine if exp.affine is not None else suite_group.get("affine", [])
-    if not families:
-        raise GridError(
-            f"{source}: field 'experiments.{name}.families': required (suite '{suite.name}' has no "
-            f"group '{name}'); allowed families in that suite: {', '.join(known)}"
-        )
-    for key, values in (("families", families), ("affine", affine)):
-        for fam in values:
-            if fam not in known:
-                raise GridError(
-                    f"{source}: field 'experiments.{name}.{key}' = {fam!r}: suite '{suite.name}' "
-                    f"has no attack of that family; allowed: {', '.join(known)}"
-                )
-    return list(families), list(affine or [])
-
-
-def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = None,
-                suite_dir: Path | None = None) -> SweepPlan:
-    """Expand a grid into distinct trials (deduplicated by model id) and evaluation shards.
-
-    Suite files are found relative to ``grid_dir``, or in ``suite_dir`` when given."""
-    from jobs.config import ConfigError, make_train_config
-    from jobs.evaluation import plan_shards
-
-    suites: dict[str, Any] = {}
-    suite_files: dict[str, Path] = {}
-    for dataset, plan in grid.evaluation.items():
-        if any(exp.dataset == dataset for exp in grid.experiments.values()):
-            suites[dataset], file = _load_suite(plan, dataset=dataset, grid_dir=grid_dir,
-                                                source=source, suite_dir=suite_dir)
-            if file is not None:
-                suite_files[dataset] = file
-
-    groups: dict[str, GroupPlan] = {}
-    trials: dict[str, TrialPlan] = {}
-    for gname, exp in grid.experiments.items():
-        suite = suites[exp.dataset]
-        families, affine = _group_families(gname, exp, suite, source)
-        group = GroupPlan(gname, exp.dataset, families, affine)
-        groups[gname] = group
-        for label, entry in exp.models.items():
-            for seed in grid.seeds:
-                data = {
-                    **exp.train,
-                    "label": label,
-                    "strategy": entry.strategy,
-                    "attacks": [exp.attacks[a] for a in entry.attacks],
-                    "seed": seed,
-                }
-                where = f"{source}: experiments.{gname}.models.{label} (seed {seed})"
-                try:
-                    config = make_train_config(data, source=where)
-                except ConfigError as err:
-                    raise GridError(str(err)) from None
-                mid = config.model_id()
-                group.models.append(mid)
-                if mid in trials:
-                    prev = trials[mid]
-                    if prev.label != label:
-                        raise GridError(
-                            f"{where}: this model is the same training config as '{prev.label}' "
-                            f"in group(s) {', '.join(prev.groups)}; one model takes one label: "
-                            f"use '{prev.label}' here too"
-                        )
-                    prev.groups.append(gname)
-                    continue
-                trials[mid] = TrialPlan(
-                    model_id=mid,
-                    label=label,
-                    dataset=exp.dataset,
-                    strategy=entry.strategy,
-                    groups=[gname],
-                    config=config.to_dict(),
-                )
-
-    for label, entry in grid.external.items():
-        mid, record = _external_trial(entry, label=label, source=source)
-        if mid in trials:
-            raise GridError(f"{source}: external.{label} is the same model as "
-                            f"'{trials[mid].label}'; one model takes one label")
-        trials[mid] = TrialPlan(model_id=mid, label=label, dataset=entry.dataset,
-                                strategy=EXTERNAL_STRATEGY, groups=list(entry.groups),
-                                config=record)
-        for g in entry.groups:
-            groups[g].models.append(mid)
-
-    shards: list[Shard] = []
-    for mid, trial in trials.items():
-        wanted: set[str] = set()
-        for g in trial.groups:
-            wanted.update(groups[g].families)
-            wanted.update(groups[g].affine)
-        suite = suites[trial.dataset]
-        trial.attacks = [a.name for a in suite.attacks if a.family in wanted]
-        plan = grid.evaluation[trial.dataset]
-        for attack in trial.attacks:
-            for start, stop in plan_shards(plan.n_test, plan.shard_size):
-                shards.append(Shard(mid, attack, start, stop))
-    return SweepPlan(grid=grid, groups=groups, trials=trials, suites=suites, shards=shards,
-                     suite_files=suite_files)
-
-
-def _external_trial(entry: ExternalEntry, *, label: str, source: str) -> tuple[str, dict[str, Any]]:
-    """(model id, config-like record) of an evaluation-only model, its relative paths made
-    absolute from the current directory (the trials load it from other processes)."""
-    from jobs.external.load import planned
-    from jobs.external.spec import ExternalModelError
-
-    try:
-        return planned(entry.spec().with_paths_under(Path.cwd()), label=label)
-    except ExternalModelError as err:
-        raise GridError(f"{source}: external.{label}: {err}") from None
-
-
-def load_plan(name_or_path: str | os.PathLike[str]) -> tuple[SweepPlan, str, Path]:
-    """Load, validate and expand a grid: (plan, the grid file's text, its path)."""
-    grid, text, path = load_grid_text(name_or_path)
-    return expand_grid(grid, source=str(path), grid_dir=path.parent), text, path

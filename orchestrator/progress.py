@@ -122,8 +122,7 @@ class LiveTable(tune.Callback):
             self.live.update(self.render(), refresh=self.console.is_terminal)
 
     def _row(self, trial: Trial) -> Row | None:
-        payload = trial.config.get("trial") or {}
-        return self.rows.get(payload.get("model_id"))
+        return self.rows.get(trial.config.get("model_id"))
 
     def _end(self, trial: Trial, state: str) -> None:
         row = self._row(trial)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from jobs.errors import MpoError
 
 if TYPE_CHECKING:
-    from orchestrator.grid import SweepPlan
+    from orchestrator.plan import SweepPlan
 
 
 class SweepError(MpoError, RuntimeError):

@@ -38,14 +38,15 @@ import ray
 from ray import tune
 
 from jobs.io import read_json, write_json_atomic
+from jobs.run_folder import SHARD_FILES, RunFolder, ShardEntry, file_records
 from orchestrator import fault_injection
 from orchestrator.fault_injection import Faults
 from orchestrator.resources import set_torch_threads, torch_threads
-from orchestrator.runfolder import RunDir
 
 if TYPE_CHECKING:
     from jobs.external import ExternalModel
     from jobs.suite import EvalSuite
+    from orchestrator.plan import TrialPayload
 
 PROGRESS_FILE = "progress.json"
 
@@ -128,181 +129,173 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def evaluate_shard_task(
     checkpoint: str | Path | ExternalModel,  # an evaluation-only model: its spec
     suite: EvalSuite,
-    attack: str,
-    start: int,
-    stop: int,
+    shard: ShardEntry,
     *,
     run_dir: str,
-    model_id: str,
     data_dir: str | None,
     label: str,
-    groups: list[str],
+    groups: dict[str, dict[str, list[str]]],
     cpus: float,
     faults: Faults,
 ) -> str:
     """One evaluation shard, run as a Ray task inside the trial's placement group (or inline in
     the trial); its side record notes where each run ran and whether it computed the file."""
-    from jobs.evaluation import evaluate_shard, shard_path
+    from jobs.evaluation import evaluate_shard
 
-    rd = RunDir(Path(run_dir))
-    target = shard_path(run_dir, model_id, attack, start, stop)
+    rd = RunFolder(Path(run_dir))
+    target = rd.shard_path(shard)
     run = uuid.uuid4().hex[:12]
     where = _where(set_torch_threads(torch_threads(cpus)))
-    rd.note_shard_run(model_id, target.name, run, **where)
+    rd.note_shard_run(shard.model_id, target.name, run, **where)
     fault_injection.before_shard(faults, rd.path, label)  # tests only (MPO_TEST_FAULTS)
     before = _identity(target)
     t0 = time.perf_counter()
     path = evaluate_shard(
-        checkpoint, suite, attack, start, stop, run_dir,
-        data_dir=data_dir, device=where["device"], model_label=label, groups=groups,
+        checkpoint, suite, shard.attack, shard.start, shard.stop, run_dir,
+        data_dir=data_dir, device=where["device"], model_label=label, groups=list(groups),
     )  # fmt: skip
-    rd.note_shard_run(model_id, target.name, run, finished=_now(),
+    rd.note_shard_run(shard.model_id, target.name, run, finished=_now(),
                       seconds=round(time.perf_counter() - t0, 3),
                       computed=_identity(path) != before)
     return str(path)
 
 
-def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDir,
-              settings: dict[str, Any], faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
-    """Fan the trial's shards out as Ray tasks; (result paths, failed shards)."""
-    from jobs.evaluation import plan_shards
-
-    shards = [
-        (attack, start, stop)
-        for attack in trial["attacks"]
-        for start, stop in plan_shards(trial["n_test"], trial["shard_size"])
-    ]
-    kwargs = dict(
-        run_dir=str(rd.path), model_id=trial["model_id"], data_dir=settings["data_dir"],
-        label=trial["label"], groups=list(trial["groups"]), faults=faults,
-    )  # fmt: skip
+def _fan_out(trial: TrialPayload, checkpoint: Path | ExternalModel, rd: RunFolder,
+             settings: dict[str, Any], faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
+    """Fan the trial's shards out as Ray tasks (or run them here, one at a time, without
+    evaluation bundles); (result paths, failed shards)."""
+    kwargs = dict(run_dir=str(rd.path), data_dir=settings["data_dir"], label=trial.label,
+                  groups=trial.groups, faults=faults)
     paths: list[str] = []
     failed: list[dict[str, Any]] = []
-    total = len(shards)
-    if settings["eval_workers"] == 0:  # no bundles for tasks: evaluate here, one shard at a time
-        for attack, start, stop in shards:
-            paths.append(evaluate_shard_task(checkpoint, trial["suite"], attack, start, stop,
+    total = len(trial.shards)
+    if settings["eval_workers"] == 0:
+        for shard in trial.shards:
+            paths.append(evaluate_shard_task(checkpoint, trial.suite, shard,
                                              cpus=settings["cpus_per_trial"], **kwargs))
             tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
         return paths, failed
-
     task = ray.remote(evaluate_shard_task).options(
-        num_cpus=settings["eval_cpus"],
-        num_gpus=settings["eval_gpus"],
-        max_retries=settings["shard_retries"],
-        retry_exceptions=[OSError],
-    )
-    suite_ref = ray.put(trial["suite"])
-    refs = {
-        task.remote(checkpoint, suite_ref, attack, start, stop, cpus=settings["eval_cpus"],
-                    **kwargs): (attack, start, stop)
-        for attack, start, stop in shards
-    }
+        num_cpus=settings["eval_cpus"], num_gpus=settings["eval_gpus"],
+        max_retries=settings["shard_retries"], retry_exceptions=[OSError])
+    suite_ref = ray.put(trial.suite)
+    refs = {task.remote(checkpoint, suite_ref, shard, cpus=settings["eval_cpus"], **kwargs): shard
+            for shard in trial.shards}
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
-            attack, start, stop = refs[ref]
             try:
                 paths.append(ray.get(ref))
             except ray.exceptions.RayError as err:
-                failed.append({"attack": attack, "start": start, "stop": stop,
+                failed.append({**refs[ref].to_dict(),
                                "error": f"{type(err).__name__}: {str(err)[-2000:]}"})
         tune.report({"phase": "eval", "shards_done": len(paths), "shards_failed": len(failed),
                      "shards_total": total})
     return paths, failed
 
 
-def _shard_files(paths: list[str]) -> dict[str, dict[str, Any]]:
-    """Size and sha256 of each results file, as the finished trial leaves them: later storage
-    faults show as a difference (``analysis.loading.differs_from_record``). Taken here, after
-    every task of the trial has returned, so no task rewrites a file after it was recorded."""
-    from analysis.loading import file_sha256
+class _Trial:
+    """One trial's run: its payload, run folder and record, and the wall time it has used."""
 
-    return {Path(p).name: {"bytes": Path(p).stat().st_size, "sha256": file_sha256(Path(p))}
-            for p in paths}
+    def __init__(self, config: dict[str, Any], payload: TrialPayload) -> None:
+        self.payload = payload
+        self.settings: dict[str, Any] = config["settings"]
+        self.faults: Faults = config.get("faults") or {}
+        self.rd = RunFolder(Path(config["run_dir"]))
+        self.out = self.rd.trial_dir(self.payload.model_id)
+        self.began = time.time()
+        self.record = self.rd.trial_record(self.payload.model_id)
+        self.previous_wall = float(self.record.get("wall_seconds") or 0.0)
+
+    def wall(self) -> float:
+        return round(self.previous_wall + time.time() - self.began, 3)
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        self.record = self.rd.update_trial(self.payload.model_id, **fields)
+        return self.record
+
+    def start(self) -> str:
+        """Record this attempt (where it runs, with how many threads); returns its device."""
+        attempt = int(self.record.get("attempts", 0)) + 1
+        threads = set_torch_threads(torch_threads(self.settings["cpus_per_trial"]))
+        where = {"attempt": attempt, **_where(threads)}
+        self.update(model_id=self.payload.model_id, label=self.payload.label, state="training",
+                    attempts=attempt, tune_trial_id=tune.get_context().get_trial_id(),
+                    restored_from_tune_epoch=_tune_epoch(), device=where["device"], error=None,
+                    placements=[*self.record.get("placements", []), where])
+        return str(where["device"])
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: {"trial": payload, "run_dir", "settings", "faults"}.
-
-    The payload is built by ``orchestrator.tune_driver.trial_payload``: model_id, label, dataset,
-    groups ({group: {"families", "affine"}}), config (TrainConfig dict), attacks (suite attack
-    names), n_test, shard_size and suite (a jobs.suite.EvalSuite).
-    """
-    from analysis.loading import SHARD_FILES
-    from jobs.external import external_spec
-    from jobs.results import summarize
+def _train(t: _Trial, device: str) -> Path:
+    """Train the model (resuming from its state), unless its checkpoint is already there;
+    returns the checkpoint."""
     from jobs.training import CHECKPOINT_FILE, train
 
-    trial, settings = config["trial"], config["settings"]
-    faults = config.get("faults") or {}
-    rd = RunDir(Path(config["run_dir"]))
-    mid, label = trial["model_id"], trial["label"]
-    out = rd.trial_dir(mid)
-    began = time.time()
-    record = rd.trial_record(mid)
-    if record.get("state") == "done" and (out / CHECKPOINT_FILE).exists():
+    checkpoint = t.out / CHECKPOINT_FILE
+    if t.record.get("trained") and checkpoint.exists():
+        return checkpoint
+    p = t.payload
+    epoch_runs = int(t.record.get("epoch_runs", 0))
+
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        nonlocal epoch_runs
+        epoch_runs += 1
+        t.update(epoch_runs=epoch_runs)
+        _report_epoch(metrics, model_id=p.model_id, total_epochs=p.epochs)
+        fault_injection.after_epoch(t.faults, t.rd.path, p.label, int(metrics["epoch"]))  # tests
+
+    result = train(p.config, t.out, data_dir=t.settings["data_dir"],
+                   download=t.settings["download"], device=device, on_epoch=on_epoch, resume=True)
+    resumed = list(t.record.get("resumed_from_epochs", []))
+    if result.resumed_from_epoch:
+        resumed.append(result.resumed_from_epoch)
+    t.update(trained=True, resumed_from_epochs=resumed, epochs_trained=len(result.metrics),
+             final_train_metrics=result.metrics[-1] if result.metrics else {},
+             train_cost=result.cost, train_wall_seconds=t.wall())
+    return checkpoint
+
+
+def _report(t: _Trial, paths: list[str]) -> None:
+    """Summarise the results, record the trial done (with each results file's size and
+    sha256, taken after every task returned) and report it to Tune."""
+    from jobs.results import summarize
+
+    summary = summarize(paths, t.payload.groups).get(t.payload.model_id, {})
+    t.update(state="done", summary=summary, failed_shards=[], shards=len(paths),
+             wall_seconds=t.wall(), **{SHARD_FILES: file_records(paths)})
+    tune.report({**flatten("eval", summary), "phase": "done", "shards_done": len(paths),
+                 "shards_total": len(paths)})
+
+
+def run_trial(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None:
+    """Tune function trainable: train, fan the evaluation out, report. ``config``: {"model_id",
+    "run_dir", "settings", "faults"}; ``payloads``: every trial's ``orchestrator.plan.TrialPayload``
+    by model id (``tune.with_parameters``)."""
+    from jobs.external import external_spec
+    from jobs.training import CHECKPOINT_FILE
+
+    t = _Trial(config, payloads[config["model_id"]])
+    if t.record.get("state") == "done" and (t.out / CHECKPOINT_FILE).exists():
         # Finished before its actor was lost (or the driver died), but Tune had not seen it end:
         # report, redo nothing.
-        summary = record.get("summary") or {}
-        tune.report({**flatten("eval", summary), "phase": "done",
-                     "shards_done": record.get("shards", 0), "shards_total": record.get("shards", 0)})
+        shards = t.record.get("shards", 0)
+        tune.report({**flatten("eval", t.record.get("summary") or {}), "phase": "done",
+                     "shards_done": shards, "shards_total": shards})
         return
-    previous_wall = float(record.get("wall_seconds") or 0.0)
-    attempt = int(record.get("attempts", 0)) + 1
-    threads = set_torch_threads(torch_threads(settings["cpus_per_trial"]))
-    where = {"attempt": attempt, **_where(threads)}
-    record = rd.update_trial(
-        mid, model_id=mid, label=label, state="training", attempts=attempt,
-        tune_trial_id=tune.get_context().get_trial_id(), restored_from_tune_epoch=_tune_epoch(),
-        device=where["device"], error=None, placements=[*record.get("placements", []), where],
-    )  # fmt: skip
-
-    def wall() -> float:
-        return round(previous_wall + time.time() - began, 3)
-
+    device = t.start()
     try:
-        checkpoint = out / CHECKPOINT_FILE
-        external = external_spec(trial["config"])  # evaluation-only: nothing to train
-        if external is None and not (record.get("trained") and checkpoint.exists()):
-            epochs = int(trial["config"]["epochs"])
-            epoch_runs = int(record.get("epoch_runs", 0))
-
-            def on_epoch(metrics: dict[str, Any]) -> None:
-                nonlocal epoch_runs
-                epoch_runs += 1
-                rd.update_trial(mid, epoch_runs=epoch_runs)
-                _report_epoch(metrics, model_id=mid, total_epochs=epochs)
-                # tests only (MPO_TEST_FAULTS)
-                fault_injection.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
-
-            result = train(
-                trial["config"], out, data_dir=settings["data_dir"], download=settings["download"],
-                device=where["device"], on_epoch=on_epoch, resume=True,
-            )  # fmt: skip
-            resumed = list(record.get("resumed_from_epochs", []))
-            if result.resumed_from_epoch:
-                resumed.append(result.resumed_from_epoch)
-            record = rd.update_trial(
-                mid, trained=True, resumed_from_epochs=resumed, epochs_trained=len(result.metrics),
-                final_train_metrics=result.metrics[-1] if result.metrics else {},
-                train_cost=result.cost, train_wall_seconds=wall(),
-            )  # fmt: skip
-        rd.update_trial(mid, state="evaluating", wall_seconds=wall())
-        paths, failed = _evaluate(trial, external or checkpoint, rd, settings, faults)
+        external = external_spec(t.payload.config)  # evaluation-only: nothing to train
+        model = external if external is not None else _train(t, device)
+        t.update(state="evaluating", wall_seconds=t.wall())
+        paths, failed = _fan_out(t.payload, model, t.rd, t.settings, t.faults)
         if failed:
-            rd.update_trial(mid, failed_shards=failed)
+            t.update(failed_shards=failed)
             raise ShardsFailedError(
-                f"{len(failed)} of {len(failed) + len(paths)} evaluation shards of {mid} failed "
-                f"after {settings['shard_retries']} retries; first: {failed[0]['error'][:500]}"
-            )
-        summary = summarize(paths, trial["groups"]).get(mid, {})
-        rd.update_trial(mid, state="done", summary=summary, failed_shards=[], shards=len(paths),
-                        wall_seconds=wall(), **{SHARD_FILES: _shard_files(paths)})
-        tune.report({**flatten("eval", summary), "phase": "done", "shards_done": len(paths),
-                     "shards_total": len(paths)})
+                f"{len(failed)} of {len(failed) + len(paths)} evaluation shards of "
+                f"{t.payload.model_id} failed after {t.settings['shard_retries']} retries; "
+                f"first: {failed[0]['error'][:500]}")
+        _report(t, paths)
     except BaseException as err:
-        rd.update_trial(mid, state="error", error=f"{type(err).__name__}: {err}"[:4000],
-                        wall_seconds=wall())
+        t.update(state="error", error=f"{type(err).__name__}: {err}"[:4000], wall_seconds=t.wall())
         raise

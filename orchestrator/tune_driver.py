@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
-from orchestrator.grid import SweepPlan
+from jobs.run_folder import RunFolder
+from orchestrator.plan import SweepPlan
 from orchestrator.progress import LiveTable
 from orchestrator.resources import Cluster, SweepError, trial_data_dir
-from orchestrator.runfolder import RunDir, SweepSettings, record_sweep
+from orchestrator.runfolder import SweepSettings, record_sweep
 from orchestrator.trainable import run_trial
 
 if TYPE_CHECKING:
@@ -97,24 +98,7 @@ def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Clu
 
 
 def trial_name(trial: Trial) -> str:
-    return str(trial.config["trial"]["model_id"])
-
-
-def trial_payload(plan: SweepPlan, model_id: str) -> dict[str, Any]:
-    """What one trial gets in its Tune config (``orchestrator.trainable.run_trial`` reads it)."""
-    t = plan.trials[model_id]
-    ev = plan.grid.evaluation[t.dataset]
-    return {
-        "model_id": model_id,
-        "label": t.label,
-        "dataset": t.dataset,
-        "groups": plan.trial_groups(model_id),
-        "config": t.config,
-        "attacks": list(t.attacks),
-        "n_test": ev.n_test,
-        "shard_size": ev.shard_size,
-        "suite": plan.suites[t.dataset],
-    }
+    return str(trial.config["model_id"])
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -152,7 +136,7 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN if fired else old)
 
 
-def _experiment_name(rd: RunDir) -> str:
+def _experiment_name(rd: RunFolder) -> str:
     """``driver-<n>``: this driver run's own Tune experiment folder under ``tune/``."""
     n = len(list(rd.tune_dir.glob("driver-*"))) if rd.tune_dir.is_dir() else 0
     return f"driver-{n + 1}"
@@ -160,7 +144,7 @@ def _experiment_name(rd: RunDir) -> str:
 
 def run_sweep(
     plan: SweepPlan,
-    rd: RunDir,
+    rd: RunFolder,
     settings: SweepSettings,
     *,
     todo: list[str],
@@ -195,12 +179,16 @@ def run_sweep(
     return records
 
 
-def _fit(plan: SweepPlan, rd: RunDir, settings: SweepSettings, todo: list[str],
+def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str],
          console: Console) -> None:
     res = settings.resources
-    trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory(res.bundles()))
+    # Each trial's payload travels through the object store (tune.with_parameters); its Tune
+    # config names the model only, so Tune never copies or flattens the payload.
+    payloads = {mid: plan.payload(mid) for mid in todo}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, payloads=payloads),
+                                    tune.PlacementGroupFactory(res.bundles()))
     param_space = {
-        "trial": tune.grid_search([trial_payload(plan, mid) for mid in todo]),
+        "model_id": tune.grid_search(list(todo)),
         "run_dir": str(rd.path),
         "settings": {"data_dir": trial_data_dir(settings.data_dir),
                      "download": settings.download, "shard_retries": settings.shard_retries,
@@ -209,7 +197,7 @@ def _fit(plan: SweepPlan, rd: RunDir, settings: SweepSettings, todo: list[str],
                      "eval_gpus": res.eval_gpus},
         "faults": settings.faults,
     }
-    table = LiveTable({mid: plan.trials[mid].manifest_entry() for mid in todo}, console=console,
+    table = LiveTable({mid: plan.trials[mid].to_dict() for mid in todo}, console=console,
                       title=f"mpo sweep {plan.grid.name}: {rd.path}")
     tuner = tune.Tuner(
         trainable,

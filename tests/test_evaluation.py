@@ -18,8 +18,9 @@ import torch
 
 from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
-from jobs.evaluation import evaluate, evaluate_shard, plan_shards
+from jobs.evaluation import evaluate, evaluate_shard
 from jobs.results import read_results, summarize
+from jobs.run_folder import plan_shards
 from jobs.schema import META_MODEL, META_SHARD, META_SUITE, SCHEMA, check_schema_version
 from jobs.suite import SuiteError, SuiteMismatchError, load_suite, parse_suite, suite_names
 from jobs.training import train

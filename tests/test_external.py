@@ -441,7 +441,7 @@ def _grid(tmp_path: Path, suite_file: Path, weights: Path, change=None) -> Path:
 
 
 def test_grid_expands_external_entries(tmp_path, suite_file, weights):
-    from orchestrator.grid import load_plan
+    from orchestrator.plan import load_plan
 
     plan, _, _ = load_plan(_grid(tmp_path, suite_file, weights))
     (ext,) = [t for t in plan.trials.values() if t.strategy == "external"]
@@ -462,7 +462,8 @@ def test_grid_expands_external_entries(tmp_path, suite_file, weights):
      "field 'external.Theirs.colour': unknown field"),
 ])
 def test_grid_external_errors(tmp_path, suite_file, weights, change, match):
-    from orchestrator.grid import GridError, load_plan
+    from orchestrator.grid import GridError
+    from orchestrator.plan import load_plan
 
     with pytest.raises(GridError, match=match):
         load_plan(_grid(tmp_path, suite_file, weights, change))

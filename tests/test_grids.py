@@ -11,14 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.grid import (
-    GridError,
-    builtin_grid_names,
-    expand_grid,
-    load_grid,
-    load_plan,
-    parse_grid,
-)
+from orchestrator.grid import GridError, builtin_grid_names, load_grid, parse_grid
+from orchestrator.plan import expand_grid, load_plan
 
 TOY = {
     "name": "t",
@@ -249,7 +243,7 @@ def test_sweep_usage_errors(tmp_path):
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["status", str(tmp_path)])
-    assert result.exit_code != 0 and "not an mpo sweep run folder" in result.output
+    assert result.exit_code != 0 and "not an mpo run folder" in result.output
 
 
 def test_mpo_help_imports_no_ray():

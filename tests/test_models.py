@@ -8,11 +8,11 @@ import torch
 from jobs.checkpoint import (
     FORMAT_VERSION,
     CheckpointFormatError,
-    file_digest,
     load_checkpoint,
     save_checkpoint,
 )
 from jobs.data import dataset_info
+from jobs.io import file_digest
 from jobs.models import MODELS, ModelError, build_model, count_parameters
 
 SMALL = {"mnist_cnn": {"width": 0.125}, "wrn": {"depth": 8, "widen": 1}}

@@ -50,7 +50,7 @@ def holder(tmp_path):
 @pytest.fixture
 def run_folder(tmp_path) -> Path:
     """A new run folder of a test grid, as `mpo sweep` makes it before it starts the trials."""
-    from orchestrator.grid import load_plan
+    from orchestrator.plan import load_plan
     from orchestrator.resources import Resources
     from orchestrator.runfolder import prepare_run, settings_for
     from tests.test_sweep import write_grid

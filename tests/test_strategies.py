@@ -218,7 +218,8 @@ def _grid(models: dict) -> dict:
 
 
 def test_grid_entries_take_random_and_eat_with_two_attacks_or_more():
-    from orchestrator.grid import GridError, expand_grid, parse_grid
+    from orchestrator.grid import GridError, parse_grid
+    from orchestrator.plan import expand_grid
 
     models = {"Adv_rand": {"strategy": "random", "attacks": ["linf", "l1"]},
               "Adv_eat": {"strategy": "eat", "attacks": ["linf", "l1"]}}
@@ -231,7 +232,8 @@ def test_grid_entries_take_random_and_eat_with_two_attacks_or_more():
 
 
 def test_grid_entries_take_msd_over_lp_attacks_only():
-    from orchestrator.grid import GridError, expand_grid, parse_grid
+    from orchestrator.grid import GridError, parse_grid
+    from orchestrator.plan import expand_grid
 
     plan = expand_grid(parse_grid(_grid({"Adv_msd": {"strategy": "msd", "attacks": ["linf", "l1"]}}),
                                   source="g.yaml"), source="g.yaml")  # fmt: skip

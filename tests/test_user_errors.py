@@ -46,7 +46,7 @@ def _yaml(path: Path, data) -> Path:
 def files(tmp_path_factory) -> dict[str, Path]:
     """Every bad file of the table, and a real toy checkpoint and run folder to misuse."""
     from jobs.training import train
-    from orchestrator.grid import load_plan
+    from orchestrator.plan import load_plan
     from orchestrator.resources import make_resources
     from orchestrator.runfolder import prepare_run, settings_for
 

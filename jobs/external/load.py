@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from jobs.checkpoint import _load_failure as load_failure
-from jobs.checkpoint import file_digest
 from jobs.data import dataset_info
 from jobs.external.spec import ExternalModel, ExternalModelError
+from jobs.io import file_digest
 
 #: Where a checkpoint file commonly keeps its state dict, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "params")

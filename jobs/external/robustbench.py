@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from jobs.checkpoint import _load_failure as load_failure
-from jobs.checkpoint import file_digest
 from jobs.errors import MpoError
 from jobs.external.spec import ExternalModel, ExternalModelError
+from jobs.io import file_digest
 
 #: The extra that installs the RobustBench loader.
 ROBUSTBENCH_EXTRA = "mpo[robustbench]"

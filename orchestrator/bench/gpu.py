@@ -88,7 +88,7 @@ def project_paper_grid(rates: dict[str, float], grid: str = "paper-grid") -> dic
     """
     from jobs.attacks import make_attack
     from jobs.config import make_train_config
-    from orchestrator.grid import load_plan
+    from orchestrator.plan import load_plan
 
     plan, _, _ = load_plan(grid)
     hours: dict[str, float] = {}

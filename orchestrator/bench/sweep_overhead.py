@@ -139,7 +139,7 @@ def _fanout_wall(task: RemoteFunction, shards: list[tuple[str, int, int]], ckpt:
 def _fanout_figure(s: Settings, root: Path) -> Figure:
     import ray
 
-    from jobs.evaluation import plan_shards
+    from jobs.run_folder import plan_shards
     from jobs.suite import load_suite
     from jobs.training import train
 

@@ -2,69 +2,36 @@
 
 The model is an mpo checkpoint (CHECKPOINT), or an external model (``jobs.external``): ``--model
 package.module:factory [--weights FILE]`` or ``--model FILE`` (TorchScript), or ``--robustbench
-NAME --threat-model Linf|L2``, with ``--dataset`` and the input scale it expects. Writes the run-folder layout the sweep writes: ``OUT/run.json`` (created once),
-``OUT/manifest.json`` (merged: the groups, the model and the shards evaluated) and
-``OUT/results/<model_id>/<attack>__<start>-<stop>.parquet``.
+NAME --threat-model Linf|L2``, with ``--dataset`` and the input scale it expects. The command runs
+in named steps: resolve the model's source, plan the evaluation (suite, attacks, shards, run
+folder), record it (``run.json`` once, and the shards in ``manifest.json`` before the first
+result, so a folder killed part-way says what is missing), evaluate, summarise. The run folder is
+the sweep's layout (``jobs.run_folder``): ``mpo report``, ``mpo export`` and ``mpo status`` read it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.commands import progress_bars
+from orchestrator.commands import DEVICE_OPTION, progress_bars, set_resume_hint
 from orchestrator.commands.data import DATA_DIR_OPTION
 from orchestrator.commands.train import THREADS_OPTION
 
 if TYPE_CHECKING:
-    import torch
+    from rich.console import Console
 
+    from jobs.evaluation import LoadedModel
     from jobs.external import ExternalModel
     from jobs.suite import EvalSuite
 
-
-def write_run_json(out: Path, *, name: str, device: torch.device) -> None:
-    """``run.json`` once per run folder (an existing one is kept)."""
-    from jobs.io import run_record, write_json_atomic
-
-    path = out / "run.json"
-    if not path.exists():
-        write_json_atomic(path, run_record(name, device=device))
-
-
-def update_manifest(out: Path, suite: EvalSuite, record: dict[str, Any], model_id: str, label: str,
-                    groups: list[str], shards: list[dict[str, Any]]) -> None:
-    """Merge this evaluation into ``manifest.json`` (groups, trials, shards); ``record`` is the
-    model's config snapshot (a training config, or an external model's config-like record)."""
-    from jobs.io import read_json, write_json_atomic
-    from orchestrator.runfolder import RunDirError
-
-    path = out / "manifest.json"
-    manifest: dict[str, Any] = {"groups": {}, "trials": {}, "shards": []}
-    if path.exists():
-        manifest.update(read_json(path, error=RunDirError, what="manifest"))
-    for g in groups:
-        spec = suite.groups[g]
-        entry = manifest["groups"].setdefault(
-            g, {"dataset": suite.dataset, "families": spec["families"],
-                "affine": spec.get("affine", []), "models": []})
-        if model_id not in entry["models"]:
-            entry["models"].append(model_id)
-    manifest["trials"][model_id] = {
-        "label": label, "dataset": record["dataset"]["name"], "strategy": record["strategy"],
-        "groups": groups, "config": record,
-    }
-    seen = {(s["model_id"], s["attack"], s["start"], s["stop"]) for s in manifest["shards"]}
-    for s in shards:
-        if (s["model_id"], s["attack"], s["start"], s["stop"]) not in seen:
-            manifest["shards"].append(s)
-    write_json_atomic(path, manifest)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None or v != v else f"{100 * v:.1f}"
+#: the options that describe an external model, with the flag each comes from
+EXTERNAL_OPTIONS = {"weights": "--weights", "factory_kwargs": "--factory-kwargs",
+                    "threat_model": "--threat-model", "model_dir": "--model-dir",
+                    "dataset": "--dataset", "mean": "--mean", "std": "--std"}
 
 
 def _floats(text: str | None, option: str, *, count: int | None = None) -> list[float] | None:
@@ -115,6 +82,147 @@ def external_from_options(*, model_ref: str | None, weights: str | None,
                           source="mpo eval options")
 
 
+# ----------------------------------------------------------------------------------------------
+# The steps
+
+
+def resolve_source(o: dict[str, Any]) -> tuple[str | Path | ExternalModel, str]:
+    """(the model's source: a checkpoint path or an external model, its dataset)."""
+    from jobs.checkpoint import CheckpointFormatError, load_checkpoint
+    from jobs.config import make_train_config
+    from jobs.external import ExternalModelError
+
+    given = [n for n, v in (("CHECKPOINT", o["checkpoint"]), ("--model", o["model_ref"]),
+                            ("--robustbench", o["robustbench"])) if v is not None]
+    if len(given) != 1:
+        raise ExternalModelError("give one model: CHECKPOINT, --model package.module:factory "
+                                 "(or a TorchScript file) or --robustbench NAME; got "
+                                 + (", ".join(given) or "none"))
+    if o["checkpoint"] is None:
+        source = external_from_options(**{k: o[k] for k in (
+            "model_ref", "robustbench", "input_range", "factory_kwargs", *EXTERNAL_OPTIONS)})
+        return source, source.dataset
+    unit_range = _floats(o["input_range"], "--input-range", count=2) == [0.0, 1.0]
+    extra = [flag for key, flag in EXTERNAL_OPTIONS.items() if o[key] is not None]
+    extra += [] if unit_range else ["--input-range"]
+    if extra:
+        raise ExternalModelError(f"{', '.join(extra)}: for external models (--model, "
+                                 "--robustbench); a checkpoint carries its own dataset and model")
+    ckpt = Path(o["checkpoint"])
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoint.pt"
+        if not ckpt.exists():
+            raise CheckpointFormatError(f"{o['checkpoint']}: a folder without checkpoint.pt; give "
+                                        "a checkpoint.pt or a training folder (mpo train --out)")
+    config = make_train_config(load_checkpoint(ckpt)["config"], source=f"{ckpt} (embedded config)")
+    return ckpt, config.dataset.name
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What one ``mpo eval`` evaluates: the loaded model, the suite, its attacks, the shards of
+    the first ``n`` test points, and the run folder."""
+
+    loaded: LoadedModel
+    suite: EvalSuite
+    label: str
+    attacks: list[str]
+    n: int
+    shards: list[tuple[int, int]]
+    out: Path
+
+
+def plan_evaluation(o: dict[str, Any], source: str | Path | ExternalModel, dataset: str) -> EvalPlan:
+    from jobs.evaluation import load_model
+    from jobs.run_folder import plan_shards
+    from jobs.suite import load_suite
+    from jobs.training import resolve_device
+
+    suite = load_suite(o["suite_name"], dataset=dataset)
+    for name in o["attacks"]:
+        suite.attack(name)
+    loaded = load_model(source, suite, resolve_device(o["device"]), label=o["label"],
+                        download=o["download"])
+    n = o["n_test"] or suite.n_test
+    out = Path(o["out_dir"]) if o["out_dir"] else Path("runs") / "eval" / suite.name
+    return EvalPlan(loaded, suite, o["label"] or loaded.label or loaded.model_id,
+                    list(o["attacks"]) or [a.name for a in suite.attacks], n,
+                    plan_shards(n, o["shard_size"]), out)
+
+
+def record(plan: EvalPlan) -> None:
+    """``run.json`` (once per run folder) and this evaluation in ``manifest.json``: the groups,
+    the model and every shard, before the first result is written."""
+    from jobs.io import run_record, write_json_atomic
+    from jobs.run_folder import GroupEntry, Manifest, RunFolder, ShardEntry, TrialEntry
+
+    rf = RunFolder(plan.out)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    if not rf.run_file.exists():
+        write_json_atomic(rf.run_file, run_record(plan.out.name, device=plan.loaded.device))
+    manifest = rf.manifest() if rf.exists() else Manifest()
+    mid, suite, rec = plan.loaded.model_id, plan.suite, plan.loaded.record
+    groups = [GroupEntry(g, suite.dataset, list(v["families"]), list(v.get("affine", [])))
+              for g, v in suite.groups.items()]
+    trial = TrialEntry(mid, plan.label, rec["dataset"]["name"], rec["strategy"], list(suite.groups),
+                       rec, list(plan.attacks))
+    manifest.add_evaluation(trial, groups, [ShardEntry(mid, a, s, e) for a in plan.attacks
+                                            for s, e in plan.shards])
+    rf.write_manifest(manifest)
+
+
+def run(plan: EvalPlan, o: dict[str, Any], console: Console) -> list[Path]:
+    from jobs.evaluation import evaluate
+
+    progress = progress_bars(console)
+    task = progress.add_task("attacks", total=len(plan.attacks) * len(plan.shards))
+
+    def on_shard(name: str, start: int, stop: int, path: Path) -> None:
+        progress.update(task, advance=1, description=f"{name} [{start}, {stop})")
+
+    with progress:
+        return evaluate(plan.loaded, plan.suite, n_test=plan.n, out_dir=plan.out,
+                        shard_size=o["shard_size"], data_dir=o["data_dir"],
+                        device=plan.loaded.device, model_label=plan.label,
+                        groups=list(plan.suite.groups), download=o["download"],
+                        attacks=plan.attacks, batch_size=o["batch_size"], on_shard=on_shard)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def summarise(plan: EvalPlan, paths: list[Path], console: Console) -> None:
+    """The one-screen summary: per-family and per-group accuracy."""
+    from rich.table import Table
+
+    from jobs.results import summarize
+
+    summary = summarize(paths, plan.suite.groups).get(plan.loaded.model_id)
+    if summary is None:
+        console.print("no full-budget results to summarise")
+        return
+    fam_table = Table(title=f"{plan.label}: accuracy (%) on {summary['n']} test points")
+    fams = list(summary["families"])
+    for col in ("clean", *fams):
+        fam_table.add_column(col, justify="right")
+    fam_table.add_row(_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams])
+    console.print(fam_table)
+    grp_table = Table(title="groups")
+    for col in ("group", "families", "union", "average", "affine"):
+        grp_table.add_column(col, justify="right" if col in ("union", "average") else "left")
+    for g, s in summary["groups"].items():
+        affine = ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"
+        grp_table.add_row(g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]), affine)
+    console.print(grp_table)
+    console.print(f"results: [green]{plan.out / 'results' / plan.loaded.model_id}[/green] "
+                  f"({len(paths)} files)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
 @click.command("eval")
 @click.argument("checkpoint", required=False, type=click.Path(exists=True))
 @click.option("--suite", "suite_name", required=True,
@@ -158,123 +266,31 @@ def external_from_options(*, model_ref: str | None, weights: str | None,
 @click.option("--label", default=None,
               help="Model label in the results (default: the config's; for an external model "
                    "the factory's, file's or zoo entry's name).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (cuda when available), cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Inputs per attack batch.")
 @THREADS_OPTION
-def eval_command(
-    checkpoint: str | None, suite_name: str, model_ref: str | None, weights: str | None,
-    factory_kwargs: str | None, robustbench: str | None, threat_model: str | None,
-    model_dir: str | None, dataset: str | None, input_range: str, mean: str | None,
-    std: str | None, n_test: int | None, out_dir: str | None, data_dir: str | None,
-    download: bool, shard_size: int, attacks: tuple[str, ...], label: str | None, device: str,
-    batch_size: int, threads: int | None,
-) -> None:
+@click.pass_context
+def eval_command(ctx: click.Context, **options: Any) -> None:
     """Evaluate a model against an attack suite: CHECKPOINT (a checkpoint.pt or a training
     folder), or an external model (--model, --robustbench).
 
     Shards already evaluated with the same content are skipped, so re-running is cheap.
     """
     from rich.console import Console
-    from rich.table import Table
 
-    from jobs.checkpoint import CheckpointFormatError, load_checkpoint
-    from jobs.config import make_train_config
-    from jobs.evaluation import evaluate, load_model, plan_shards
-    from jobs.external import ExternalModelError
-    from jobs.results import summarize
-    from jobs.suite import load_suite
-    from jobs.training import resolve_device
     from orchestrator.resources import available_cpus, set_torch_threads
 
-    set_torch_threads(threads or available_cpus())
+    set_torch_threads(options["threads"] or available_cpus())
     console = Console()
-    given = [name for name, v in (("CHECKPOINT", checkpoint), ("--model", model_ref),
-                                  ("--robustbench", robustbench)) if v is not None]
-    if len(given) != 1:
-        raise ExternalModelError("give one model: CHECKPOINT, --model package.module:factory "
-                                 "(or a TorchScript file) or --robustbench NAME; got "
-                                 + (", ".join(given) or "none"))
-    source: str | Path | ExternalModel
-    unit_range = _floats(input_range, "--input-range", count=2) == [0.0, 1.0]
-    external_only = [opt for opt, v in (("--weights", weights), ("--factory-kwargs", factory_kwargs),
-                                        ("--threat-model", threat_model), ("--model-dir", model_dir),
-                                        ("--dataset", dataset), ("--mean", mean), ("--std", std),
-                                        ("--input-range", None if unit_range else 1))
-                     if v is not None]
-    if checkpoint is not None and external_only:
-        raise ExternalModelError(f"{', '.join(external_only)}: for external models (--model, "
-                                 "--robustbench); a checkpoint carries its own dataset and model")
-    if checkpoint is not None:
-        ckpt = Path(checkpoint)
-        if ckpt.is_dir():
-            ckpt = ckpt / "checkpoint.pt"
-            if not ckpt.exists():
-                raise CheckpointFormatError(f"{checkpoint}: a folder without checkpoint.pt; give "
-                                            "a checkpoint.pt or a training folder (mpo train --out)")
-        source = ckpt
-        dataset = make_train_config(load_checkpoint(ckpt)["config"],
-                                    source=f"{ckpt} (embedded config)").dataset.name
-    else:
-        source = external_from_options(
-            model_ref=model_ref, weights=weights, factory_kwargs=factory_kwargs,
-            robustbench=robustbench, threat_model=threat_model, model_dir=model_dir,
-            dataset=dataset, input_range=input_range, mean=mean, std=std)
-        dataset = source.dataset
-    suite = load_suite(suite_name, dataset=dataset)
-    for name in attacks:
-        suite.attack(name)
-    dev = resolve_device(device)
-    loaded = load_model(source, suite, dev, label=label, download=download)
-    model_id = loaded.model_id
-    label = label or loaded.label or model_id
-    n = n_test or suite.n_test
-    out = Path(out_dir) if out_dir else Path("runs") / "eval" / suite.name
-    names = list(attacks) or [a.name for a in suite.attacks]
-    shards = plan_shards(n, shard_size)
-    groups = list(suite.groups)
+    source, dataset = resolve_source(options)
+    plan = plan_evaluation(options, source, dataset)
     console.print(
-        f"[bold]{label}[/bold] ({model_id}) vs suite [cyan]{suite.name}[/cyan]: "
-        f"{len(names)} attacks x {len(shards)} shards of the first {n} test points, "
-        f"device {dev} -> {out}"
+        f"[bold]{plan.label}[/bold] ({plan.loaded.model_id}) vs suite [cyan]{plan.suite.name}[/cyan]: "
+        f"{len(plan.attacks)} attacks x {len(plan.shards)} shards of the first {plan.n} test points, "
+        f"device {plan.loaded.device} -> {plan.out}"
     )
-
-    progress = progress_bars(console)
-    task = progress.add_task("attacks", total=len(names) * len(shards))
-
-    def on_shard(name: str, start: int, stop: int, path: Path) -> None:
-        progress.update(task, advance=1, description=f"{name} [{start}, {stop})")
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_json(out, name=out.name, device=dev)
-    with progress:
-        paths = evaluate(
-            loaded, suite, n_test=n, out_dir=out, shard_size=shard_size, data_dir=data_dir,
-            device=dev, model_label=label, groups=groups, download=download,
-            attacks=names, batch_size=batch_size, on_shard=on_shard,
-        )
-    update_manifest(
-        out, suite, loaded.record, model_id, label, groups,
-        [{"model_id": model_id, "attack": a, "start": s, "stop": e}
-         for a in names for s, e in shards],
-    )
-
-    summary = summarize(paths, suite.groups).get(model_id)
-    if summary is None:
-        console.print("no full-budget results to summarise")
-        return
-    fam_table = Table(title=f"{label}: accuracy (%) on {summary['n']} test points")
-    fams = list(summary["families"])
-    for col in ("clean", *fams):
-        fam_table.add_column(col, justify="right")
-    fam_table.add_row(_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams])
-    console.print(fam_table)
-    grp_table = Table(title="groups")
-    for col in ("group", "families", "union", "average", "affine"):
-        grp_table.add_column(col, justify="right" if col in ("union", "average") else "left")
-    for g, s in summary["groups"].items():
-        affine = ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"
-        grp_table.add_row(g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]), affine)
-    console.print(grp_table)
-    console.print(f"results: [green]{out / 'results' / model_id}[/green] ({len(paths)} files)")
+    record(plan)
+    set_resume_hint(ctx, f"every finished shard is saved in {plan.out}; run the same command "
+                    "again to continue (finished shards are not recomputed)")
+    summarise(plan, run(plan, options, console), console)

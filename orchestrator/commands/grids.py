@@ -14,7 +14,8 @@ def grids(ctx: click.Context) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.grid import GridError, builtin_grid_names, builtin_grid_path, load_plan
+    from orchestrator.grid import GridError, builtin_grid_names, builtin_grid_path
+    from orchestrator.plan import load_plan
 
     table = Table(title="shipped grids (mpo sweep NAME)")
     for col in ("name", "trials", "groups", "shards", "description"):

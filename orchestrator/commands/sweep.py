@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.grid import SweepPlan
+    from jobs.run_folder import RunFolder
+    from orchestrator.plan import SweepPlan
     from orchestrator.resources import Cluster
-    from orchestrator.runfolder import RunDir, SweepSettings
+    from orchestrator.runfolder import SweepSettings
 
 DEFAULT_STORAGE = "mpo-runs"
 
@@ -50,7 +51,7 @@ class Start:
 
     plan: SweepPlan
     grid_text: str = ""
-    run: RunDir | None = None
+    run: RunFolder | None = None
     saved: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,7 +78,7 @@ def check_options(grid: str | None, resume_dir: str | None, storage: str | None,
 
 def load_start(grid: str | None, resume_dir: str | None) -> Start:
     """The grid's plan, or the plan of the run to resume (checked against ``grid`` if given)."""
-    from orchestrator.grid import load_plan
+    from orchestrator.plan import load_plan
     from orchestrator.runfolder import load_run
 
     if resume_dir is not None:
@@ -144,7 +145,7 @@ def announce(cluster: Cluster, console: Console) -> None:
 
 
 def new_run_folder(start: Start, storage: str | None, name: str | None,
-                   settings: SweepSettings) -> RunDir:
+                   settings: SweepSettings) -> RunFolder:
     """A new run folder, ``STORAGE/NAME`` (default ``./mpo-runs/GRID-YYYYmmdd-HHMMSS``)."""
     from jobs.io import command_line
     from orchestrator.runfolder import prepare_run
@@ -155,7 +156,7 @@ def new_run_folder(start: Start, storage: str | None, name: str | None,
                        command=command_line())
 
 
-def hold(rd: RunDir, stack: contextlib.ExitStack, console: Console) -> None:
+def hold(rd: RunFolder, stack: contextlib.ExitStack, console: Console) -> None:
     """Hold the run folder's driver lock until ``stack`` closes; say whose stale lock this
     driver took over, if any."""
     from jobs.io import command_line
@@ -183,7 +184,7 @@ def resume_todo(start: Start, console: Console) -> list[str]:
     return todo
 
 
-def interrupted(err: KeyboardInterrupt, rd: RunDir | None) -> str:
+def interrupted(err: KeyboardInterrupt, rd: RunFolder | None) -> str:
     """The one line an interrupted driver leaves."""
     name = str(err) or "SIGINT"
     if rd is None:
@@ -211,7 +212,7 @@ def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def summarise(plan: SweepPlan, rd: RunDir, records: dict[str, dict[str, Any]],
+def summarise(plan: SweepPlan, rd: RunFolder, records: dict[str, dict[str, Any]],
               console: Console) -> None:
     """The results table; a sweep with unfinished trials ends with an error that says how to
     look at them and resume."""
@@ -300,7 +301,7 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
 def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.ExitStack,
         console: Console, *, address: str | None, storage: str | None, name: str | None,
         num_cpus: int | None, data_dir: str | None, download: bool, max_failures: int,
-        shard_retries: int) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+        shard_retries: int) -> tuple[RunFolder, dict[str, dict[str, Any]]]:
     """Check the data, connect to Ray, settle the resources, make (and lock) the run folder of
     a new run, and run the trials ``todo``; (the run folder, every trial's trial.json). A signal
     ends it with one line on stderr and exit status 128 + the signal's number."""

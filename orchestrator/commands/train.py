@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.commands import progress_bars
+from orchestrator.commands import DEVICE_OPTION, progress_bars, set_resume_hint
 from orchestrator.commands.data import DATA_DIR_OPTION
 
 #: ``--threads`` of the commands that run torch in this process (``mpo train``, ``mpo eval``)
@@ -26,8 +26,7 @@ THREADS_OPTION = click.option(
 @DATA_DIR_OPTION
 @click.option("--download/--no-download", default=False, show_default=True,
               help="Download the dataset when it is missing.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (cuda when available), cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @click.option("--fresh", is_flag=True, help="Start over even if the folder holds a resumable state.")
 @THREADS_OPTION
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "tf32"]), default="fp32",
@@ -37,8 +36,9 @@ THREADS_OPTION = click.option(
 @click.option("--compile", "compile_model", is_flag=True,
               help="Compile the model with torch.compile (a CUDA option: on CPUs `mpo bench` "
                    "measured it slower).")
+@click.pass_context
 def train(
-    config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool,
+    ctx: click.Context, config: str, out_dir: str | None, data_dir: str | None, download: bool, device: str, fresh: bool,
     threads: int | None, precision: str, compile_model: bool,
 ) -> None:
     """Train the model described by CONFIG (a YAML file, or a recipe name such as `toy`).
@@ -84,6 +84,8 @@ def train(
         progress.update(epochs_task, completed=m["epoch"],
                         info=f"clean {m['clean_acc']:.3f}  {adv}")
 
+    set_resume_hint(ctx, f"every finished epoch is saved in {out}/state.pt; run the same command "
+                    "again to continue from it")
     with progress:
         result = run_training(
             cfg, out, data_dir=data_dir, download=download, device=dev,
