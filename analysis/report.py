@@ -24,10 +24,6 @@ from jobs.io import read_text, write_text_atomic
 FORMATS = ("md", "tex", "html", "csv")
 
 
-class ReportError(MpoError, ValueError):
-    """A report option that cannot be honoured (format, snapshot folder, README markers)."""
-
-
 def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
     """Draw ``analysis.theory_plot.toy_panel`` for toy groups on l_inf and l_1.
 
@@ -89,7 +85,7 @@ def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
     items = [f.strip().lower() for f in items if f.strip()]
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
-        raise ReportError(f"--format: unknown format(s) {bad or items!r}; "
+        raise MpoError(f"--format: unknown format(s) {bad or items!r}; "
                          f"allowed: {', '.join(FORMATS)} (comma-separated)")
     return tuple(dict.fromkeys(items))
 
@@ -116,7 +112,7 @@ def make_report(
     """Write the report of ``run_dir`` to ``out_dir`` (default ``run_dir/report``).
 
     Returns the written files (figures first). Raises ``RunFolderError`` for a missing or empty
-    run folder and ``ReportError`` for an unknown format.
+    run folder and ``MpoError`` for an unknown format.
     """
     fmts = parse_formats(formats)
     rs = load_results(run_dir)
@@ -136,7 +132,7 @@ def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
     Figures and suites left in ``out`` by an earlier snapshot are replaced, not mixed in.
     """
     if out.exists() and not out.is_dir():
-        raise ReportError(f"--snapshot: {out} exists and is not a folder")
+        raise MpoError(f"--snapshot: {out} exists and is not a folder")
     for stale in (out / "figures", out / "suites"):
         if stale.is_dir():
             shutil.rmtree(stale)
@@ -175,11 +171,11 @@ def update_readme(readme: Path, snapshot: Path) -> Path:
     Everything outside the markers is kept; the file is replaced atomically.
     """
     begin, end = readme_markers(readme, snapshot)
-    text = read_text(readme, error=ReportError, what="--readme file")
+    text = read_text(readme, error=MpoError, what="--readme file")
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ReportError(f"--readme {readme}: no block for this snapshot; put the two lines\n"
+        raise MpoError(f"--readme {readme}: no block for this snapshot; put the two lines\n"
                          f"{begin}\n{end}\nwhere its summary should go")
-    summary = read_text(snapshot / "summary.md", error=ReportError, what="snapshot's summary")
+    summary = read_text(snapshot / "summary.md", error=MpoError, what="snapshot's summary")
     new = text[:i + len(begin)] + "\n\n" + summary.strip("\n") + "\n\n" + text[j:]
     return write_text_atomic(readme, new)

@@ -44,10 +44,6 @@ DUAL_P: dict[str, float] = {"linf": 1.0, "l1": math.inf, "l2": 2.0}
 _IGNORED_KEYS = frozenset({"n_train", "n_test"})
 
 
-class TheoryError(MpoError, ValueError):
-    """Invalid parameters for the Section 2 computations (names the parameter and the range)."""
-
-
 # --------------------------------------------------------------------------------------------
 # The distribution
 
@@ -57,11 +53,11 @@ def check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
         isinstance(value, (float, np.floating)) and float(value).is_integer()
     )
     if isinstance(value, bool) or not integral:
-        raise TheoryError(f"{name} = {value!r}: must be an integer >= {lo}")
+        raise MpoError(f"{name} = {value!r}: must be an integer >= {lo}")
     value = int(value)
     if value < lo or (hi is not None and value > hi):
         allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise TheoryError(f"{name} = {value}: must be an integer {allowed}")
+        raise MpoError(f"{name} = {value}: must be an integer {allowed}")
     return value
 
 
@@ -79,21 +75,21 @@ class Section2:
         try:
             alpha = float(self.alpha)
         except (TypeError, ValueError):
-            raise TheoryError(f"alpha = {self.alpha!r}: must be a finite number > 0") from None
+            raise MpoError(f"alpha = {self.alpha!r}: must be a finite number > 0") from None
         if not (math.isfinite(alpha) and alpha > 0):
-            raise TheoryError(f"alpha = {self.alpha!r}: must be a finite number > 0")
+            raise MpoError(f"alpha = {self.alpha!r}: must be a finite number > 0")
         object.__setattr__(self, "alpha", alpha)
         try:
             p0 = float(self.p0)
         except (TypeError, ValueError):
-            raise TheoryError(f"p0 = {self.p0!r}: must be a number in [0.5, 1]") from None
+            raise MpoError(f"p0 = {self.p0!r}: must be a number in [0.5, 1]") from None
         if not (0.5 <= p0 <= 1.0):
-            raise TheoryError(
+            raise MpoError(
                 f"p0 = {self.p0!r}: must be in [0.5, 1] (x0 agrees with y at least half the time)"
             )
         object.__setattr__(self, "p0", p0)
         if self.x0 not in X0_KINDS:
-            raise TheoryError(f"x0 = {self.x0!r}: must be one of {', '.join(X0_KINDS)}")
+            raise MpoError(f"x0 = {self.x0!r}: must be one of {', '.join(X0_KINDS)}")
 
     @classmethod
     def from_params(
@@ -110,7 +106,7 @@ class Section2:
             }
         unknown = sorted(set(params) - {"d", "alpha", "p0", "x0"} - _IGNORED_KEYS)
         if unknown:
-            raise TheoryError(f"unknown toy parameter(s) {unknown}; allowed: d, alpha, p0, x0")
+            raise MpoError(f"unknown toy parameter(s) {unknown}; allowed: d, alpha, p0, x0")
         return cls(**{k: v for k, v in params.items() if k not in _IGNORED_KEYS})
 
     @property
@@ -164,7 +160,7 @@ class LinearClassifier:
     def __post_init__(self) -> None:
         w = np.asarray(self.w, dtype=np.float64)
         if w.ndim != 1 or not np.all(np.isfinite(w)):
-            raise TheoryError(f"w: must be a finite 1-D weight vector, got shape {w.shape}")
+            raise MpoError(f"w: must be a finite 1-D weight vector, got shape {w.shape}")
         object.__setattr__(self, "w", w)
         object.__setattr__(self, "b", float(self.b))
 
@@ -201,13 +197,13 @@ class LinearClassifier:
 
 def _check_family(family: str) -> str:
     if family not in DUAL_P:
-        raise TheoryError(f"family = {family!r}: must be one of {', '.join(DUAL_P)}")
+        raise MpoError(f"family = {family!r}: must be one of {', '.join(DUAL_P)}")
     return family
 
 
 def _check_dim(dist: Section2, clf: LinearClassifier) -> None:
     if clf.w.shape[0] != dist.d + 1:
-        raise TheoryError(
+        raise MpoError(
             f"w has {clf.w.shape[0]} weights; the distribution has d + 1 = {dist.d + 1} features"
         )
 
@@ -260,7 +256,7 @@ def linear_affine_risk(
 ) -> float:
     """Exact risk against r_a + r_b with r_a in beta * S_a and r_b in (1 - beta) * S_b."""
     if not 0.0 <= beta <= 1.0:
-        raise TheoryError(f"beta = {beta}: must be in [0, 1]")
+        raise MpoError(f"beta = {beta}: must be in [0, 1]")
     red = beta * clf.reduction(*ball_a) + (1.0 - beta) * clf.reduction(*ball_b)
     return linear_margin_risk(dist, clf, red)
 
@@ -272,7 +268,7 @@ def linear_affine_risk(
 def interpolating_classifier(dist: Section2, theta: float) -> LinearClassifier:
     """sign(cos(theta) x0 + sin(theta) sum_i x_i / sqrt(d)): theta = 0 is sign(x0), pi/2 is sign(sum x_i)."""
     if not 0.0 <= theta <= math.pi / 2 + 1e-12:
-        raise TheoryError(f"theta = {theta}: must be in [0, pi/2]")
+        raise MpoError(f"theta = {theta}: must be in [0, pi/2]")
     w = np.full(dist.d + 1, math.sin(theta) / math.sqrt(dist.d))
     w[0] = math.cos(theta)
     if theta == 0.0:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.theory import LinearClassifier, Section2, TheoryError, check_int
+from analysis.theory import LinearClassifier, MpoError, Section2, check_int
 
 Classifier = Callable[[np.ndarray], np.ndarray]
 #: (X [n, d+1], y [n] in {-1, +1}) -> candidate perturbed inputs [k, n, d+1]
@@ -118,7 +118,7 @@ def mc_risks(
     """
     n = check_int("n", n, 2)
     if not attacks:
-        raise TheoryError("attacks: give at least one {name: perturbation}")
+        raise MpoError("attacks: give at least one {name: perturbation}")
     rng = np.random.default_rng(seed)
     errs: dict[str, list[np.ndarray]] = {k: [] for k in ("nat", *attacks)}
     for start in range(0, n, batch):
@@ -142,7 +142,7 @@ def mc_risks(
 def _predict(f: Classifier, X: np.ndarray) -> np.ndarray:
     pred = np.asarray(f(X)).reshape(-1)
     if pred.shape[0] != X.shape[0]:
-        raise TheoryError(f"classifier returned {pred.shape[0]} labels for {X.shape[0]} inputs")
+        raise MpoError(f"classifier returned {pred.shape[0]} labels for {X.shape[0]} inputs")
     if not np.isin(pred, (-1, 1)).all():
-        raise TheoryError("classifier must return labels in {-1, +1} (class 1 <-> y = +1)")
+        raise MpoError("classifier must return labels in {-1, +1} (class 1 <-> y = +1)")
     return pred

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.figures import save_figure
-from analysis.theory import Section2, TheoryError, interpolating_classifier, linear_risk
+from analysis.theory import MpoError, Section2, interpolating_classifier, linear_risk
 
 
 def _save(fig: Figure, path_without_suffix: str | Path) -> list[Path]:
@@ -158,13 +158,13 @@ def toy_panel(
     for m in models:
         for key in ("label", "risk_linf", "risk_l1"):
             if key not in m:
-                raise TheoryError(
+                raise MpoError(
                     f"model {m.get('label', '?')!r}: missing '{key}' (need label, risk_linf, risk_l1)"
                 )
         for key in ("risk_linf", "risk_l1", "risk_union"):
             v = m.get(key)
             if v is not None and not (0.0 <= float(v) <= 1.0):
-                raise TheoryError(f"model {m['label']!r}: {key} = {v}: must be a risk in [0, 1]")
+                raise MpoError(f"model {m['label']!r}: {key} = {v}: must be a risk in [0, 1]")
     fig, ax = plt.subplots(figsize=(6.2, 6))
     _risk_plane(ax, dist)
     for i, m in enumerate(models):

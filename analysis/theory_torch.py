@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.theory import Section2, TheoryError
+from analysis.theory import MpoError, Section2
 from analysis.theory_mc import Classifier
 from jobs.checkpoint import load_checkpoint
 from jobs.data import dataset_info
@@ -28,7 +28,7 @@ def features_to_grid(X: np.ndarray, side: int) -> np.ndarray:
     """X [n, d+1] -> [n, 1, side, side]: the toy layout (x0 at [0, 0, 0], row-major, zero padding)."""
     n, width = X.shape
     if width > side * side:
-        raise TheoryError(f"{width} features do not fit a {side}x{side} grid")
+        raise MpoError(f"{width} features do not fit a {side}x{side} grid")
     flat = np.zeros((n, side * side), dtype=np.float32)
     flat[:, :width] = X
     return flat.reshape(n, 1, side, side)
@@ -76,12 +76,12 @@ def checkpoint_classifier(
         kwargs = dict(cfg.get("model_kwargs") or {})
     name = model_name or spec
     if not name:
-        raise TheoryError(f"checkpoint {path}: no model name in its config; pass model_name=")
+        raise MpoError(f"checkpoint {path}: no model name in its config; pass model_name=")
     if model_kwargs is not None:
         kwargs = dict(model_kwargs)
     data = cfg.get("dataset") if isinstance(cfg.get("dataset"), Mapping) else {}
     if data.get("name", "toy") != "toy":
-        raise TheoryError(
+        raise MpoError(
             f"checkpoint {path}: dataset = {data['name']!r}; the theory needs a 'toy' model"
         )
     if params is None:

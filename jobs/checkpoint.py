@@ -20,10 +20,6 @@ from jobs.io import atomic_write
 FORMAT_VERSION = 1
 
 
-class CheckpointFormatError(MpoError, ValueError):
-    """A file that is not an mpo checkpoint of this format version."""
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write with ``torch.save`` to a temporary file in the same folder, then rename."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -51,16 +47,16 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     """Load a checkpoint: ``{"format_version", "state_dict", "config", "extra"}``."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointFormatError(f"checkpoint {path} does not exist")
+        raise MpoError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors of many kinds
-        raise CheckpointFormatError(f"{path}: not a readable mpo checkpoint ({_load_failure(err)})") from None
+        raise MpoError(f"{path}: not a readable mpo checkpoint ({_load_failure(err)})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
-        raise CheckpointFormatError(f"{path}: not an mpo checkpoint (no format_version)")
+        raise MpoError(f"{path}: not an mpo checkpoint (no format_version)")
     version = payload["format_version"]
     if version != FORMAT_VERSION:
-        raise CheckpointFormatError(
+        raise MpoError(
             f"{path}: checkpoint format version {version}, this mpo reads version {FORMAT_VERSION}; "
             "load it with the mpo version that wrote it, or retrain"
         )

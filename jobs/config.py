@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobs.errors import MpoError
+from jobs.errors import ConfigError
 from jobs.io import load_yaml
 from jobs.strategy_table import STRATEGIES as STRATEGY_NAMES
 from jobs.strategy_table import strategy
@@ -77,8 +77,6 @@ def check_combined_attacks(strategy: str, specs: list[dict[str, Any]]) -> None:
         raise ValueError(f"strategy 'msd': {err}") from None
 
 
-class ConfigError(MpoError, ValueError):
-    """A config that cannot be used: names the file (when there is one), the field and the value."""
 
 
 class DatasetConfig(FrozenModel):

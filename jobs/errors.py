@@ -7,10 +7,11 @@ message names the file or field, the value, and what is allowed. The ``mpo`` com
 every ``MpoError``, in one place (``orchestrator.cli``), into a short message on stderr and a
 non-zero exit; ``--debug`` (or ``MPO_DEBUG=1``) shows the traceback instead.
 
-Each subclass also derives from the builtin exception it used to be (``ValueError``,
-``RuntimeError``, ``ImportError``), so callers that catch those keep working. Errors that are
-bugs (an attack breaking its own constraint, ``AttackConstraintError``) are not ``MpoError``s:
-they keep their traceback.
+A subclass exists only where code catches it by name (``ConfigError``, ``GridError``,
+``DataError``, ``AttackSpecError``, ``ExternalModelError``, ``SchemaVersionError``,
+``RunFolderError``); every other user error is a plain ``MpoError``. Errors that are bugs (an
+attack breaking its own constraint, ``AttackConstraintError``) are not ``MpoError``s: they keep
+their traceback.
 """
 
 from __future__ import annotations
@@ -20,5 +21,6 @@ class MpoError(Exception):
     """An error caused by the user's input; its message is the whole story (no traceback)."""
 
 
-class DeviceError(MpoError, ValueError):
-    """A device that this machine does not have (``--device cuda`` without CUDA)."""
+class ConfigError(MpoError, ValueError):
+    """An input that does not validate: a training config, a suite, a model's settings, a
+    device; the message names the file (when there is one), the field and the value."""

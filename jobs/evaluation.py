@@ -53,9 +53,9 @@ from jobs.results import existing_content_key, read_results
 from jobs.run_folder import RunFolder, ShardEntry, plan_shards
 from jobs.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, make_metadata
 from jobs.suite import (
+    ConfigError,
     EvalSuite,
     SuiteAttack,
-    SuiteMismatchError,
     check_compatible,
     load_suite,
     toy_identity,
@@ -120,7 +120,7 @@ def load_model(source: ModelSource, suite: EvalSuite, device: str | torch.device
     dev = resolve_device(device)
     if isinstance(source, ExternalModel):
         if source.dataset != suite.dataset:
-            raise SuiteMismatchError(
+            raise ConfigError(
                 f"{source.kind} model {source.source} is for dataset '{source.dataset}' but "
                 f"suite '{suite.name}' evaluates '{suite.dataset}'"
             )
@@ -424,8 +424,8 @@ def evaluate_shard(
 
     ``model``: a checkpoint path, an external model (``jobs.external.ExternalModel``; ``download``
     also lets RobustBench fetch its checkpoint) or a ``LoadedModel``. Idempotent: a file with
-    the same content key is returned without recomputing. Raises ``SuiteMismatchError`` for a
-    model of another dataset, ``SuiteError`` for an unknown attack name.
+    the same content key is returned without recomputing. Raises ``ConfigError`` for a
+    model of another dataset, ``ConfigError`` for an unknown attack name.
     """
     suite = load_suite(suite)
     suite.attack(attack_name)

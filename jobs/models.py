@@ -18,12 +18,8 @@ import torch
 from torch import nn
 
 from jobs.datasets import DatasetInfo
-from jobs.errors import MpoError
+from jobs.errors import ConfigError
 from jobs.model_names import MODEL_NAMES
-
-
-class ModelError(MpoError, ValueError):
-    """An unknown model name or a model that does not fit the dataset."""
 
 
 class Normalize(nn.Module):
@@ -52,7 +48,7 @@ class MadryMNIST(nn.Module):
         super().__init__()
         c, h, w = info.input_shape
         if h % 4 or w % 4:
-            raise ModelError(f"mnist_cnn needs H and W divisible by 4, got input shape {info.input_shape}")
+            raise ConfigError(f"mnist_cnn needs H and W divisible by 4, got input shape {info.input_shape}")
         c1, c2, f = max(1, round(32 * width)), max(1, round(64 * width)), max(1, round(1024 * width))
         self.features = nn.Sequential(
             nn.Conv2d(c, c1, 5, padding=2),
@@ -102,9 +98,9 @@ class WideResNet(nn.Module):
     def __init__(self, info: DatasetInfo, *, depth: int = 32, widen: int = 10) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ModelError(f"wrn depth = {depth}: must be 6n + 2 with n >= 1 (8, 14, 20, 26, 32, ...)")
+            raise ConfigError(f"wrn depth = {depth}: must be 6n + 2 with n >= 1 (8, 14, 20, 26, 32, ...)")
         if widen < 1:
-            raise ModelError(f"wrn widen = {widen}: must be at least 1")
+            raise ConfigError(f"wrn widen = {widen}: must be at least 1")
         n = (depth - 2) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         c = info.input_shape[0]
@@ -143,7 +139,7 @@ class MLP(nn.Module):
     def __init__(self, info: DatasetInfo, *, hidden: int = 64, layers: int = 2) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
-            raise ModelError(f"mlp hidden = {hidden}, layers = {layers}: both must be at least 1")
+            raise ConfigError(f"mlp hidden = {hidden}, layers = {layers}: both must be at least 1")
         c, h, w = info.input_shape
         mods: list[nn.Module] = [nn.Flatten()]
         width = c * h * w
@@ -182,17 +178,17 @@ def build_model(name: str, info: DatasetInfo, *, layout: str = "channels_last", 
     ``layout`` (``LAYOUTS``): the memory layout of the convolution weights (models without
     convolutions are the same in both)."""
     if layout not in LAYOUTS:
-        raise ModelError(f"layout '{layout}': valid layouts: {', '.join(LAYOUTS)}")
+        raise ConfigError(f"layout '{layout}': valid layouts: {', '.join(LAYOUTS)}")
     try:
         ctor, defaults, _ = MODELS[name]
     except KeyError:
-        raise ModelError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}") from None
+        raise ConfigError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODELS))}") from None
     params = {**defaults, **kwargs}
     try:
         model = ctor(info, **params)
     except TypeError as err:
         allowed = ", ".join(sorted(defaults)) or "none"
-        raise ModelError(f"model '{name}': bad arguments {sorted(kwargs)} ({err}); allowed: {allowed}") from None
+        raise ConfigError(f"model '{name}': bad arguments {sorted(kwargs)} ({err}); allowed: {allowed}") from None
     return model.to(memory_format=LAYOUTS[layout])
 
 
@@ -233,7 +229,7 @@ def set_execution(model: nn.Module, *, precision: str = "fp32", compile: bool = 
     see the same types. Compilation happens at the first call of each input shape (seconds to
     minutes)."""
     if precision not in PRECISIONS:
-        raise ModelError(f"precision '{precision}': valid precisions: {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision '{precision}': valid precisions: {', '.join(PRECISIONS)}")
     if precision != "fp32":
         model.forward = _Precision(model.forward, precision)
     if compile:

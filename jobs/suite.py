@@ -60,12 +60,11 @@ from jobs.attacks.library.spec import package_present
 from jobs.attacks.specbase import AttackSpec
 from jobs.cascade import resolve_cascades
 from jobs.datasets import toy_params
-from jobs.errors import MpoError
+from jobs.errors import ConfigError
 from jobs.io import load_yaml
 from jobs.suite_file import (
     FULL_PROTOCOL,
     REDUCED_PROTOCOL,
-    SuiteError,
     SuiteFile,
     radius_points,
     validate_suite_file,
@@ -75,13 +74,19 @@ if TYPE_CHECKING:
     from jobs.attacks.balls import Ball
     from jobs.config import TrainConfig
 
-__all__ = ["FULL_PROTOCOL", "REDUCED_PROTOCOL", "EvalSuite", "SuiteAttack", "SuiteError",
-           "SuiteMismatchError", "check_compatible", "load_suite", "parse_suite", "radius_points",
-           "suite_names", "suite_path", "toy_identity"]
-
-
-class SuiteMismatchError(MpoError, ValueError):
-    """A checkpoint that does not belong to the suite's dataset."""
+__all__ = [
+    "FULL_PROTOCOL",
+    "REDUCED_PROTOCOL",
+    "EvalSuite",
+    "SuiteAttack",
+    "check_compatible",
+    "load_suite",
+    "parse_suite",
+    "radius_points",
+    "suite_names",
+    "suite_path",
+    "toy_identity",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ class EvalSuite:
         for a in self.attacks:
             if a.name == name:
                 return a
-        raise SuiteError(
+        raise ConfigError(
             f"suite '{self.name}' has no attack '{name}'; its attacks: "
             + ", ".join(a.name for a in self.attacks)
         )
@@ -198,7 +203,7 @@ def toy_identity(params: Mapping[str, Any] | None) -> dict[str, Any]:
 def check_compatible(config: TrainConfig, suite: EvalSuite, *, source: str = "checkpoint") -> None:
     """Refuse a checkpoint whose dataset (or toy distribution) differs from the suite's."""
     if config.dataset.name != suite.dataset:
-        raise SuiteMismatchError(
+        raise ConfigError(
             f"{source} was trained on dataset '{config.dataset.name}' but suite '{suite.name}' "
             f"evaluates '{suite.dataset}'; choose a {config.dataset.name} suite "
             f"(built-in: {', '.join(suite_names())})"
@@ -206,7 +211,7 @@ def check_compatible(config: TrainConfig, suite: EvalSuite, *, source: str = "ch
     if suite.dataset == "toy":
         mine, theirs = toy_identity(config.dataset.params), toy_identity(suite.dataset_params)
         if mine != theirs:
-            raise SuiteMismatchError(
+            raise ConfigError(
                 f"{source} was trained on toy data {mine} but suite '{suite.name}' "
                 f"evaluates toy data {theirs}"
             )
@@ -216,7 +221,7 @@ def check_compatible(config: TrainConfig, suite: EvalSuite, *, source: str = "ch
 # From the file to the suite
 
 
-#: The error a suite check raises: (field, message) -> SuiteError naming the file.
+#: The error a suite check raises: (field, message) -> ConfigError naming the file.
 Fail = Callable[[str, str], Exception]
 
 
@@ -360,8 +365,8 @@ def parse_suite(data: object, *, source: str = "suite", default_name: str = "") 
     """Validate a suite mapping (the YAML content) into an ``EvalSuite``."""
     file = validate_suite_file(data, source, default_name)
 
-    def fail(where: str, msg: str) -> SuiteError:
-        return SuiteError(f"{source}: field '{where}': {msg}")
+    def fail(where: str, msg: str) -> ConfigError:
+        return ConfigError(f"{source}: field '{where}': {msg}")
 
     points = _points(file, fail)
     attacks = resolve_cascades(
@@ -399,19 +404,19 @@ def suite_path(name_or_path: str | os.PathLike[str], dataset: str | None = None)
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.exists():
-            raise SuiteError(f"suite file {path} does not exist")
+            raise ConfigError(f"suite file {path} does not exist")
         return path
     builtin = Path(str(resources.files("jobs") / "suites" / f"{name_or_path}.yaml"))
     per_dataset = [n for n in suite_names() if n.endswith(f"-{name_or_path}")]
     if not builtin.exists() and dataset is not None and f"{dataset}-{name_or_path}" in per_dataset:
         builtin = builtin.with_name(f"{dataset}-{name_or_path}.yaml")
     if not builtin.exists() and per_dataset:
-        raise SuiteError(
+        raise ConfigError(
             f"suite '{name_or_path}' exists per dataset: {', '.join(per_dataset)}; name one of "
             "them (or evaluate a checkpoint of one of these datasets)"
         )
     if not builtin.exists():
-        raise SuiteError(
+        raise ConfigError(
             f"unknown suite '{name_or_path}'; built-in suites: {', '.join(suite_names())} "
             "(or give the path of a suite YAML file)"
         )
@@ -428,6 +433,6 @@ def load_suite(
     if isinstance(name_or_path, EvalSuite):
         return name_or_path
     path = suite_path(name_or_path, dataset)
-    data = load_yaml(path, error=SuiteError, what="suite file")
+    data = load_yaml(path, error=ConfigError, what="suite file")
     return parse_suite(data, source=str(path), default_name=path.stem)
 

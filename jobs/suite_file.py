@@ -26,7 +26,7 @@ from jobs.attacks.checks import AttackSpecError
 from jobs.attacks.spec import parse_spec
 from jobs.attacks.specbase import AttackSpec
 from jobs.datasets import DataError, dataset_info
-from jobs.errors import MpoError
+from jobs.errors import ConfigError
 from jobs.validation import FrozenModel, format_validation_error
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
@@ -34,10 +34,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
 FULL_PROTOCOL, REDUCED_PROTOCOL = "full", "reduced"
 #: At most this many points per radius range (a typo in the step should not add 10^6 attacks).
 MAX_RADII = 200
-
-
-class SuiteError(MpoError, ValueError):
-    """An invalid suite file or an unknown suite/attack name."""
 
 
 def _spec(value: object) -> AttackSpec:
@@ -202,8 +198,8 @@ class SuiteFile(FrozenModel):
 
 def validate_suite_file(data: object, source: str, default_name: str) -> SuiteFile:
     if not isinstance(data, Mapping):
-        raise SuiteError(f"{source}: a suite must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: a suite must be a mapping, got {type(data).__name__}")
     try:
         return SuiteFile.model_validate({**data, "name": data.get("name") or default_name})
     except ValidationError as err:
-        raise SuiteError(format_validation_error(err, source=source, model=SuiteFile)) from None
+        raise ConfigError(format_validation_error(err, source=source, model=SuiteFile)) from None

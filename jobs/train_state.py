@@ -24,10 +24,6 @@ from jobs.strategies import TrainingStrategy
 from jobs.train_cost import training_cost
 
 
-class ResumeError(MpoError, RuntimeError):
-    """``out_dir`` holds the state of a different training run."""
-
-
 @dataclass
 class Generators:
     data: torch.Generator  # epoch permutations (CPU)
@@ -112,11 +108,11 @@ def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def restore_state(state: TrainingState, path: Path) -> None:
-    """Load ``path`` (a ``state.pt``) into ``state``; ``ResumeError`` if another config wrote it."""
+    """Load ``path`` (a ``state.pt``) into ``state``; ``MpoError`` if another config wrote it."""
     saved = load_checkpoint(path, map_location=state.device)
     diff = _config_diff(saved["config"], state.config.to_dict())
     if diff:
-        raise ResumeError(
+        raise MpoError(
             f"{path} belongs to a different training config (fields differ: "
             f"{', '.join(diff)}); use another --out folder or delete it to start over"
         )

@@ -39,13 +39,12 @@ from torch import nn
 
 from jobs.checkpoint import load_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
-from jobs.errors import DeviceError, MpoError
+from jobs.errors import ConfigError, MpoError
 from jobs.io import write_json_atomic, write_jsonl_atomic
 from jobs.models import set_execution
 from jobs.strategies import StepOutput, get_strategy
 from jobs.train_cost import PassCounter, describe_device, training_cost
 from jobs.train_state import (
-    ResumeError,
     TrainingState,
     build_optimizer,
     new_state,
@@ -70,10 +69,6 @@ SYNC_EVERY = 50
 CLEAN_ACC_EXAMPLES = 1000
 
 
-class TrainingDivergedError(MpoError, RuntimeError):
-    """The training loss became NaN or infinite; names the epoch and step."""
-
-
 @dataclass(frozen=True)
 class TrainResult:
     checkpoint: Path
@@ -90,10 +85,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"device '{device}': not a device; allowed: auto (cuda when available), "
+        raise ConfigError(f"device '{device}': not a device; allowed: auto (cuda when available), "
                           "cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
+        raise ConfigError(f"device '{device}': CUDA is not available on this machine; use cpu or auto")
     return dev
 
 
@@ -193,10 +188,10 @@ def train(
     ``on_step(info)`` at each sync point with ``{"epoch", "step", "steps_per_epoch", "loss"}``
     (``loss``: the mean over the steps since the previous sync point; for progress bars).
 
-    Raises ``TrainingDivergedError`` at the first sync point after a NaN/inf loss, naming the
+    Raises ``MpoError`` at the first sync point after a NaN/inf loss, naming the
     first such step (epoch, step, global step); the state saved after the last completed epoch
     stays as it was (the steps after the bad one are discarded with the in-memory model).
-    Raises ``ResumeError`` when ``out_dir`` holds another config's state.
+    Raises ``MpoError`` when ``out_dir`` holds another config's state.
     """
     if sync_every < 1:
         raise ValueError(f"sync_every = {sync_every}: must be >= 1")
@@ -206,38 +201,45 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     data = load_data(config, dev, data_dir=data_dir, download=download)
-    attacks_full = training_attacks(config)
-    attacks_small = (
-        training_attacks(config, factor=START_SMALL_FACTOR) if config.start_small else attacks_full
-    )
-    state_path, ckpt_path = out / STATE_FILE, out / CHECKPOINT_FILE
-
     # Seeding and restoring touch torch's global generators: keep the caller's untouched.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         # the strategy's own draws (random, eat) get a stream apart from Generators.seeded's
         state = new_state(config, dev, get_strategy(config.strategy, seed=config.seed + 3))
         set_execution(state.model, precision=precision, compile=compile)
-        if resume and state_path.exists():
-            restore_state(state, state_path)
-        write_json_atomic(out / CONFIG_FILE, config.to_dict())
-        write_jsonl_atomic(out / METRICS_FILE, state.metrics)
+        if resume and (out / STATE_FILE).exists():
+            restore_state(state, out / STATE_FILE)
         resumed_from = state.epoch
-
-        for epoch in range(state.epoch, config.epochs):
-            attacks = attacks_small if epoch == 0 else attacks_full
-            record = train_epoch(state, data, attacks, state_path=state_path,
-                                 on_step=on_step, sync_every=sync_every)
-            state.metrics.append(record)
-            state.epoch = epoch + 1
-            save_state(state, state_path)
-            write_jsonl_atomic(out / METRICS_FILE, state.metrics)
-            if on_epoch is not None:
-                on_epoch(dict(record))
-
+        _epochs(config, state, data, out, on_epoch=on_epoch, on_step=on_step,
+                sync_every=sync_every)
+        ckpt_path = out / CHECKPOINT_FILE
         if not ckpt_path.exists() or resumed_from < config.epochs:
             save_final_checkpoint(state, ckpt_path)
     return TrainResult(checkpoint=ckpt_path, metrics=state.metrics, resumed_from_epoch=resumed_from,
                        cost=training_cost(state.metrics))
+
+
+def _epochs(config: TrainConfig, state: TrainingState, data: TrainingData, out: Path, *,
+            on_epoch: Callable[[dict[str, Any]], None] | None,
+            on_step: Callable[[dict[str, Any]], None] | None, sync_every: int) -> None:
+    """The epochs ``state`` has not trained yet, each saved (state, metrics) before
+    ``on_epoch``; the first epoch with every attack scaled by 1/3 under ``start_small``."""
+    attacks_full = training_attacks(config)
+    attacks_small = (
+        training_attacks(config, factor=START_SMALL_FACTOR) if config.start_small else attacks_full
+    )
+    state_path = out / STATE_FILE
+    write_json_atomic(out / CONFIG_FILE, config.to_dict())
+    write_jsonl_atomic(out / METRICS_FILE, state.metrics)
+    for epoch in range(state.epoch, config.epochs):
+        attacks = attacks_small if epoch == 0 else attacks_full
+        record = train_epoch(state, data, attacks, state_path=state_path,
+                             on_step=on_step, sync_every=sync_every)
+        state.metrics.append(record)
+        state.epoch = epoch + 1
+        save_state(state, state_path)
+        write_jsonl_atomic(out / METRICS_FILE, state.metrics)
+        if on_epoch is not None:
+            on_epoch(dict(record))
 
 
 def train_epoch(
@@ -353,14 +355,14 @@ class EpochMeter:
 
 
 def _diverged(state: TrainingState, meter: EpochMeter, bad: int,
-              state_path: Path) -> TrainingDivergedError:
+              state_path: Path) -> MpoError:
     last = (
         f"the last good state is {state_path} (after epoch {state.epoch})"
         if state.epoch > 0
         else "no epoch completed, so there is no saved state"
     )
     steps, taken = len(meter.losses), len(meter.sizes)
-    return TrainingDivergedError(
+    return MpoError(
         f"training diverged: loss = {float(meter.losses[bad])} at epoch {state.epoch + 1}, "
         f"step {bad + 1} of {steps} (global step {state.step - taken + bad + 1}); {last}. "
         "Try a lower learning rate."
@@ -396,9 +398,8 @@ __all__ = [
     "CHECKPOINT_FILE",
     "START_SMALL_FACTOR",
     "STATE_FILE",
-    "ResumeError",
+    "MpoError",
     "TrainResult",
-    "TrainingDivergedError",
     "build_optimizer",
     "clean_accuracy",
     "learning_rate",

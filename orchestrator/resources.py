@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from orchestrator.plan import SweepPlan
 
 
-class SweepError(MpoError, RuntimeError):
-    """A sweep that cannot start or resume; the message says why and what to do."""
-
-
 #: Default GPU fraction of one evaluation worker when trials use GPUs.
 EVAL_GPU_SHARE = 0.5
 #: Default CPUs of each of the two bundles of a CPU-only trial with one evaluation worker.
@@ -85,15 +81,15 @@ def make_resources(*, gpus_per_trial: float | None, cpus_per_trial: float | None
     for name, value in (("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial),
                         ("--cpus-per-eval-worker", eval_cpus), ("--gpus-per-eval-worker", eval_gpus)):
         if value < 0 or not math.isfinite(value):
-            raise SweepError(f"{name} {value}: must be a number >= 0")
+            raise MpoError(f"{name} {value}: must be a number >= 0")
     if cpus_per_trial <= 0:
-        raise SweepError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
+        raise MpoError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
     if eval_workers < 0:
-        raise SweepError(f"--eval-workers {eval_workers}: must be >= 0 (0: evaluate in the trial)")
+        raise MpoError(f"--eval-workers {eval_workers}: must be >= 0 (0: evaluate in the trial)")
     if eval_workers and eval_cpus <= 0 and eval_gpus <= 0:
-        raise SweepError("an evaluation worker needs some CPU or GPU (--cpus-per-eval-worker)")
+        raise MpoError("an evaluation worker needs some CPU or GPU (--cpus-per-eval-worker)")
     if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
-        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: above 1, a whole number of GPUs")
+        raise MpoError(f"--gpus-per-trial {gpus_per_trial}: above 1, a whole number of GPUs")
     return Resources(gpus_per_trial, cpus_per_trial, eval_workers, eval_cpus, eval_gpus)
 
 
@@ -119,18 +115,18 @@ class Cluster:
 
 def _check_fits(need: dict[str, float], limits: dict[str, float],
                 refusal: Callable[[str, float], str]) -> None:
-    """``SweepError(refusal(key, limit))`` for the first resource of ``need`` above ``limits``
+    """``MpoError(refusal(key, limit))`` for the first resource of ``need`` above ``limits``
     (with a rounding margin of 1e-9)."""
     for key, value in need.items():
         if value > limits.get(key, 0.0) + 1e-9:
-            raise SweepError(refusal(key, limits.get(key, 0.0)))
+            raise MpoError(refusal(key, limits.get(key, 0.0)))
 
 
 def check_resources(res: Resources, cluster: Cluster) -> None:
     """Refuse at once what would leave trials pending forever."""
     need = res.totals()
     if need.get("GPU", 0.0) > 0 and cluster.gpus() <= 0:
-        raise SweepError(
+        raise MpoError(
             f"a trial asks for {need['GPU']:g} GPU (--gpus-per-trial {res.gpus_per_trial:g}, "
             f"{res.eval_workers} evaluation workers x {res.eval_gpus:g}) but the Ray cluster at "
             f"{cluster.address} has no GPUs (resources: CPU {cluster.resources.get('CPU', 0):g}). "

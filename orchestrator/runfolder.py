@@ -29,7 +29,7 @@ from jobs.run_folder import (
 from orchestrator import fault_injection, runlock
 from orchestrator.grid import load_grid_text, parse_grid
 from orchestrator.plan import SweepPlan, expand_grid
-from orchestrator.resources import Resources, SweepError
+from orchestrator.resources import MpoError, Resources
 
 # ----------------------------------------------------------------------------------------------
 # A new run
@@ -79,7 +79,7 @@ def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: Swe
     rd = RunFolder(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
         hint = f"; continue it with `mpo sweep --resume {rd.path}`" if rd.exists() else ""
-        raise SweepError(f"{rd.path} already exists and is not empty{hint}, or choose another --name")
+        raise MpoError(f"{rd.path} already exists and is not empty{hint}, or choose another --name")
     rd.path.mkdir(parents=True, exist_ok=True)
     info = run_record(rd.path.name, command=command)
     info["sweep"] = settings.record()
@@ -179,7 +179,7 @@ def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunFolder, Swee
     saved = rd.manifest().to_dict()
     changes = describe_changes(saved, plan.manifest().to_dict())
     if changes:
-        raise SweepError(
+        raise MpoError(
             f"{rd.grid_file} no longer expands to the run's manifest.json, so the run cannot be "
             "resumed safely (its trials and results belong to the old grid):\n  - "
             + "\n  - ".join(changes) + "\nStart a new run (another --name) for the new grid."
@@ -189,7 +189,7 @@ def load_run(run_dir: Path, *, grid: str | None = None) -> tuple[RunFolder, Swee
         new_plan = expand_grid(new_grid, source=str(path), grid_dir=path.parent)
         changes = describe_changes(saved, new_plan.manifest().to_dict())
         if changes:
-            raise SweepError(
+            raise MpoError(
                 f"{path} differs from the grid this run was started with ({rd.grid_file}); "
                 "resuming would mix two grids' trials and results:\n  - "
                 + "\n  - ".join(changes)

@@ -7,7 +7,7 @@ included; on NFSv4 the server drops it when the holder's lease expires), so the 
 outlives its driver:
 
 - a second driver finds the lock held and is refused with the holder's record
-  (``RunLockedError``);
+  (``RunFolderError``);
 - a driver that finds the file but not the lock takes it over and says whose it was
   (``RunLock.previous``): that driver is gone.
 
@@ -29,16 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.errors import MpoError
 from jobs.io import pid_alive
-from orchestrator.resources import SweepError
+from jobs.run_folder import LOCK_FILE, RunFolderError
 
-LOCK_FILE = "driver.lock"
 #: how long a driver retries a held lock before refusing (``mpo status`` may hold it briefly)
 RETRY_SECONDS = 2.0
-
-
-class RunLockedError(SweepError):
-    """Another driver holds the run folder."""
 
 
 def _proc_start(pid: int) -> str | None:
@@ -137,7 +133,7 @@ def _flock(fd: int, path: Path) -> bool:
     except OSError as err:
         if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
             return False
-        raise SweepError(
+        raise MpoError(
             f"cannot lock {path} ({os.strerror(err.errno or 0)}): the run folder's filesystem "
             "does not support file locks (flock), which keep two drivers off one run folder; "
             "use a local disk or NFSv4/EFS for --storage"
@@ -146,7 +142,7 @@ def _flock(fd: int, path: Path) -> bool:
 
 
 def acquire(run_dir: Path, *, command: str) -> RunLock:
-    """Hold ``run_dir``'s lock, or raise ``RunLockedError`` naming the driver that holds it."""
+    """Hold ``run_dir``'s lock, or raise ``RunFolderError`` naming the driver that holds it."""
     path = run_dir / LOCK_FILE
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
@@ -159,7 +155,7 @@ def acquire(run_dir: Path, *, command: str) -> RunLock:
         os.close(fd)
         if not granted and time.monotonic() > deadline:
             holder = read_holder(run_dir)
-            raise RunLockedError(
+            raise RunFolderError(
                 f"{run_dir} is in use by another `mpo sweep`: {describe(holder)}. Wait for it "
                 "to finish or stop it (Ctrl+C), then `mpo sweep --resume "
                 f"{run_dir}`; `mpo status {run_dir}` shows its progress"
@@ -168,7 +164,7 @@ def acquire(run_dir: Path, *, command: str) -> RunLock:
     previous = _read_fd(fd)
     if _same_live_process(previous):
         os.close(fd)
-        raise RunLockedError(
+        raise RunFolderError(
             f"{run_dir} is in use by another `mpo sweep`: {describe(previous)} is running, yet "
             f"the filesystem granted its lock to this driver too (it does not enforce flock). "
             f"Stop that driver first; if no mpo sweep is running, delete {path}"

@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 PROGRESS_FILE = "progress.json"
 
 
-class ShardsFailedError(RuntimeError):
-    """Evaluation shards that failed after all their retries."""
-
-
 def flatten(prefix: str, obj: object, out: dict[str, float] | None = None) -> dict[str, float]:
     """{"a": {"b": 1}} -> {"prefix/a/b": 1}, keeping only numbers (Tune's metrics)."""
     out = {} if out is None else out
@@ -291,7 +287,7 @@ def run_trial(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
         paths, failed = _fan_out(t.payload, model, t.rd, t.settings, t.faults)
         if failed:
             t.update(failed_shards=failed)
-            raise ShardsFailedError(
+            raise RuntimeError(
                 f"{len(failed)} of {len(failed) + len(paths)} evaluation shards of "
                 f"{t.payload.model_id} failed after {t.settings['shard_retries']} retries; "
                 f"first: {failed[0]['error'][:500]}")

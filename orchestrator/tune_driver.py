@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
+from jobs.errors import MpoError
 from jobs.run_folder import RunFolder
 from orchestrator.plan import SweepPlan
 from orchestrator.progress import LiveTable
-from orchestrator.resources import Cluster, SweepError, trial_data_dir
+from orchestrator.resources import Cluster, trial_data_dir
 from orchestrator.runfolder import SweepSettings, record_sweep
 from orchestrator.trainable import run_trial
 
@@ -52,7 +53,7 @@ def _init(address: str | None, num_cpus: int | None) -> str | None:
         return ray.init(address=address, log_to_driver=False,
                         logging_level=logging.WARNING).dashboard_url
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SweepError(f"cannot connect to the Ray cluster at --address {address}: {err}") from None
+        raise MpoError(f"cannot connect to the Ray cluster at --address {address}: {err}") from None
 
 
 def _max_resources() -> dict[str, float] | None:

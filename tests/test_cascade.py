@@ -11,7 +11,7 @@ from jobs.config import make_train_config
 from jobs.evaluation import evaluate, shard_path
 from jobs.models import MadryMNIST
 from jobs.results import read_cascade, read_results
-from jobs.suite import SuiteError, parse_suite
+from jobs.suite import ConfigError, parse_suite
 
 N_TEST = 24
 
@@ -169,7 +169,7 @@ def test_budget_copies_cascade_within_their_budget_and_across_radii():
      "always", r"field 'cascade'.*must be true or false"),
 ])
 def test_bad_cascades_are_refused(attacks, cascade, match):
-    with pytest.raises(SuiteError, match=match):
+    with pytest.raises(ConfigError, match=match):
         suite(cascade, attacks)
 
 

@@ -22,7 +22,7 @@ from jobs.evaluation import evaluate, evaluate_shard
 from jobs.results import read_results, summarize
 from jobs.run_folder import plan_shards
 from jobs.schema import META_MODEL, META_SHARD, META_SUITE, SCHEMA, check_schema_version
-from jobs.suite import SuiteError, SuiteMismatchError, load_suite, parse_suite, suite_names
+from jobs.suite import ConfigError, load_suite, parse_suite, suite_names
 from jobs.training import train
 
 EPS_INF = 0.4020151261036849
@@ -119,12 +119,12 @@ def test_suite_from_path(tmp_path):
     ids=lambda v: str(v)[:30],
 )
 def test_bad_suite_is_a_clear_error(changes, match):
-    with pytest.raises(SuiteError, match=match):
+    with pytest.raises(ConfigError, match=match):
         toy_suite(**changes)
 
 
 def test_unknown_suite_lists_builtins():
-    with pytest.raises(SuiteError, match=r"unknown suite 'nope'; built-in suites: .*mnist-mini"):
+    with pytest.raises(ConfigError, match=r"unknown suite 'nope'; built-in suites: .*mnist-mini"):
         load_suite("nope")
 
 
@@ -323,16 +323,16 @@ def test_results_outside_the_ball_do_not_count(sign_model_checkpoint, tmp_path, 
 
 
 def test_checkpoint_of_another_dataset_is_refused(toy_checkpoint, tmp_path):
-    with pytest.raises(SuiteMismatchError, match=r"trained on dataset 'toy' but suite 'mnist-mini' evaluates 'mnist'"):
+    with pytest.raises(ConfigError, match=r"trained on dataset 'toy' but suite 'mnist-mini' evaluates 'mnist'"):
         evaluate_shard(toy_checkpoint, "mnist-mini", "linf-pgd", 0, 10, tmp_path)
     other_toy = toy_suite(dataset_params={"d": 50})
-    with pytest.raises(SuiteMismatchError, match=r"toy data .*'d': 99.* toy data .*'d': 50"):
+    with pytest.raises(ConfigError, match=r"toy data .*'d': 99.* toy data .*'d': 50"):
         evaluate_shard(toy_checkpoint, other_toy, "linf-pgd", 0, 10, tmp_path)
     assert not (tmp_path / "results").exists()
 
 
 def test_unknown_attack_name(toy_checkpoint, tmp_path):
-    with pytest.raises(SuiteError, match=r"no attack 'pgd'; its attacks: linf-pgd"):
+    with pytest.raises(ConfigError, match=r"no attack 'pgd'; its attacks: linf-pgd"):
         evaluate_shard(toy_checkpoint, toy_suite(), "pgd", 0, 10, tmp_path)
 
 

@@ -287,10 +287,10 @@ def test_logits_check_refuses_non_finite_outputs():
 
 def test_external_model_of_another_dataset_is_refused(suite_file):
     from jobs.evaluation import load_model
-    from jobs.suite import SuiteMismatchError, load_suite
+    from jobs.suite import ConfigError, load_suite
 
     spec = parse_external({"factory": FACTORY, "dataset": "cifar10"}, source="test")
-    with pytest.raises(SuiteMismatchError, match="is for dataset 'cifar10' but suite 'mnist-ext'"):
+    with pytest.raises(ConfigError, match="is for dataset 'cifar10' but suite 'mnist-ext'"):
         load_model(spec, load_suite(suite_file), CPU)
 
 
@@ -389,13 +389,13 @@ def test_robustbench_errors(tmp_path, zoo_dir, name, files, match):
 def test_robustbench_overwritten_by_torchattacks_is_named(tmp_path, robustbench_utils):
     """torchattacks 3.5.1 ships an old robustbench copy: a utils.py that is not the file the
     installed release recorded is refused with the repair command; the real one passes."""
-    from jobs.external.robustbench import MissingExtraError, _check_not_overwritten
+    from jobs.external.robustbench import MpoError, _check_not_overwritten
 
     real = Path(robustbench_utils.__file__)
     _check_not_overwritten(real)
     old = tmp_path / "utils.py"
     old.write_bytes(real.read_bytes().replace(b"import timm\n", b""))
-    with pytest.raises(MissingExtraError, match=r"overwritten .*torchattacks 3\.5\.1 .*"
+    with pytest.raises(MpoError, match=r"overwritten .*torchattacks 3\.5\.1 .*"
                        r"pip install --force-reinstall --no-deps robustbench"):
         _check_not_overwritten(old)
 
@@ -403,10 +403,10 @@ def test_robustbench_overwritten_by_torchattacks_is_named(tmp_path, robustbench_
 def test_robustbench_missing_names_the_extra(monkeypatch):
     import sys
 
-    from jobs.external.robustbench import MissingExtraError, _import_robustbench
+    from jobs.external.robustbench import MpoError, _import_robustbench
 
     monkeypatch.setitem(sys.modules, "robustbench.utils", None)
-    with pytest.raises(MissingExtraError, match=r"pip install 'mpo\[robustbench\]'"):
+    with pytest.raises(MpoError, match=r"pip install 'mpo\[robustbench\]'"):
         _import_robustbench()
 
 

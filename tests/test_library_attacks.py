@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jobs.attacks import AttackSpecError, make_attack, perturbation_norm
-from jobs.attacks.library import MissingLibraryError
+from jobs.attacks.library import MpoError
 
 N = 8
 TOL = 1 + 1e-5
@@ -167,7 +167,7 @@ def test_bad_specs_name_the_key(spec, match):
 ])
 def test_missing_library_gives_a_clear_error(monkeypatch, spec, package):
     monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(MissingLibraryError, match=rf"'{package}'.*reinstall mpo"):
+    with pytest.raises(MpoError, match=rf"'{package}'.*reinstall mpo"):
         make_attack(spec)
 
 

@@ -7,13 +7,13 @@ import torch
 
 from jobs.checkpoint import (
     FORMAT_VERSION,
-    CheckpointFormatError,
+    MpoError,
     load_checkpoint,
     save_checkpoint,
 )
 from jobs.data import dataset_info
 from jobs.io import file_digest
-from jobs.models import MODELS, ModelError, build_model, count_parameters
+from jobs.models import MODELS, ConfigError, build_model, count_parameters
 
 SMALL = {"mnist_cnn": {"width": 0.125}, "wrn": {"depth": 8, "widen": 1}}
 
@@ -23,7 +23,7 @@ SMALL = {"mnist_cnn": {"width": 0.125}, "wrn": {"depth": 8, "widen": 1}}
 def test_output_shapes(name, dataset):
     info = dataset_info(dataset)
     if name.startswith("mnist_cnn") and dataset == "toy":
-        with pytest.raises(ModelError, match="divisible by 4"):
+        with pytest.raises(ConfigError, match="divisible by 4"):
             build_model(name, info)
         return
     model = build_model(name, info, **SMALL.get(name, {}))
@@ -43,14 +43,14 @@ def test_wrn_is_madry_size():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ModelError, match=r"unknown model 'resnet'; valid models: linear, mlp, mnist_cnn"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet'; valid models: linear, mlp, mnist_cnn"):
         build_model("resnet", dataset_info("mnist"))
 
 
 def test_bad_model_arguments():
-    with pytest.raises(ModelError, match=r"bad arguments \['depthh'\]"):
+    with pytest.raises(ConfigError, match=r"bad arguments \['depthh'\]"):
         build_model("wrn", dataset_info("cifar10"), depthh=3)
-    with pytest.raises(ModelError, match="wrn depth = 9"):
+    with pytest.raises(ConfigError, match="wrn depth = 9"):
         build_model("wrn", dataset_info("cifar10"), depth=9)
 
 
@@ -71,7 +71,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_checkpoint_of_other_version_is_refused(tmp_path):
     torch.save({"format_version": FORMAT_VERSION + 1, "state_dict": {}, "config_json": "{}"}, tmp_path / "c.pt")
-    with pytest.raises(CheckpointFormatError, match=f"format version {FORMAT_VERSION + 1}"):
+    with pytest.raises(MpoError, match=f"format version {FORMAT_VERSION + 1}"):
         load_checkpoint(tmp_path / "c.pt")
 
 
@@ -81,7 +81,7 @@ class Evil:
 
 def test_checkpoint_never_unpickles_objects(tmp_path):
     torch.save({"format_version": FORMAT_VERSION, "payload": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointFormatError, match="not a readable mpo checkpoint"):
+    with pytest.raises(MpoError, match="not a readable mpo checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
 
 
@@ -101,7 +101,7 @@ def test_cnns_are_channels_last_and_the_layout_changes_no_function():
     (g_fast,) = torch.autograd.grad(out_fast.sum(), x)
     (g_plain,) = torch.autograd.grad(out_plain.sum(), x)
     assert torch.allclose(g_fast, g_plain, atol=1e-5)
-    with pytest.raises(ModelError, match="layout 'nhwc'"):
+    with pytest.raises(ConfigError, match="layout 'nhwc'"):
         build_model("wrn", info, layout="nhwc")
 
 
@@ -140,7 +140,7 @@ def test_set_execution_keeps_the_state_dict_and_refuses_unknown_precisions():
     assert out.dtype == torch.float32 and list(model.state_dict()) == keys
     assert torch.allclose(out, ref, atol=0.05) and not torch.equal(out, ref)
     set_execution(model, precision="tf32")  # TF32 is CUDA's: the CPU runs the pass as before
-    with pytest.raises(ModelError, match="precision 'fp16'"):
+    with pytest.raises(ConfigError, match="precision 'fp16'"):
         set_execution(model, precision="fp16")
 
 

@@ -63,7 +63,7 @@ def run_folder(tmp_path) -> Path:
 
 def test_a_second_driver_is_refused_naming_the_holder(holder, tmp_path):
     t0 = time.monotonic()
-    with pytest.raises(runlock.RunLockedError,
+    with pytest.raises(runlock.RunFolderError,
                        match=rf"in use by another `mpo sweep`: pid {holder.pid} on host "
                              rf"{platform.node()} since .* \(mpo sweep held-by-test\)"):
         runlock.acquire(tmp_path, command="mpo sweep second")
@@ -98,7 +98,7 @@ def test_a_filesystem_that_ignores_flock_does_not_let_two_drivers_in(holder, tmp
     other = tmp_path / "other"
     other.mkdir()
     (other / runlock.LOCK_FILE).write_text(json.dumps(record))  # a lock nobody flocks
-    with pytest.raises(runlock.RunLockedError, match="does not enforce flock"):
+    with pytest.raises(runlock.RunFolderError, match="does not enforce flock"):
         runlock.acquire(other, command="second")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.suite import SuiteError, parse_suite
+from jobs.suite import ConfigError, parse_suite
 
 LINF = {"type": "linf", "epsilon": 0.3, "k": 4}
 SQUARE = {"type": "autoattack", "attack": "square", "norm": "linf", "epsilon": 0.3, "n_queries": 10}
@@ -48,7 +48,7 @@ def test_suite_level_budgets_give_every_attack_of_the_family_the_same_points():
 
 def test_budget_points_that_differ_within_a_family_are_refused_unless_reduced():
     attacks = [entry("pgd", LINF, budgets=[0.25, 0.5]), entry("square", SQUARE, "gradient-free")]
-    with pytest.raises(SuiteError, match=r"p.yaml: field 'attacks\[1\].budgets': family 'linf': "
+    with pytest.raises(ConfigError, match=r"p.yaml: field 'attacks\[1\].budgets': family 'linf': "
                        r"attack 'pgd' runs at budgets \[0.25, 0.5, 1\] but 'square' at \[1\]; .*"
                        r"budgets_protocol: reduced"):
         mnist_suite(attacks)
@@ -90,7 +90,7 @@ def test_radius_ranges_add_copies_at_each_radius_beyond_the_full_budget_too():
 ], ids=["family", "order", "step", "count", "budget-family", "budget-range", "budget-type",
         "protocol"])
 def test_bad_points_are_refused(top, match):
-    with pytest.raises(SuiteError, match=match):
+    with pytest.raises(ConfigError, match=match):
         mnist_suite([entry("pgd", LINF)], **top)
 
 
@@ -103,7 +103,7 @@ def test_a_budget_may_exceed_the_full_ball():
 
 def test_a_radius_range_needs_one_full_radius_per_family():
     other = {**LINF, "epsilon": 0.2}
-    with pytest.raises(SuiteError, match=r"radii.linf'.*different radii \[0.2, 0.3\]"):
+    with pytest.raises(ConfigError, match=r"radii.linf'.*different radii \[0.2, 0.3\]"):
         mnist_suite([entry("a", LINF), entry("b", other)], radii={"linf": [0.1, 0.2, 0.1]})
 
 

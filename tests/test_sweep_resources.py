@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.resources import Cluster, SweepError, check_resources, make_resources
+from jobs.errors import MpoError
+from orchestrator.resources import Cluster, check_resources, make_resources
 from orchestrator.runfolder import describe_changes
 
 
@@ -65,17 +66,17 @@ def test_default_cpus(kw, bundles):
     ids=["cpus", "workers", "gpus", "eval-cpus"],
 )
 def test_bad_resources(kw, match):
-    with pytest.raises(SweepError, match=match):
+    with pytest.raises(MpoError, match=match):
         resources(**kw)
 
 
 def test_check_resources_refuses_what_would_wait_forever():
     cpu_only = Cluster(False, "127.0.0.1:6379", None, {"CPU": 2.0}, None, {"CPU": 2.0})
-    with pytest.raises(SweepError, match=r"has no GPUs.*--gpus-per-trial 0"):
+    with pytest.raises(MpoError, match=r"has no GPUs.*--gpus-per-trial 0"):
         check_resources(resources(gpus_per_trial=1), cpu_only)
-    with pytest.raises(SweepError, match="largest node"):
+    with pytest.raises(MpoError, match="largest node"):
         check_resources(resources(cpus_per_trial=4), cpu_only)
-    with pytest.raises(SweepError, match="in all"):
+    with pytest.raises(MpoError, match="in all"):
         check_resources(resources(eval_workers=3), cpu_only)
     check_resources(resources(), cpu_only)
     # an autoscaling cluster with GPU workers yet to start: GPUs are allowed

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from analysis.theory import (
     LinearClassifier,
+    MpoError,
     Section2,
-    TheoryError,
     claim3_gap,
     constant_classifier,
     interpolating_classifier,
@@ -180,21 +180,21 @@ def test_theorem4_affine_linf_rt_strictly_stronger_than_union() -> None:
     ],
 )
 def test_invalid_parameters_raise_clear_errors(kwargs: dict, match: str) -> None:
-    with pytest.raises(TheoryError, match=match):
+    with pytest.raises(MpoError, match=match):
         Section2(**kwargs)
 
 
 def test_other_invalid_inputs() -> None:
     dist = Section2(d=9)
-    with pytest.raises(TheoryError, match=r"n_positions = 11.*\[2, 10\]"):
+    with pytest.raises(MpoError, match=r"n_positions = 11.*\[2, 10\]"):
         theorem2_table(dist, [11])
-    with pytest.raises(TheoryError, match=r"unknown toy parameter.*'beta'"):
+    with pytest.raises(MpoError, match=r"unknown toy parameter.*'beta'"):
         Section2.from_params({"d": 9, "beta": 1})
-    with pytest.raises(TheoryError, match="family = 'l3'"):
+    with pytest.raises(MpoError, match="family = 'l3'"):
         linear_risk(dist, constant_classifier(dist), "l3", 1.0)
-    with pytest.raises(TheoryError, match="d \\+ 1 = 10"):
+    with pytest.raises(MpoError, match="d \\+ 1 = 10"):
         linear_risk(dist, LinearClassifier(np.ones(3)))
-    with pytest.raises(TheoryError, match=r"labels in \{-1, \+1\}"):
+    with pytest.raises(MpoError, match=r"labels in \{-1, \+1\}"):
         mc_risks(lambda X: np.zeros(len(X), dtype=int), dist, {"a": x0_shift(1.0)}, n=10)
     assert Section2.from_params({"d": 9, "n_train": 5, "n_test": 5}) == dist
 
@@ -210,7 +210,7 @@ def test_toy_panel_writes_png_and_svg(tmp_path) -> None:
     )
     assert [p.suffix for p in paths] == [".png", ".svg"]
     assert all(p.stat().st_size > 1000 for p in paths)
-    with pytest.raises(TheoryError, match="risk_l1"):
+    with pytest.raises(MpoError, match="risk_l1"):
         toy_panel({"d": 16}, [{"label": "x", "risk_linf": 0.1}], tmp_path / "bad")
 
 

@@ -17,8 +17,7 @@ from jobs.config import (
     scale_spec,
 )
 from jobs.training import (
-    ResumeError,
-    TrainingDivergedError,
+    MpoError,
     learning_rate,
     load_trained,
     train,
@@ -309,7 +308,7 @@ def test_resume_equals_uninterrupted(tmp_path, strategy, cut):
 
 def test_resume_refuses_another_config(tmp_path):
     train(toy_config(epochs=1, steps_per_epoch=2), tmp_path)
-    with pytest.raises(ResumeError, match=r"different training config \(fields differ: seed\)"):
+    with pytest.raises(MpoError, match=r"different training config \(fields differ: seed\)"):
         train(toy_config(epochs=1, steps_per_epoch=2, seed=5), tmp_path)
     # a new label is the same training: it resumes
     assert train(toy_config(epochs=1, steps_per_epoch=2, label="x"), tmp_path).resumed_from_epoch == 1
@@ -340,7 +339,7 @@ def test_diverging_loss_names_epoch_and_step_and_keeps_last_state(tmp_path, monk
 
     monkeypatch.setattr(training, "get_strategy", poisoned)
     cfg = toy_config(epochs=3, steps_per_epoch=4)
-    with pytest.raises(TrainingDivergedError, match=r"loss = nan at epoch 2, step 2 of 4 .*after epoch 1"):
+    with pytest.raises(MpoError, match=r"loss = nan at epoch 2, step 2 of 4 .*after epoch 1"):
         train(cfg, tmp_path)
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["extra"]["epoch"] == 1

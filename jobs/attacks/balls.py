@@ -26,17 +26,14 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from jobs.attacks.specbase import BUDGET_RTOL
+from jobs.attacks.specbase import BUDGET_RTOL, LP_FAMILIES, Radius
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from jobs.attacks.base import AttackResult
 
-#: The families measured by a norm of delta, in the order specs and messages list them.
-LP_FAMILIES = ("linf", "l2", "l1")
-#: An MSD ball's radius: (family, epsilon).
-Radius = tuple[str, float]
+__all__ = ["LP_FAMILIES", "Ball", "BudgetBall", "GaugeBall", "LpBall", "Radius", "UnionBall"]
 
 
 class Ball(ABC):

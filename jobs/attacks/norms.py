@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from jobs.attacks.balls import LP_FAMILIES, Radius
+from jobs.attacks.specbase import LP_FAMILIES, Radius
 
 __all__ = ["LP_FAMILIES", "linf_l1_gauge", "perturbation_norm", "union_size"]
 

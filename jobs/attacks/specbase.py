@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 #: An input box (lo, hi), or None for unbounded inputs (the toy data).
 Bounds = tuple[float, float] | None
 
+#: The families measured by a norm of delta, in the order specs and messages list them.
+LP_FAMILIES = ("linf", "l2", "l1")
+#: An MSD ball's radius: (family, epsilon).
+Radius = tuple[str, float]
+
 #: Relative slack of every size check: an attack's result against its budget, and the
 #: evaluation's in-ball rule (float rounding of x0 + delta - x0).
 BUDGET_RTOL = 1e-5

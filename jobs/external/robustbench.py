@@ -34,12 +34,8 @@ from jobs.io import file_digest
 ROBUSTBENCH_EXTRA = "mpo[robustbench]"
 
 
-class MissingExtraError(MpoError, ImportError):
-    """An optional package that this model needs is not installed; names the extra."""
-
-
 def _import_robustbench() -> types.ModuleType:
-    """``robustbench.utils``, or ``MissingExtraError`` naming the extra.
+    """``robustbench.utils``, or ``MpoError`` naming the extra.
 
     robustbench 1.1.1 (PyPI) declares ``pyautoattack`` as its dependency but imports it by the
     name of AutoAttack's git original, ``autoattack``: where that name is not importable, it is
@@ -57,7 +53,7 @@ def _import_robustbench() -> types.ModuleType:
     try:
         utils = importlib.import_module("robustbench.utils")
     except ImportError as err:
-        raise MissingExtraError(
+        raise MpoError(
             f"RobustBench models need the package 'robustbench', which cannot be imported "
             f"({err}); install mpo's extra: pip install '{ROBUSTBENCH_EXTRA}' (or "
             f"pip install -e '.[robustbench]' in the checkout)"
@@ -81,7 +77,7 @@ def _check_not_overwritten(utils_file: Path) -> None:
     digest = base64.urlsafe_b64encode(hashlib.sha256(utils_file.read_bytes()).digest())
     if digest.rstrip(b"=").decode() != entry.hash.value.rstrip("="):
         version = importlib.metadata.version("robustbench")
-        raise MissingExtraError(
+        raise MpoError(
             f"the installed robustbench {version} has had its files overwritten ({utils_file} "
             "is not the file it was installed with): torchattacks 3.5.1 ships an old copy of "
             "robustbench and overwrites it when installed after it; repair with: pip install "

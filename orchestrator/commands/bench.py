@@ -124,7 +124,7 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     from orchestrator.bench.run import run_bench
 
     if device == "cuda":
-        resolve_device(device)  # DeviceError when this machine has no CUDA
+        resolve_device(device)  # ConfigError when this machine has no CUDA
     console = Console(stderr=False)
     command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:

@@ -88,7 +88,7 @@ def external_from_options(*, model_ref: str | None, weights: str | None,
 
 def resolve_source(o: dict[str, Any]) -> tuple[str | Path | ExternalModel, str]:
     """(the model's source: a checkpoint path or an external model, its dataset)."""
-    from jobs.checkpoint import CheckpointFormatError, load_checkpoint
+    from jobs.checkpoint import MpoError, load_checkpoint
     from jobs.config import make_train_config
     from jobs.external import ExternalModelError
 
@@ -112,7 +112,7 @@ def resolve_source(o: dict[str, Any]) -> tuple[str | Path | ExternalModel, str]:
     if ckpt.is_dir():
         ckpt = ckpt / "checkpoint.pt"
         if not ckpt.exists():
-            raise CheckpointFormatError(f"{o['checkpoint']}: a folder without checkpoint.pt; give "
+            raise MpoError(f"{o['checkpoint']}: a folder without checkpoint.pt; give "
                                         "a checkpoint.pt or a training folder (mpo train --out)")
     config = make_train_config(load_checkpoint(ckpt)["config"], source=f"{ckpt} (embedded config)")
     return ckpt, config.dataset.name

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from jobs.errors import MpoError
+
 if TYPE_CHECKING:
     from analysis.loading import ModelInfo, ResultSet
     from analysis.metrics import GroupTable, TableRow
@@ -39,10 +41,6 @@ ACCURACY_FIELDS = ("group", "dataset", "model_id", "label", "strategy", "source"
                    "accuracy", "n", "ci_low", "ci_high")
 #: mpo's l_p families -> RobustBench's threat model names.
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
-
-
-class ExportError(click.UsageError):
-    """A bad --format value (click prints it with the usage line)."""
 
 
 def schema_markdown() -> str:
@@ -62,7 +60,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
     fmts = tuple(f.strip() for f in text.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
-        raise ExportError(f"--format {text!r}: allowed formats are {', '.join(FORMATS)} "
+        raise MpoError(f"--format {text!r}: allowed formats are {', '.join(FORMATS)} "
                           "(comma-separated)")
     return fmts
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: where ``mpo theory`` writes by default: under the run folders (ignored by git in a clone)
+DEFAULT_OUT = "mpo-runs/theory"
 
 
 def _fmt(x: float, se: float | None = None) -> str:
@@ -22,72 +29,8 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-@click.command()
-@click.option(
-    "--d",
-    "d",
-    type=int,
-    default=99,
-    show_default=True,
-    help="number of weak features x1..xd (>= 1)",
-)
-@click.option(
-    "--alpha",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="signal strength, eta = alpha / sqrt(d) (> 0)",
-)
-@click.option(
-    "--p0",
-    type=float,
-    default=0.9,
-    show_default=True,
-    help="P(x0 = y) for the sign feature, in [0.5, 1]",
-)
-@click.option(
-    "--n-positions",
-    type=int,
-    default=16,
-    show_default=True,
-    help="N: positions RT can move x0 to (2 .. d+1); Theorem 2 sweeps powers of two up to N",
-)
-@click.option(
-    "--n-samples", type=int, default=40_000, show_default=True, help="Monte-Carlo sample size"
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default="theory",
-    show_default=True,
-    help="folder for theory.png/.svg, theory.json, theorem1.csv, theorem2.csv",
-)
-def theory(
-    d: int, alpha: float, p0: float, n_positions: int, n_samples: int, seed: int, out_dir: str
-) -> None:
-    """Tramer & Boneh Section 2: Theorem 1 (l_inf vs l_1), Theorem 2 (l_inf vs RT), Claim 3 and
-    Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
-    from pathlib import Path
-
-    from rich.console import Console
+def _theorem1(report: dict[str, Any], console: Console) -> None:
     from rich.table import Table
-
-    from analysis.theory import Section2
-    from analysis.theory_plot import theory_figure
-    from analysis.theory_report import theory_report
-    from jobs.io import write_json_atomic, write_text_atomic
-
-    console = Console()
-    dist = Section2(d=d, alpha=alpha, p0=p0)
-    report = theory_report(dist, n_positions=n_positions, n=n_samples, seed=seed)
-
-    p = report["params"]
-    console.print(
-        f"[bold]Section 2 distribution[/]: d={p['d']}, alpha={p['alpha']:g}, p0={p['p0']:g}, "
-        f"eta={p['eta']:.4f}; eps_inf = 2 eta = {p['eps_linf']:.4f}, eps_1 = 2, eps_2 = 2"
-    )
 
     t1 = report["theorem1"]
     table = Table(
@@ -97,14 +40,12 @@ def theory(
         table.add_column(col, justify="left" if col == "classifier" else "right")
     rows = t1["rows"]
     shown = [rows[0]] + [
-        r
-        for r in rows[1:]
+        r for r in rows[1:]
         if round(r["theta_deg"]) % 15 == 0 and abs(r["theta_deg"] - round(r["theta_deg"])) < 1e-6
     ]
     for r in shown:
-        table.add_row(
-            r["classifier"], *(_fmt(r[k]) for k in ("nat", "linf", "l1", "l2", "union", "avg"))
-        )
+        table.add_row(r["classifier"],
+                      *(_fmt(r[k]) for k in ("nat", "linf", "l1", "l2", "union", "avg")))
     console.print(table)
     verdict = "holds" if t1["holds"] else "FAILS"
     console.print(
@@ -112,9 +53,12 @@ def theory(
         f"bound R_avg >= 1/2 {verdict}; the constant classifier attains it"
     )
     gap = max(abs(r["gap"]) for r in report["claim3"])
-    console.print(
-        f"Claim 3: max |affine(l_inf+l_1) - union| over {len(report['claim3'])} linear classifiers = {gap:.2e}"
-    )
+    console.print(f"Claim 3: max |affine(l_inf+l_1) - union| over {len(report['claim3'])} linear "
+                  f"classifiers = {gap:.2e}")
+
+
+def _theorem2(report: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
 
     t2 = Table(
         title="Theorem 2: best linear classifier vs l_inf (2 eta) and RT (x0 moved to 1 of N positions)"
@@ -122,31 +66,31 @@ def theory(
     for col in ("N", "R_inf", "R_RT", "R_avg", "1/2 - R_avg", "sqrt(N) (1/2 - R_avg)"):
         t2.add_column(col, justify="right")
     for r in report["theorem2"]:
-        t2.add_row(
-            str(r["n_positions"]),
-            _fmt(r["linf"]),
-            _fmt(r["rt"], r["rt_stderr"]),
-            _fmt(r["avg"], r["avg_stderr"]),
-            _fmt(r["gap"]),
-            _fmt(r["gap_sqrt_n"]),
-        )
+        t2.add_row(str(r["n_positions"]), _fmt(r["linf"]), _fmt(r["rt"], r["rt_stderr"]),
+                   _fmt(r["avg"], r["avg_stderr"]), _fmt(r["gap"]), _fmt(r["gap_sqrt_n"]))
     console.print(t2)
 
+
+def _theorem4(report: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
     t4 = report["theorem4"]
-    t4t = Table(
+    table = Table(
         title=f"Theorem 4: affine l_inf+RT vs union (N={t4['n_positions']}, linear f with w0 > w_i > 0)"
     )
     for col in ("classifier", "R_inf", "R_RT", "union", "affine", "affine - union"):
-        t4t.add_column(col, justify="right")
-    t4t.add_row(
-        f"theta={t4['theta_deg']:.0f}deg",
-        _fmt(t4["linf"]["risk"]),
-        _fmt(t4["rt"]["risk"]),
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"theta={t4['theta_deg']:.0f}deg", _fmt(t4["linf"]["risk"]), _fmt(t4["rt"]["risk"]),
         _fmt(t4["union"]["risk"], t4["union"]["stderr"]),
         _fmt(t4["affine"]["risk"], t4["affine"]["stderr"]),
         _fmt(t4["affine_minus_union"]["risk"], t4["affine_minus_union"]["stderr"]),
     )
-    console.print(t4t)
+    console.print(table)
+
+
+def _monte_carlo(report: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
 
     mc = Table(
         title="Check: closed forms vs Monte Carlo (optimal perturbations; the proofs' perturbations)"
@@ -154,21 +98,60 @@ def theory(
     for col in ("classifier", "risk", "exact", "MC optimal", "MC proof"):
         mc.add_column(col, justify="right")
     for r in report["mc_check"]:
-        mc.add_row(
-            r["classifier"],
-            r["risk"],
-            _fmt(r["exact"]),
-            _fmt(r["mc_optimal"], r["mc_optimal_stderr"]),
-            _fmt(r["mc_proof"], r["mc_proof_stderr"]),
-        )
+        mc.add_row(r["classifier"], r["risk"], _fmt(r["exact"]),
+                   _fmt(r["mc_optimal"], r["mc_optimal_stderr"]),
+                   _fmt(r["mc_proof"], r["mc_proof_stderr"]))
     console.print(mc)
 
-    out = Path(out_dir)
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
+    """theory.json, theorem1.csv, theorem2.csv and the figure (PNG, SVG) in ``out``."""
+    from analysis.theory_plot import theory_figure
+    from jobs.io import write_json_atomic, write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "theory.json", report)
-    for name, table_rows in (("theorem1.csv", rows), ("theorem2.csv", report["theorem2"])):
+    for name, table_rows in (("theorem1.csv", report["theorem1"]["rows"]),
+                             ("theorem2.csv", report["theorem2"])):
         write_text_atomic(out / name, _csv_text(table_rows))
     figs = theory_figure(report, out / "theory")
+    return [*figs, out / "theory.json", out / "theorem1.csv", out / "theorem2.csv"]
+
+
+@click.command()
+# d, alpha, p0 and N are checked by the distribution itself (analysis.theory), which names them
+@click.option("--d", "d", type=int, default=99, show_default=True,
+              help="number of weak features x1..xd (>= 1)")
+@click.option("--alpha", type=float, default=2.0, show_default=True,
+              help="signal strength, eta = alpha / sqrt(d) (> 0)")
+@click.option("--p0", type=float, default=0.9, show_default=True,
+              help="P(x0 = y) for the sign feature, in [0.5, 1]")
+@click.option("--n-positions", type=int, default=16, show_default=True,
+              help="N: positions RT can move x0 to (2 .. d+1); Theorem 2 sweeps powers of two up to N")
+@click.option("--n-samples", type=click.IntRange(min=100), default=40_000, show_default=True,
+              help="Monte-Carlo sample size")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+              show_default=True,
+              help="folder for theory.png/.svg, theory.json, theorem1.csv, theorem2.csv")
+def theory(d: int, alpha: float, p0: float, n_positions: int, n_samples: int, seed: int,
+           out_dir: str) -> None:
+    """Tramer & Boneh Section 2: Theorem 1 (l_inf vs l_1), Theorem 2 (l_inf vs RT), Claim 3 and
+    Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
+    from rich.console import Console
+
+    from analysis.theory import Section2
+    from analysis.theory_report import theory_report
+
+    console = Console()
+    report = theory_report(Section2(d=d, alpha=alpha, p0=p0), n_positions=n_positions,
+                           n=n_samples, seed=seed)
+    p = report["params"]
     console.print(
-        f"wrote {', '.join(str(f) for f in figs)}, {out / 'theory.json'}, {out / 'theorem1.csv'}, {out / 'theorem2.csv'}"
+        f"[bold]Section 2 distribution[/]: d={p['d']}, alpha={p['alpha']:g}, p0={p['p0']:g}, "
+        f"eta={p['eta']:.4f}; eps_inf = 2 eta = {p['eps_linf']:.4f}, eps_1 = 2, eps_2 = 2"
     )
+    for step in (_theorem1, _theorem2, _theorem4, _monte_carlo):
+        step(report, console)
+    files = write_outputs(report, Path(out_dir))
+    console.print(f"wrote {', '.join(str(f) for f in files)}", soft_wrap=True)

@@ -5,6 +5,6 @@ the wrappers' base class (``attack``). The attacks themselves are ``jobs.attacks
 from jobs.attacks.library.spec import LibraryEntry, LibrarySpec, Param
 from jobs.lazy import lazy_exports
 
-_ATTACK = ("LibraryAttack", "MissingLibraryError", "UnitScaled", "draw_seed", "require", "seeded")
+_ATTACK = ("LibraryAttack", "MpoError", "UnitScaled", "draw_seed", "require", "seeded")
 __all__ = ["LibraryEntry", "LibrarySpec", "Param", *_ATTACK]
 __getattr__ = lazy_exports(__name__, dict.fromkeys(_ATTACK, "jobs.attacks.library.attack"))

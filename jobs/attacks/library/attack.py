@@ -5,7 +5,7 @@ input box and the scoring of the library's result.
 Both libraries are
 regular dependencies of mpo (every shipped suite uses them). They are imported only when such an
 attack runs or is built, never when ``jobs`` is imported, so ``mpo --help`` stays fast; a broken
-install raises ``MissingLibraryError`` naming the package and the fix. Where a minimum-norm attack
+install raises ``MpoError`` naming the package and the fix. Where a minimum-norm attack
 finds no adversarial input, the clean input is returned (norm 0).
 
 Seeds: the libraries draw from the global torch and numpy generators (AutoAttack reseeds the
@@ -48,17 +48,13 @@ if TYPE_CHECKING:
 PACKAGES = {"foolbox": ("foolbox", "foolbox"), "autoattack": ("pyautoattack", "pyautoattack")}
 
 
-class MissingLibraryError(MpoError, ImportError):
-    """An attack library cannot be imported (a broken or partial install)."""
-
-
 def require(package: str, *, attack: str) -> ModuleType:
     """Import an attack library or raise a clear error naming the package and the fix."""
     try:
         return importlib.import_module(package)
     except ImportError as err:
         dist = {imp: dist for imp, dist in PACKAGES.values()}.get(package, package)
-        raise MissingLibraryError(
+        raise MpoError(
             f"attack {attack!r} needs the package '{dist}' (import name '{package}'), which "
             f"cannot be imported ({err}); it is one of mpo's dependencies: reinstall mpo "
             f"(`pip install -e .` in the checkout) or `pip install {dist}`"
