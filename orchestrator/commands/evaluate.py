@@ -176,9 +176,6 @@ def eval_command(
 
     Shards already evaluated with the same content are skipped, so re-running is cheap.
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from jobs.checkpoint import CheckpointFormatError, load_checkpoint
     from jobs.config import make_train_config
     from jobs.evaluation import evaluate, load_model, plan_shards
@@ -186,10 +183,11 @@ def eval_command(
     from jobs.results import summarize
     from jobs.suite import load_suite
     from jobs.training import resolve_device
+    from orchestrator.console import Col, make_console, print_table
     from orchestrator.resources import available_cpus, set_torch_threads
 
     set_torch_threads(threads or available_cpus())
-    console = Console()
+    console = make_console()
     given = [name for name, v in (("CHECKPOINT", checkpoint), ("--model", model_ref),
                                   ("--robustbench", robustbench)) if v is not None]
     if len(given) != 1:
@@ -264,17 +262,13 @@ def eval_command(
     if summary is None:
         console.print("no full-budget results to summarise")
         return
-    fam_table = Table(title=f"{label}: accuracy (%) on {summary['n']} test points")
     fams = list(summary["families"])
-    for col in ("clean", *fams):
-        fam_table.add_column(col, justify="right")
-    fam_table.add_row(_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams])
-    console.print(fam_table)
-    grp_table = Table(title="groups")
-    for col in ("group", "families", "union", "average", "affine"):
-        grp_table.add_column(col, justify="right" if col in ("union", "average") else "left")
-    for g, s in summary["groups"].items():
-        affine = ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"
-        grp_table.add_row(g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]), affine)
-    console.print(grp_table)
+    print_table(console, [Col("clean", "num"), *(Col(f, "num") for f in fams)],
+                [[_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams]]],
+                title=f"{label}: accuracy (%) on {summary['n']} test points")
+    rows = [[g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]),
+             ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"]
+            for g, s in summary["groups"].items()]
+    print_table(console, [Col("group"), Col("families", "text"), Col("union", "num"),
+                          Col("average", "num"), Col("affine", "text")], rows, title="groups")
     console.print(f"results: [green]{out / 'results' / model_id}[/green] ({len(paths)} files)")

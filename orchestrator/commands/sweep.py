@@ -101,8 +101,7 @@ def requested_resources(options: dict[str, float | int | None], ctx: click.Conte
 def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     """``--dry-run``: the trials, groups and what each trial would reserve (GPU auto is shown
     as for a cluster without GPUs)."""
-    from rich.table import Table
-
+    from orchestrator.console import Col, print_table
     from orchestrator.resources import make_resources
 
     gpus = requested["gpus_per_trial"]
@@ -110,37 +109,53 @@ def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     gpu_note = (f"{res.gpus_per_trial:g} GPU" if gpus is not None
                 else "GPU auto (1 if the cluster has GPUs, else 0; shown for 0)")
     totals = ", ".join(f"{k} {v:g}" for k, v in res.totals().items())
-    table = Table(title=f"grid {plan.grid.name}: {len(plan.trials)} trials")
-    for col in ("model", "id", "groups", "strategy", "trained on", "model net", "epochs",
-                "eval attacks", "shards"):
-        table.add_column(col, overflow="fold", no_wrap=col == "model")
+    cols = [Col("model"), Col("id", "id", 3), Col("groups", drop=5), Col("strategy", drop=2),
+            Col("trained on", "text", 4), Col("model net", drop=7), Col("epochs", "num", 6),
+            Col("eval attacks", "num", 8), Col("shards", "num", 1)]
+    rows = []
     for mid, t in plan.trials.items():
         cfg = t.config
         fams = ", ".join(a["type"] for a in cfg["attacks"]) or "-"
-        table.add_row(t.label, mid, ", ".join(t.groups), t.strategy, fams, cfg["model"]["name"],
-                      str(cfg["epochs"]), str(len(t.attacks)), str(len(plan.trial_shards(mid))))
-    console.print(table)
+        rows.append([t.label, mid, ", ".join(t.groups), t.strategy, fams, cfg["model"]["name"],
+                     str(cfg["epochs"]), str(len(t.attacks)), str(len(plan.trial_shards(mid)))])
+    print_table(console, cols, rows, title=f"grid {plan.grid.name}: {len(plan.trials)} trials")
     for name, g in plan.groups.items():
         labels = [plan.trials[m].label for m in g.models]
         console.print(f"group [bold]{name}[/] ({g.dataset}): families {', '.join(g.families)}"
                       + (f", affine {', '.join(g.affine)}" if g.affine else "")
-                      + f"; models {', '.join(labels)}")
+                      + f"; models {', '.join(labels)}", soft_wrap=True)
     console.print(f"per trial: {totals} ({gpu_note}); up to {len(plan.trials)} trials at once\n"
                   f"bundles: {res.bundles()}")
     console.print(f"{len(plan.shards)} evaluation shards in all")
     console.print("[bold]dry run[/]: nothing started")
 
 
+def token_auth_in_use() -> bool:
+    """Whether this driver's Ray connection uses token authentication. Ray decides at
+    ``ray.init``: RAY_AUTH_MODE=token, or unset for a new local cluster (Ray then turns it on),
+    or unset with a token saved (~/.ray/auth_token) when it finds a local cluster; disabled
+    otherwise. Call it once Ray is connected."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(is_token_auth_enabled())
+
+
+def dashboard_line(url: str, *, token: bool) -> str:
+    """The dashboard's address, and how to get its token when the cluster uses one."""
+    return f"Ray dashboard: {url}" + (" (token authentication: `ray get-auth-token` prints "
+                                      "the token)" if token else "")
+
+
 def announce(cluster: Cluster, console: Console) -> None:
     cpus, gpus = cluster.resources.get("CPU", 0), cluster.resources.get("GPU", 0)
-    if not cluster.started_here:
-        console.print(f"joined the Ray cluster at {cluster.address} ({cpus:g} CPU, {gpus:g} GPU)"
-                      + (f"; dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
-        return
-    console.print(f"started a local Ray cluster ({cpus:g} CPU, {gpus:g} GPU)")
+    where = (f"started a local Ray cluster ({cpus:g} CPU, {gpus:g} GPU)" if cluster.started_here
+             else f"joined the Ray cluster at {cluster.address} ({cpus:g} CPU, {gpus:g} GPU)")
+    console.print(where, soft_wrap=True)
     if cluster.dashboard_url:
-        console.print(f"Ray dashboard: {cluster.dashboard_url} (token authentication: "
-                      "`ray get-auth-token` prints the token)")
+        console.print(dashboard_line(cluster.dashboard_url, token=token_auth_in_use()),
+                      soft_wrap=True)
 
 
 def new_run_folder(start: Start, storage: str | None, name: str | None,
@@ -192,32 +207,36 @@ def interrupted(err: KeyboardInterrupt, rd: RunDir | None) -> str:
             f"mpo sweep --resume {rd.path}")
 
 
-def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]]) -> Table:
-    from rich.table import Table
+def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]],
+                  console: Console) -> Table:
+    """The results of every trial, fitted to the console (one line per group's results)."""
+    from orchestrator.console import Col, fitted_table, joined
 
-    table = Table(title="results")
-    for col in ("model", "id", "state", "clean", "group: union / average", "time"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("model", "state"))
+    cols = [Col("model"), Col("id", "id", 2), Col("state"), Col("clean", "num", 1),
+            Col("group: union / average"), Col("time", "num", 3)]
+    rows = []
     for mid, t in plan.trials.items():
         rec = records.get(mid) or {}
         summ = rec.get("summary") or {}
         groups = summ.get("groups") or {}
-        cells = "  ".join(f"{g}: {v['union']:.3f} / {v['average']:.3f}" for g, v in groups.items())
+        cells = joined([f"{g}: {v['union']:.3f} / {v['average']:.3f}" for g, v in groups.items()],
+                       console)
         clean = summ.get("clean")
         wall = rec.get("wall_seconds")
-        table.add_row(t.label, mid, rec.get("state", "pending"),
-                      "" if clean is None else f"{clean:.3f}", cells,
-                      "" if wall is None else f"{wall:.0f} s")
-    return table
+        rows.append([t.label, mid, rec.get("state", "pending"),
+                     "" if clean is None else f"{clean:.3f}", cells,
+                     "" if wall is None else f"{wall:.0f} s"])
+    return fitted_table(cols, rows, width=console.width, title="results")
 
 
 def summarise(plan: SweepPlan, rd: RunDir, records: dict[str, dict[str, Any]],
               console: Console) -> None:
     """The results table; a sweep with unfinished trials ends with an error that says how to
     look at them and resume."""
-    console.print(summary_table(plan, records))
+    console.print(summary_table(plan, records, console))
     bad = [mid for mid, r in records.items() if r.get("state") != "done"]
-    console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)")
+    console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)",
+                  soft_wrap=True)
     if bad:
         raise click.ClickException(
             f"{len(bad)} of {len(records)} trials did not finish ({', '.join(bad)}); see "
@@ -276,9 +295,9 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     `mpo sweep paper-grid --dry-run`, `mpo sweep --resume mpo-runs/toy-20250101-120000`.
     """
     # resource_options: the five resource options (--gpus-per-trial ... --gpus-per-eval-worker)
-    from rich.console import Console
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     check_options(grid, resume_dir, storage, name, max_failures, shard_retries)
     start = load_start(grid, resume_dir)
     requested = requested_resources(resource_options, ctx, start.saved)

@@ -71,15 +71,15 @@ def theory(
     Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
     from pathlib import Path
 
-    from rich.console import Console
     from rich.table import Table
 
     from analysis.theory import Section2
     from analysis.theory_plot import theory_figure
     from analysis.theory_report import theory_report
     from jobs.io import write_json_atomic, write_text_atomic
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     dist = Section2(d=d, alpha=alpha, p0=p0)
     report = theory_report(dist, n_positions=n_positions, n=n_samples, seed=seed)
 
