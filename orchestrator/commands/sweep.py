@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,56 @@ def check_options(grid: str | None, resume_dir: str | None, storage: str | None,
         )
     if max_failures < 0 or shard_retries < 0:
         raise click.UsageError("--max-failures and --shard-retries must be >= 0")
+
+
+def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> None:
+    """Before Ray starts: the trackers asked for have their packages, and W&B can log (a key,
+    a login, or offline mode); else one ``Error:`` line that says what to install or set."""
+    for option, value, module, package in (("--mlflow", mlflow_uri, "mlflow", "mlflow-skinny"),
+                                            ("--wandb", wandb_project, "wandb", "wandb")):
+        if value is not None and not _installed(module):
+            raise click.UsageError(f"{option} needs the {module} package: pip install "
+                                   f"'mpo[{module}]' (or pip install {package})")
+    if mlflow_uri is not None and not mlflow_uri.strip():
+        raise click.UsageError("--mlflow URI: give a tracking URI (http://HOST:5000, "
+                               "sqlite:///mlflow.db, file:///abs/mlruns, or a folder)")
+    if wandb_project is not None:
+        _check_wandb(wandb_project)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False
+
+
+def _wandb_key() -> bool:
+    """Whether W&B has an API key (WANDB_API_KEY, `wandb login`), checked for its form only,
+    not online."""
+    import wandb
+
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # a wandb without login(prompt=...): Ray's own check
+        wandb.ensure_configured()
+        return bool(getattr(wandb.api, "api_key", None))
+    except Exception as err:  # a malformed key: W&B says what is wrong with it
+        raise click.UsageError(f"--wandb: {err}") from None
+
+
+def _check_wandb(project: str) -> None:
+    if not project.strip() or "/" in project:
+        raise click.UsageError(f"--wandb {project!r}: give a W&B project name (no '/'; the "
+                               "entity is WANDB_ENTITY's or your login's)")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return
+    if not _wandb_key():
+        raise click.UsageError("--wandb: no W&B API key: run `wandb login`, set WANDB_API_KEY, "
+                               "or set WANDB_MODE=offline to keep the runs on disk (`wandb sync` "
+                               "uploads them later)")
 
 
 def load_start(grid: str | None, resume_dir: str | None) -> Start:
@@ -237,6 +288,9 @@ def summarise(plan: SweepPlan, rd: RunDir, records: dict[str, dict[str, Any]],
     bad = [mid for mid, r in records.items() if r.get("state") != "done"]
     console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)",
                   soft_wrap=True)
+    if (rd.path / "tensorboard").is_dir():
+        console.print(f"TensorBoard: tensorboard --logdir {rd.path / 'tensorboard'}",
+                      soft_wrap=True)
     if bad:
         raise click.ClickException(
             f"{len(bad)} of {len(records)} trials did not finish ({', '.join(bad)}); see "
@@ -282,10 +336,18 @@ def summarise(plan: SweepPlan, rd: RunDir, records: dict[str, dict[str, Any]],
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="MPO_DATA_DIR",
               show_envvar=True, help="Data root (default ~/.cache/mpo/data).")
 @click.option("--download/--no-download", default=False, help="Let trials download datasets.")
+@click.option("--mlflow", "mlflow_uri", metavar="URI", default=None,
+              help="Also log every model to MLflow at this tracking URI (http://HOST:5000, "
+              "sqlite:///mlflow.db, file:///abs/mlruns or a folder); experiment "
+              "MLFLOW_EXPERIMENT_NAME or mpo-GRID. Needs mpo[mlflow].")
+@click.option("--wandb", "wandb_project", metavar="PROJECT", default=None,
+              help="Also log every model to this Weights & Biases project (WANDB_MODE=offline "
+              "keeps the runs on disk). Needs mpo[wandb].")
 @click.pass_context
 def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run: bool,
           address: str | None, storage: str | None, name: str | None, max_failures: int,
           shard_retries: int, num_cpus: int | None, data_dir: str | None, download: bool,
+          mlflow_uri: str | None, wandb_project: str | None,
           **resource_options: float | int | None) -> None:
     """Train and evaluate every model of GRID (a shipped grid name or a YAML file) on Ray Tune.
 
@@ -299,6 +361,9 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
 
     console = make_console()
     check_options(grid, resume_dir, storage, name, max_failures, shard_retries)
+    trackers = {"mlflow_uri": mlflow_uri, "wandb_project": wandb_project}
+    if not dry_run:
+        check_trackers(**trackers)
     start = load_start(grid, resume_dir)
     requested = requested_resources(resource_options, ctx, start.saved)
     if dry_run:
@@ -312,17 +377,19 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
         rd, records = run(start, todo, requested, stack, console, address=address,
                           storage=storage, name=name, num_cpus=num_cpus, data_dir=data_dir,
                           download=download, max_failures=max_failures,
-                          shard_retries=shard_retries)
+                          shard_retries=shard_retries, trackers=trackers)
     summarise(start.plan, rd, records, console)
 
 
 def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.ExitStack,
         console: Console, *, address: str | None, storage: str | None, name: str | None,
         num_cpus: int | None, data_dir: str | None, download: bool, max_failures: int,
-        shard_retries: int) -> tuple[RunDir, dict[str, dict[str, Any]]]:
+        shard_retries: int, trackers: dict[str, str | None],
+        ) -> tuple[RunDir, dict[str, dict[str, Any]]]:
     """Check the data, connect to Ray, settle the resources, make (and lock) the run folder of
-    a new run, and run the trials ``todo``; (the run folder, every trial's trial.json). A signal
-    ends it with one line on stderr and exit status 128 + the signal's number."""
+    a new run, and run the trials ``todo`` with the ``trackers`` (``--mlflow``, ``--wandb``);
+    (the run folder, every trial's trial.json). A signal ends it with one line on stderr and
+    exit status 128 + the signal's number."""
     from orchestrator.resources import check_resources, make_resources, preflight_data
     from orchestrator.runfolder import settings_for
 
@@ -331,6 +398,7 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
     preflight_data(start.plan, data_dir, download=download)
 
     from orchestrator import tune_driver
+    from orchestrator.trackers import make_trackers
 
     rd = start.run
     try:
@@ -345,8 +413,10 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
                 hold(rd, stack, console)
             console.print(f"run folder: {rd.path} ({len(start.plan.trials)} trials, "
                           f"{len(start.plan.shards)} shards; per trial {res.bundles()})")
+            callbacks = make_trackers(start.plan, rd.path, **trackers)
             records = tune_driver.run_sweep(start.plan, rd, settings, todo=todo,
-                                            resume=start.run is not None, console=console)
+                                            resume=start.run is not None, console=console,
+                                            callbacks=callbacks)
     except KeyboardInterrupt as err:
         click.echo(interrupted(err, rd), err=True)
         raise click.exceptions.Exit(128 + getattr(err, "signum", signal.SIGINT)) from None
