@@ -107,9 +107,15 @@ def test_fitted_table_drops_the_least_important_columns_and_says_so():
     assert {"breaking", "without", "spaces"} <= set(words)
 
 
-def test_plain_console_is_full_width():
-    console = make_console()  # pytest captures stdout: not a terminal
+def test_plain_console_is_full_width(monkeypatch):
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a file, not a terminal
+    console = make_console()
     assert not console.is_terminal and console.width > 1000
+    console.print(fitted_table([Col("groups"), Col("epochs", "num")], [["mnist-lp", "10"]],
+                               width=console.width))
+    assert "┃ groups   ┃ epochs ┃" in sys.stdout.getvalue()
 
 
 def test_plain_event_lines_in_a_file():
@@ -144,6 +150,31 @@ def test_plain_event_lines_in_a_file():
     assert re.match(stamp + r"done in 0:0\d: 8/8 shards, clean 0\.980, toy union 0\.306 / "
                     r"average 0\.322$", lines[7])
     assert len(lines) == 8 and not BOX.search(out.getvalue())  # no live table in a file
+
+
+def test_live_table_on_a_terminal_fits_it():
+    """The live display itself (rich.Live on an 80 x 24 terminal) through a trial's events."""
+    from ray.tune.experiment import Trial
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=80, height=24, color_system=None)
+    plan, _, _ = load_plan("paper-grid")
+    table = LiveTable({m: t.manifest_entry() for m, t in plan.trials.items()}, console=console,
+                      title="mpo sweep paper-grid: /a/run/folder/that/is/long/enough/to/be/cut")
+    mid = list(plan.trials)[-1]  # the grid's last model: below the screen in grid order
+    trial = Trial("run_trial", config={"trial": {"model_id": mid}}, stub=True)
+    table.start()
+    table.on_trial_start(0, [trial], trial)
+    table.on_trial_result(0, [trial], trial, {"phase": "train", "epoch": 2, "train_loss": 0.25,
+                                              "clean_acc": 0.875})
+    table.stop()
+    final = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).split("\r")[-1]
+    lines = final.splitlines()[-24:]
+    assert all(len(line) <= 80 for line in lines), final
+    t = plan.trials[mid]
+    assert any(f"│ {t.label} " in line and "training" in line and f"2/{t.config['epochs']}" in line
+               and "0.250" in line for line in lines), final
+    assert "+9 more: 9 pending | 27 trials: 1 training, 26 pending" in final
 
 
 def _piped(*args: str) -> str:

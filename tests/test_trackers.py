@@ -265,3 +265,14 @@ def test_wandb_offline_runs_named_with_config_and_axes(tracked_run):
             record["summary"]["groups"]["toy"]["union"])
         assert config["config.epochs"] == 3 and config["grid"] == "toy-test"
     assert seen == {name: mid for mid, name in names.items()}
+
+
+def test_status_of_the_run_through_a_pipe_is_not_folded(tracked_run):
+    from tests.test_console import _assert_unfolded, _piped
+
+    _, run_dir, names, _ = tracked_run
+    text = _piped("status", str(run_dir))
+    _assert_unfolded(text, ["groups", "epoch", "attempts", "union / average"])
+    for mid in names:  # one line per trial: label, id, groups, state whole
+        assert re.search(rf"│ \S+ +│ {re.escape(mid)} +│ toy +│ done +│ +3/3 │ +4/4 │", text), mid
+    assert "3 done; shards 12/12" in text and "left out" not in text
