@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -36,9 +36,11 @@ from orchestrator.plan import SweepPlan
 from orchestrator.progress import LiveTable
 from orchestrator.resources import Cluster, trial_data_dir
 from orchestrator.runfolder import SweepSettings, record_sweep
+from orchestrator.trackers import make_trackers
 from orchestrator.trainable import run_trial
 
 if TYPE_CHECKING:
+    from ray.tune import Callback
     from ray.tune.experiment import Trial
     from rich.console import Console
 
@@ -151,10 +153,12 @@ def run_sweep(
     todo: list[str],
     resume: bool,
     console: Console,
+    callbacks: Sequence[Callback] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the trials ``todo`` (model ids) in a new Tune experiment under ``rd/tune``; returns
     {model_id: trial.json} of every trial of the plan. run.json records the driver run, also when
-    a signal ends it (``SweepInterrupted`` then propagates)."""
+    a signal ends it (``SweepInterrupted`` then propagates). ``callbacks``: the trackers
+    (``orchestrator.trackers.make_trackers``; by default TensorBoard only)."""
     # Tune's own console output stays quiet: the live table is the display. The legacy output
     # path honours verbose=0 (the new one still prints a banner); experiment-state snapshot
     # warnings are expected here (a checkpoint per epoch with num_to_keep=1); a failed trial is
@@ -169,7 +173,9 @@ def run_sweep(
     try:
         if todo:
             with interruptible():
-                _fit(plan, rd, settings, todo, console)
+                if callbacks is None:
+                    callbacks = make_trackers(plan, rd.path)
+                _fit(plan, rd, settings, todo, console, callbacks)
     except SweepInterrupted as err:
         interrupted = str(err)
         raise
@@ -181,7 +187,7 @@ def run_sweep(
 
 
 def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str],
-         console: Console) -> None:
+         console: Console, callbacks: Sequence[Callback]) -> None:
     res = settings.resources
     # Each trial's payload travels through the object store (tune.with_parameters); its Tune
     # config names the model only, so Tune never copies or flattens the payload.
@@ -209,7 +215,7 @@ def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str
             name=_experiment_name(rd),
             storage_path=str(rd.tune_dir),
             verbose=0,
-            callbacks=[table],
+            callbacks=[table, *callbacks],
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

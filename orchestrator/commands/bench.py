@@ -117,15 +117,14 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     paper-grid projection (on a GPU, or with --projection). A figure that cannot be measured is
     reported as skipped, with the reason.
     """
-    from rich.console import Console
-
     from jobs.io import write_json_atomic
     from jobs.training import resolve_device
     from orchestrator.bench.run import run_bench
+    from orchestrator.console import make_console
 
     if device == "cuda":
         resolve_device(device)  # ConfigError when this machine has no CUDA
-    console = Console(stderr=False)
+    console = make_console()
     command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:
         report = run_bench(

@@ -24,12 +24,12 @@ def data() -> None:
 @click.argument("names", nargs=-1)
 def check(data_dir: str | None, names: tuple[str, ...]) -> None:
     """Which datasets are present under the data root, their sizes and checksums."""
-    from rich.console import Console
     from rich.table import Table
 
     from jobs.data import DATASETS, check_dataset, resolve_data_dir
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     table = Table(title=f"datasets under {resolve_data_dir(data_dir)}")
     for col in ("dataset", "present", "train", "test", "checksums"):
         table.add_column(col, overflow="fold")
@@ -56,11 +56,10 @@ def check(data_dir: str | None, names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True)
 def fetch(data_dir: str | None, names: tuple[str, ...]) -> None:
     """Download datasets (needs internet), e.g. `mpo data fetch mnist cifar10`."""
-    from rich.console import Console
-
     from jobs.data import fetch as fetch_dataset
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     for name in names:
         with console.status(f"downloading {name} ..."):
             root = fetch_dataset(name, data_dir)

@@ -194,27 +194,22 @@ def _pct(v: float | None) -> str:
 
 def summarise(plan: EvalPlan, paths: list[Path], console: Console) -> None:
     """The one-screen summary: per-family and per-group accuracy."""
-    from rich.table import Table
-
     from jobs.results import summarize
+    from orchestrator.console import Col, print_table
 
     summary = summarize(paths, plan.suite.groups).get(plan.loaded.model_id)
     if summary is None:
         console.print("no full-budget results to summarise")
         return
-    fam_table = Table(title=f"{plan.label}: accuracy (%) on {summary['n']} test points")
     fams = list(summary["families"])
-    for col in ("clean", *fams):
-        fam_table.add_column(col, justify="right")
-    fam_table.add_row(_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams])
-    console.print(fam_table)
-    grp_table = Table(title="groups")
-    for col in ("group", "families", "union", "average", "affine"):
-        grp_table.add_column(col, justify="right" if col in ("union", "average") else "left")
-    for g, s in summary["groups"].items():
-        affine = ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"
-        grp_table.add_row(g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]), affine)
-    console.print(grp_table)
+    print_table(console, [Col("clean", "num"), *(Col(f, "num") for f in fams)],
+                [[_pct(summary["clean"]), *[_pct(summary["families"][f]) for f in fams]]],
+                title=f"{plan.label}: accuracy (%) on {summary['n']} test points")
+    rows = [[g, ", ".join(s["families"]), _pct(s["union"]), _pct(s["average"]),
+             ", ".join(f"{f} {_pct(v)}" for f, v in s["affine"].items()) or "-"]
+            for g, s in summary["groups"].items()]
+    print_table(console, [Col("group"), Col("families", "text"), Col("union", "num"),
+                          Col("average", "num"), Col("affine", "text")], rows, title="groups")
     console.print(f"results: [green]{plan.out / 'results' / plan.loaded.model_id}[/green] "
                   f"({len(paths)} files)")
 
@@ -277,12 +272,11 @@ def eval_command(ctx: click.Context, **options: Any) -> None:
 
     Shards already evaluated with the same content are skipped, so re-running is cheap.
     """
-    from rich.console import Console
-
+    from orchestrator.console import make_console
     from orchestrator.resources import available_cpus, set_torch_threads
 
     set_torch_threads(options["threads"] or available_cpus())
-    console = Console()
+    console = make_console()
     source, dataset = resolve_source(options)
     plan = plan_evaluation(options, source, dataset)
     console.print(

@@ -221,9 +221,8 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
            schema: bool) -> None:
     """Write RUN_DIR's accuracy tables (and, with --rows, its per-input rows) as CSV or JSON,
     with a RobustBench-style model_info JSON per model and group."""
-    from rich.console import Console
-
     from analysis.loading import load_results
+    from orchestrator.console import make_console
 
     if schema:
         click.echo(schema_markdown(), nl=False)
@@ -234,7 +233,7 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
     rs = load_results(run_dir)
     out = out_dir if out_dir is not None else run_dir / "export"
     written = write_export(rs, out, fmts, rows=rows)
-    console = Console()
+    console = make_console()
     console.print(f"wrote {len(written)} files to {out}")
     for path in written:
         console.print(f"  {path}", highlight=False)

@@ -11,24 +11,22 @@ def grids(ctx: click.Context) -> None:
     """List the shipped grids with their trial counts (`mpo grids show NAME` prints one)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.console import Console
-    from rich.table import Table
-
+    from orchestrator.console import Col, make_console, print_table
     from orchestrator.grid import GridError, builtin_grid_names, builtin_grid_path
     from orchestrator.plan import load_plan
 
-    table = Table(title="shipped grids (mpo sweep NAME)")
-    for col in ("name", "trials", "groups", "shards", "description"):
-        table.add_column(col, overflow="fold")
+    cols = [Col("name"), Col("trials", "num"), Col("groups", "text"), Col("shards", "num"),
+            Col("description", "text")]
+    rows = []
     for name in builtin_grid_names():
         try:
             plan, _, _ = load_plan(builtin_grid_path(name))
         except GridError as err:
-            table.add_row(name, "-", "-", "-", f"[red]invalid: {err}[/]")
+            rows.append([name, "-", "-", "-", f"[red]invalid: {err}[/]"])
             continue
-        table.add_row(name, str(len(plan.trials)), ", ".join(plan.groups), str(len(plan.shards)),
-                      plan.grid.description)
-    Console().print(table)
+        rows.append([name, str(len(plan.trials)), ", ".join(plan.groups), str(len(plan.shards)),
+                     plan.grid.description])
+    print_table(make_console(), cols, rows, title="shipped grids (mpo sweep NAME)")
 
 
 @grids.command("show")

@@ -31,13 +31,12 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
     Example: `mpo report mpo-runs/mnist-mini --snapshot analysis/results/mnist-mini
     --readme README.md`.
     """
-    from rich.console import Console
-
     from analysis import render
     from analysis.loading import load_results
     from analysis.report import parse_formats, update_readme, write_report, write_snapshot
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     if snapshot is not None and out_dir is not None:
         raise click.UsageError("--snapshot and --out are exclusive: a snapshot is written to the "
                                "--snapshot folder")

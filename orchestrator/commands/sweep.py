@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,56 @@ def check_options(grid: str | None, resume_dir: str | None, storage: str | None,
         raise click.UsageError("--max-failures and --shard-retries must be >= 0")
 
 
+def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> None:
+    """Before Ray starts: the trackers asked for have their packages, and W&B can log (a key,
+    a login, or offline mode); else one ``Error:`` line that says what to install or set."""
+    for option, value, module, package in (("--mlflow", mlflow_uri, "mlflow", "mlflow-skinny"),
+                                            ("--wandb", wandb_project, "wandb", "wandb")):
+        if value is not None and not _installed(module):
+            raise click.UsageError(f"{option} needs the {module} package: pip install "
+                                   f"'mpo[{module}]' (or pip install {package})")
+    if mlflow_uri is not None and not mlflow_uri.strip():
+        raise click.UsageError("--mlflow URI: give a tracking URI (http://HOST:5000, "
+                               "sqlite:///mlflow.db, file:///abs/mlruns, or a folder)")
+    if wandb_project is not None:
+        _check_wandb(wandb_project)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False
+
+
+def _wandb_key() -> bool:
+    """Whether W&B has an API key (WANDB_API_KEY, `wandb login`), checked for its form only,
+    not online."""
+    import wandb
+
+    try:
+        return bool(wandb.login(prompt=False, verify=False))
+    except TypeError:  # a wandb without login(prompt=...): Ray's own check
+        wandb.ensure_configured()
+        return bool(getattr(wandb.api, "api_key", None))
+    except Exception as err:  # a malformed key: W&B says what is wrong with it
+        raise click.UsageError(f"--wandb: {err}") from None
+
+
+def _check_wandb(project: str) -> None:
+    if not project.strip() or "/" in project:
+        raise click.UsageError(f"--wandb {project!r}: give a W&B project name (no '/'; the "
+                               "entity is WANDB_ENTITY's or your login's)")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return
+    if not _wandb_key():
+        raise click.UsageError("--wandb: no W&B API key: run `wandb login`, set WANDB_API_KEY, "
+                               "or set WANDB_MODE=offline to keep the runs on disk (`wandb sync` "
+                               "uploads them later)")
+
+
 def load_start(grid: str | None, resume_dir: str | None) -> Start:
     """The grid's plan, or the plan of the run to resume (checked against ``grid`` if given)."""
     from orchestrator.plan import load_plan
@@ -102,8 +153,7 @@ def requested_resources(options: dict[str, float | int | None], ctx: click.Conte
 def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     """``--dry-run``: the trials, groups and what each trial would reserve (GPU auto is shown
     as for a cluster without GPUs)."""
-    from rich.table import Table
-
+    from orchestrator.console import Col, print_table
     from orchestrator.resources import make_resources
 
     gpus = requested["gpus_per_trial"]
@@ -111,37 +161,53 @@ def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     gpu_note = (f"{res.gpus_per_trial:g} GPU" if gpus is not None
                 else "GPU auto (1 if the cluster has GPUs, else 0; shown for 0)")
     totals = ", ".join(f"{k} {v:g}" for k, v in res.totals().items())
-    table = Table(title=f"grid {plan.grid.name}: {len(plan.trials)} trials")
-    for col in ("model", "id", "groups", "strategy", "trained on", "model net", "epochs",
-                "eval attacks", "shards"):
-        table.add_column(col, overflow="fold", no_wrap=col == "model")
+    cols = [Col("model"), Col("id", "id", 3), Col("groups", drop=5), Col("strategy", drop=2),
+            Col("trained on", "text", 4), Col("model net", drop=7), Col("epochs", "num", 6),
+            Col("eval attacks", "num", 8), Col("shards", "num", 1)]
+    rows = []
     for mid, t in plan.trials.items():
         cfg = t.config
         fams = ", ".join(a["type"] for a in cfg["attacks"]) or "-"
-        table.add_row(t.label, mid, ", ".join(t.groups), t.strategy, fams, cfg["model"]["name"],
-                      str(cfg["epochs"]), str(len(t.attacks)), str(len(plan.trial_shards(mid))))
-    console.print(table)
+        rows.append([t.label, mid, ", ".join(t.groups), t.strategy, fams, cfg["model"]["name"],
+                     str(cfg["epochs"]), str(len(t.attacks)), str(len(plan.trial_shards(mid)))])
+    print_table(console, cols, rows, title=f"grid {plan.grid.name}: {len(plan.trials)} trials")
     for name, g in plan.groups.items():
         labels = [plan.trials[m].label for m in g.models]
         console.print(f"group [bold]{name}[/] ({g.dataset}): families {', '.join(g.families)}"
                       + (f", affine {', '.join(g.affine)}" if g.affine else "")
-                      + f"; models {', '.join(labels)}")
+                      + f"; models {', '.join(labels)}", soft_wrap=True)
     console.print(f"per trial: {totals} ({gpu_note}); up to {len(plan.trials)} trials at once\n"
                   f"bundles: {res.bundles()}")
     console.print(f"{len(plan.shards)} evaluation shards in all")
     console.print("[bold]dry run[/]: nothing started")
 
 
+def token_auth_in_use() -> bool:
+    """Whether this driver's Ray connection uses token authentication. Ray decides at
+    ``ray.init``: RAY_AUTH_MODE=token, or unset for a new local cluster (Ray then turns it on),
+    or unset with a token saved (~/.ray/auth_token) when it finds a local cluster; disabled
+    otherwise. Call it once Ray is connected."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(is_token_auth_enabled())
+
+
+def dashboard_line(url: str, *, token: bool) -> str:
+    """The dashboard's address, and how to get its token when the cluster uses one."""
+    return f"Ray dashboard: {url}" + (" (token authentication: `ray get-auth-token` prints "
+                                      "the token)" if token else "")
+
+
 def announce(cluster: Cluster, console: Console) -> None:
     cpus, gpus = cluster.resources.get("CPU", 0), cluster.resources.get("GPU", 0)
-    if not cluster.started_here:
-        console.print(f"joined the Ray cluster at {cluster.address} ({cpus:g} CPU, {gpus:g} GPU)"
-                      + (f"; dashboard {cluster.dashboard_url}" if cluster.dashboard_url else ""))
-        return
-    console.print(f"started a local Ray cluster ({cpus:g} CPU, {gpus:g} GPU)")
+    where = (f"started a local Ray cluster ({cpus:g} CPU, {gpus:g} GPU)" if cluster.started_here
+             else f"joined the Ray cluster at {cluster.address} ({cpus:g} CPU, {gpus:g} GPU)")
+    console.print(where, soft_wrap=True)
     if cluster.dashboard_url:
-        console.print(f"Ray dashboard: {cluster.dashboard_url} (token authentication: "
-                      "`ray get-auth-token` prints the token)")
+        console.print(dashboard_line(cluster.dashboard_url, token=token_auth_in_use()),
+                      soft_wrap=True)
 
 
 def new_run_folder(start: Start, storage: str | None, name: str | None,
@@ -193,32 +259,39 @@ def interrupted(err: KeyboardInterrupt, rd: RunFolder | None) -> str:
             f"mpo sweep --resume {rd.path}")
 
 
-def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]]) -> Table:
-    from rich.table import Table
+def summary_table(plan: SweepPlan, records: dict[str, dict[str, Any]],
+                  console: Console) -> Table:
+    """The results of every trial, fitted to the console (one line per group's results)."""
+    from orchestrator.console import Col, fitted_table, joined
 
-    table = Table(title="results")
-    for col in ("model", "id", "state", "clean", "group: union / average", "time"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("model", "state"))
+    cols = [Col("model"), Col("id", "id", 2), Col("state"), Col("clean", "num", 1),
+            Col("group: union / average"), Col("time", "num", 3)]
+    rows = []
     for mid, t in plan.trials.items():
         rec = records.get(mid) or {}
         summ = rec.get("summary") or {}
         groups = summ.get("groups") or {}
-        cells = "  ".join(f"{g}: {v['union']:.3f} / {v['average']:.3f}" for g, v in groups.items())
+        cells = joined([f"{g}: {v['union']:.3f} / {v['average']:.3f}" for g, v in groups.items()],
+                       console)
         clean = summ.get("clean")
         wall = rec.get("wall_seconds")
-        table.add_row(t.label, mid, rec.get("state", "pending"),
-                      "" if clean is None else f"{clean:.3f}", cells,
-                      "" if wall is None else f"{wall:.0f} s")
-    return table
+        rows.append([t.label, mid, rec.get("state", "pending"),
+                     "" if clean is None else f"{clean:.3f}", cells,
+                     "" if wall is None else f"{wall:.0f} s"])
+    return fitted_table(cols, rows, width=console.width, title="results")
 
 
 def summarise(plan: SweepPlan, rd: RunFolder, records: dict[str, dict[str, Any]],
               console: Console) -> None:
     """The results table; a sweep with unfinished trials ends with an error that says how to
     look at them and resume."""
-    console.print(summary_table(plan, records))
+    console.print(summary_table(plan, records, console))
     bad = [mid for mid, r in records.items() if r.get("state") != "done"]
-    console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)")
+    console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)",
+                  soft_wrap=True)
+    if (rd.path / "tensorboard").is_dir():
+        console.print(f"TensorBoard: tensorboard --logdir {rd.path / 'tensorboard'}",
+                      soft_wrap=True)
     if bad:
         raise click.ClickException(
             f"{len(bad)} of {len(records)} trials did not finish ({', '.join(bad)}); see "
@@ -264,10 +337,18 @@ def summarise(plan: SweepPlan, rd: RunFolder, records: dict[str, dict[str, Any]]
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="MPO_DATA_DIR",
               show_envvar=True, help="Data root (default ~/.cache/mpo/data).")
 @click.option("--download/--no-download", default=False, help="Let trials download datasets.")
+@click.option("--mlflow", "mlflow_uri", metavar="URI", default=None,
+              help="Also log every model to MLflow at this tracking URI (http://HOST:5000, "
+              "sqlite:///mlflow.db, file:///abs/mlruns or a folder); experiment "
+              "MLFLOW_EXPERIMENT_NAME or mpo-GRID. Needs mpo[mlflow].")
+@click.option("--wandb", "wandb_project", metavar="PROJECT", default=None,
+              help="Also log every model to this Weights & Biases project (WANDB_MODE=offline "
+              "keeps the runs on disk). Needs mpo[wandb].")
 @click.pass_context
 def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run: bool,
           address: str | None, storage: str | None, name: str | None, max_failures: int,
           shard_retries: int, num_cpus: int | None, data_dir: str | None, download: bool,
+          mlflow_uri: str | None, wandb_project: str | None,
           **resource_options: float | int | None) -> None:
     """Train and evaluate every model of GRID (a shipped grid name or a YAML file) on Ray Tune.
 
@@ -277,10 +358,13 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     `mpo sweep paper-grid --dry-run`, `mpo sweep --resume mpo-runs/toy-20250101-120000`.
     """
     # resource_options: the five resource options (--gpus-per-trial ... --gpus-per-eval-worker)
-    from rich.console import Console
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     check_options(grid, resume_dir, storage, name, max_failures, shard_retries)
+    trackers = {"mlflow_uri": mlflow_uri, "wandb_project": wandb_project}
+    if not dry_run:
+        check_trackers(**trackers)
     start = load_start(grid, resume_dir)
     requested = requested_resources(resource_options, ctx, start.saved)
     if dry_run:
@@ -294,17 +378,19 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
         rd, records = run(start, todo, requested, stack, console, address=address,
                           storage=storage, name=name, num_cpus=num_cpus, data_dir=data_dir,
                           download=download, max_failures=max_failures,
-                          shard_retries=shard_retries)
+                          shard_retries=shard_retries, trackers=trackers)
     summarise(start.plan, rd, records, console)
 
 
 def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.ExitStack,
         console: Console, *, address: str | None, storage: str | None, name: str | None,
         num_cpus: int | None, data_dir: str | None, download: bool, max_failures: int,
-        shard_retries: int) -> tuple[RunFolder, dict[str, dict[str, Any]]]:
+        shard_retries: int, trackers: dict[str, str | None],
+        ) -> tuple[RunFolder, dict[str, dict[str, Any]]]:
     """Check the data, connect to Ray, settle the resources, make (and lock) the run folder of
-    a new run, and run the trials ``todo``; (the run folder, every trial's trial.json). A signal
-    ends it with one line on stderr and exit status 128 + the signal's number."""
+    a new run, and run the trials ``todo`` with the ``trackers`` (``--mlflow``, ``--wandb``);
+    (the run folder, every trial's trial.json). A signal ends it with one line on stderr and
+    exit status 128 + the signal's number."""
     from orchestrator.resources import check_resources, make_resources, preflight_data
     from orchestrator.runfolder import settings_for
 
@@ -313,6 +399,7 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
     preflight_data(start.plan, data_dir, download=download)
 
     from orchestrator import tune_driver
+    from orchestrator.trackers import make_trackers
 
     rd = start.run
     try:
@@ -327,8 +414,10 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
                 hold(rd, stack, console)
             console.print(f"run folder: {rd.path} ({len(start.plan.trials)} trials, "
                           f"{len(start.plan.shards)} shards; per trial {res.bundles()})")
+            callbacks = make_trackers(start.plan, rd.path, **trackers)
             records = tune_driver.run_sweep(start.plan, rd, settings, todo=todo,
-                                            resume=start.run is not None, console=console)
+                                            resume=start.run is not None, console=console,
+                                            callbacks=callbacks)
     except KeyboardInterrupt as err:
         click.echo(interrupted(err, rd), err=True)
         raise click.exceptions.Exit(128 + getattr(err, "signum", signal.SIGINT)) from None

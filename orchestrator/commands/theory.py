@@ -138,12 +138,11 @@ def theory(d: int, alpha: float, p0: float, n_positions: int, n_samples: int, se
            out_dir: str) -> None:
     """Tramer & Boneh Section 2: Theorem 1 (l_inf vs l_1), Theorem 2 (l_inf vs RT), Claim 3 and
     Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
-    from rich.console import Console
-
     from analysis.theory import Section2
     from analysis.theory_report import theory_report
+    from orchestrator.console import make_console
 
-    console = Console()
+    console = make_console()
     report = theory_report(Section2(d=d, alpha=alpha, p0=p0), n_positions=n_positions,
                            n=n_samples, seed=seed)
     p = report["params"]

@@ -48,16 +48,14 @@ def train(
     """
     from pathlib import Path
 
-    from rich.console import Console
-    from rich.table import Table
-
     from jobs.config import resolve_train_config
     from jobs.training import resolve_device
     from jobs.training import train as run_training
+    from orchestrator.console import Col, make_console, print_table
     from orchestrator.resources import available_cpus, set_torch_threads
 
     set_torch_threads(threads or available_cpus())
-    console = Console()
+    console = make_console()
     cfg = resolve_train_config(config)
     dev = resolve_device(device)
     model_id = cfg.model_id()
@@ -95,16 +93,14 @@ def train(
 
     if result.resumed_from_epoch:
         console.print(f"resumed after epoch {result.resumed_from_epoch}")
-    table = Table(title=f"training of {cfg.label or model_id}")
     adv_keys = sorted({k for m in result.metrics for k in m if k.startswith("adv_acc/")})
-    for col in ("epoch", "loss", "clean", *[k[8:] for k in adv_keys], "lr", "ex/s", "s"):
-        table.add_column(col, justify="right")
-    for m in result.metrics[-12:]:
-        table.add_row(
-            str(m["epoch"]), f"{m['train_loss']:.4f}", f"{m['clean_acc']:.3f}",
-            *[f"{m.get(k, float('nan')):.3f}" for k in adv_keys],
-            f"{m['lr']:.2g}", f"{m['examples_per_s']:.0f}", f"{m['seconds']:.1f}",
-        )
-    console.print(table)
+    cols = [Col("epoch", "num"), Col("loss", "num"), Col("clean", "num"),
+            *(Col(k[8:], "num") for k in adv_keys), Col("lr", "num", 1), Col("ex/s", "num", 2),
+            Col("s", "num", 3)]
+    rows = [[str(m["epoch"]), f"{m['train_loss']:.4f}", f"{m['clean_acc']:.3f}",
+             *[f"{m.get(k, float('nan')):.3f}" for k in adv_keys],
+             f"{m['lr']:.2g}", f"{m['examples_per_s']:.0f}", f"{m['seconds']:.1f}"]
+            for m in result.metrics[-12:]]
+    print_table(console, cols, rows, title=f"training of {cfg.label or model_id}")
     console.print(f"checkpoint: [green]{result.checkpoint}[/green]")
     console.print(f"next: mpo eval {result.checkpoint} --suite <suite>", soft_wrap=True)
