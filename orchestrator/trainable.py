@@ -40,6 +40,8 @@ from ray import tune
 from jobs.io import read_json, write_json_atomic
 from orchestrator import fault_injection
 from orchestrator.fault_injection import Faults
+from orchestrator.metrics import TrialMeter
+from orchestrator.naming import attack_radius, shard_task_name
 from orchestrator.resources import set_torch_threads, torch_threads
 from orchestrator.runfolder import RunDir
 
@@ -139,6 +141,7 @@ def evaluate_shard_task(
     groups: list[str],
     cpus: float,
     faults: Faults,
+    meter: TrialMeter | None = None,
 ) -> str:
     """One evaluation shard, run as a Ray task inside the trial's placement group (or inline in
     the trial); its side record notes where each run ran and whether it computed the file."""
@@ -156,14 +159,17 @@ def evaluate_shard_task(
         checkpoint, suite, attack, start, stop, run_dir,
         data_dir=data_dir, device=where["device"], model_label=label, groups=groups,
     )  # fmt: skip
-    rd.note_shard_run(model_id, target.name, run, finished=_now(),
-                      seconds=round(time.perf_counter() - t0, 3),
-                      computed=_identity(path) != before)
+    seconds, computed = time.perf_counter() - t0, _identity(path) != before
+    rd.note_shard_run(model_id, target.name, run, finished=_now(), seconds=round(seconds, 3),
+                      computed=computed)
+    if meter is not None:  # metrics (orchestrator.metrics)
+        meter.shard_done(attack, stop - start, seconds, computed)
     return str(path)
 
 
 def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDir,
-              settings: dict[str, Any], faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
+              settings: dict[str, Any], faults: Faults,
+              meter: TrialMeter) -> tuple[list[str], list[dict[str, Any]]]:
     """Fan the trial's shards out as Ray tasks; (result paths, failed shards)."""
     from jobs.evaluation import plan_shards
 
@@ -174,31 +180,37 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
     ]
     kwargs = dict(
         run_dir=str(rd.path), model_id=trial["model_id"], data_dir=settings["data_dir"],
-        label=trial["label"], groups=list(trial["groups"]), faults=faults,
+        label=trial["label"], groups=list(trial["groups"]), faults=faults, meter=meter,
     )  # fmt: skip
     paths: list[str] = []
     failed: list[dict[str, Any]] = []
     total = len(shards)
     if settings["eval_workers"] == 0:  # no bundles for tasks: evaluate here, one shard at a time
         for attack, start, stop in shards:
+            meter.shards(paths, failed=0, pending=total - len(paths))
             paths.append(evaluate_shard_task(checkpoint, trial["suite"], attack, start, stop,
                                              cpus=settings["cpus_per_trial"], **kwargs))
             tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
+        meter.shards(paths, failed=0, pending=0, final=True)
         return paths, failed
 
-    task = ray.remote(evaluate_shard_task).options(
+    task = ray.remote(evaluate_shard_task)
+    options = dict(
         num_cpus=settings["eval_cpus"],
         num_gpus=settings["eval_gpus"],
         max_retries=settings["shard_retries"],
         retry_exceptions=[OSError],
     )
     suite_ref = ray.put(trial["suite"])
-    refs = {
-        task.remote(checkpoint, suite_ref, attack, start, stop, cpus=settings["eval_cpus"],
-                    **kwargs): (attack, start, stop)
-        for attack, start, stop in shards
-    }
+    refs = {}
+    for attack, start, stop in shards:  # each task named after what it holds (the dashboard)
+        name = shard_task_name(trial["label"], attack, start, stop,
+                               attack_radius(trial["suite"].attack(attack)))
+        ref = task.options(**options, name=name).remote(
+            checkpoint, suite_ref, attack, start, stop, cpus=settings["eval_cpus"], **kwargs)
+        refs[ref] = (attack, start, stop)
     pending = list(refs)
+    meter.shards(paths, failed=0, pending=len(pending))
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -208,6 +220,7 @@ def _evaluate(trial: dict[str, Any], checkpoint: Path | ExternalModel, rd: RunDi
             except ray.exceptions.RayError as err:
                 failed.append({"attack": attack, "start": start, "stop": stop,
                                "error": f"{type(err).__name__}: {str(err)[-2000:]}"})
+        meter.shards(paths, failed=len(failed), pending=len(pending), final=not pending)
         tune.report({"phase": "eval", "shards_done": len(paths), "shards_failed": len(failed),
                      "shards_total": total})
     return paths, failed
@@ -240,6 +253,7 @@ def run_trial(config: dict[str, Any]) -> None:
     rd = RunDir(Path(config["run_dir"]))
     mid, label = trial["model_id"], trial["label"]
     out = rd.trial_dir(mid)
+    meter = TrialMeter.for_trial(trial, rd.path)  # metrics (orchestrator.metrics)
     began = time.time()
     record = rd.trial_record(mid)
     if record.get("state") == "done" and (out / CHECKPOINT_FILE).exists():
@@ -273,6 +287,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 nonlocal epoch_runs
                 epoch_runs += 1
                 rd.update_trial(mid, epoch_runs=epoch_runs)
+                meter.epoch(metrics, epochs)
                 _report_epoch(metrics, model_id=mid, total_epochs=epochs)
                 # tests only (MPO_TEST_FAULTS)
                 fault_injection.after_epoch(faults, rd.path, label, int(metrics["epoch"]))
@@ -290,7 +305,7 @@ def run_trial(config: dict[str, Any]) -> None:
                 train_cost=result.cost, train_wall_seconds=wall(),
             )  # fmt: skip
         rd.update_trial(mid, state="evaluating", wall_seconds=wall())
-        paths, failed = _evaluate(trial, external or checkpoint, rd, settings, faults)
+        paths, failed = _evaluate(trial, external or checkpoint, rd, settings, faults, meter)
         if failed:
             rd.update_trial(mid, failed_shards=failed)
             raise ShardsFailedError(
