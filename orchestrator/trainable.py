@@ -26,6 +26,7 @@ bundle has whole CPUs (at least one), in the trial and in each task.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import socket
 import tempfile
@@ -41,6 +42,8 @@ from jobs.io import read_json, write_json_atomic
 from jobs.run_folder import SHARD_FILES, RunFolder, ShardEntry, file_records
 from orchestrator import fault_injection
 from orchestrator.fault_injection import Faults
+from orchestrator.metrics import TrialMeter
+from orchestrator.naming import shard_task_name
 from orchestrator.resources import set_torch_threads, torch_threads
 
 if TYPE_CHECKING:
@@ -133,6 +136,7 @@ def evaluate_shard_task(
     groups: dict[str, dict[str, list[str]]],
     cpus: float,
     faults: Faults,
+    meter: TrialMeter | None = None,
 ) -> str:
     """One evaluation shard, run as a Ray task inside the trial's placement group (or inline in
     the trial); its side record notes where each run ran and whether it computed the file."""
@@ -150,34 +154,46 @@ def evaluate_shard_task(
         checkpoint, suite, shard.attack, shard.start, shard.stop, run_dir,
         data_dir=data_dir, device=where["device"], model_label=label, groups=list(groups),
     )  # fmt: skip
-    rd.note_shard_run(shard.model_id, target.name, run, finished=_now(),
-                      seconds=round(time.perf_counter() - t0, 3),
-                      computed=_identity(path) != before)
+    seconds, computed = time.perf_counter() - t0, _identity(path) != before
+    rd.note_shard_run(shard.model_id, target.name, run, finished=_now(), seconds=round(seconds, 3),
+                      computed=computed)
+    if meter is not None:  # mpo's metrics on the dashboard (orchestrator.metrics)
+        meter.shard_done(shard.attack, shard.stop - shard.start, seconds, computed)
     return str(path)
 
 
 def _fan_out(trial: TrialPayload, checkpoint: Path | ExternalModel, rd: RunFolder,
-             settings: dict[str, Any], faults: Faults) -> tuple[list[str], list[dict[str, Any]]]:
-    """Fan the trial's shards out as Ray tasks (or run them here, one at a time, without
-    evaluation bundles); (result paths, failed shards)."""
+             settings: dict[str, Any], faults: Faults,
+             meter: TrialMeter) -> tuple[list[str], list[dict[str, Any]]]:
+    """Fan the trial's shards out as Ray tasks, each named after what it holds (the dashboard),
+    or run them here, one at a time, without evaluation bundles; (result paths, failed shards)."""
     kwargs = dict(run_dir=str(rd.path), data_dir=settings["data_dir"], label=trial.label,
-                  groups=trial.groups, faults=faults)
+                  groups=trial.groups, faults=faults, meter=meter)
     paths: list[str] = []
     failed: list[dict[str, Any]] = []
     total = len(trial.shards)
     if settings["eval_workers"] == 0:
         for shard in trial.shards:
+            meter.shards(paths, failed=0, pending=total - len(paths))
             paths.append(evaluate_shard_task(checkpoint, trial.suite, shard,
                                              cpus=settings["cpus_per_trial"], **kwargs))
             tune.report({"phase": "eval", "shards_done": len(paths), "shards_total": total})
+        meter.shards(paths, failed=0, pending=0, final=True)
         return paths, failed
-    task = ray.remote(evaluate_shard_task).options(
-        num_cpus=settings["eval_cpus"], num_gpus=settings["eval_gpus"],
-        max_retries=settings["shard_retries"], retry_exceptions=[OSError])
+    task = ray.remote(evaluate_shard_task)
+    options = dict(num_cpus=settings["eval_cpus"], num_gpus=settings["eval_gpus"],
+                   max_retries=settings["shard_retries"], retry_exceptions=[OSError])
     suite_ref = ray.put(trial.suite)
-    refs = {task.remote(checkpoint, suite_ref, shard, cpus=settings["eval_cpus"], **kwargs): shard
-            for shard in trial.shards}
+    refs = {}
+    for shard in trial.shards:
+        eps = trial.suite.attack(shard.attack).ball().epsilon  # NaN: no l_p radius (rt, affine)
+        name = shard_task_name(trial.label, shard.attack, shard.start, shard.stop,
+                               None if math.isnan(eps) else eps)
+        ref = task.options(**options, name=name).remote(
+            checkpoint, suite_ref, shard, cpus=settings["eval_cpus"], **kwargs)
+        refs[ref] = shard
     pending = list(refs)
+    meter.shards(paths, failed=0, pending=len(pending))
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -186,6 +202,7 @@ def _fan_out(trial: TrialPayload, checkpoint: Path | ExternalModel, rd: RunFolde
             except ray.exceptions.RayError as err:
                 failed.append({**refs[ref].to_dict(),
                                "error": f"{type(err).__name__}: {str(err)[-2000:]}"})
+        meter.shards(paths, failed=len(failed), pending=len(pending), final=not pending)
         tune.report({"phase": "eval", "shards_done": len(paths), "shards_failed": len(failed),
                      "shards_total": total})
     return paths, failed
@@ -203,6 +220,9 @@ class _Trial:
         self.began = time.time()
         self.record = self.rd.trial_record(self.payload.model_id)
         self.previous_wall = float(self.record.get("wall_seconds") or 0.0)
+        # mpo's metrics on the dashboard (orchestrator.metrics)
+        self.meter = TrialMeter(self.rd.path.name, payload.label, payload.model_id,
+                                dict(payload.groups))
 
     def wall(self) -> float:
         return round(self.previous_wall + time.time() - self.began, 3)
@@ -238,6 +258,7 @@ def _train(t: _Trial, device: str) -> Path:
         nonlocal epoch_runs
         epoch_runs += 1
         t.update(epoch_runs=epoch_runs)
+        t.meter.epoch(metrics, p.epochs)
         _report_epoch(metrics, model_id=p.model_id, total_epochs=p.epochs)
         fault_injection.after_epoch(t.faults, t.rd.path, p.label, int(metrics["epoch"]))  # tests
 
@@ -284,7 +305,7 @@ def run_trial(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
         external = external_spec(t.payload.config)  # evaluation-only: nothing to train
         model = external if external is not None else _train(t, device)
         t.update(state="evaluating", wall_seconds=t.wall())
-        paths, failed = _fan_out(t.payload, model, t.rd, t.settings, t.faults)
+        paths, failed = _fan_out(t.payload, model, t.rd, t.settings, t.faults, t.meter)
         if failed:
             t.update(failed_shards=failed)
             raise RuntimeError(

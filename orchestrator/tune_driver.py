@@ -3,7 +3,8 @@
 ``connect`` (or ``session``, which also shuts down a cluster it started) joins a Ray cluster or
 starts a local one, and describes it (``Cluster``, which
 ``orchestrator.resources.check_resources`` checks a trial's resources against); ``run_sweep``
-runs one Tune trial per model (``orchestrator.trainable.run_trial``) in a run folder that
+runs one Tune trial per model (``orchestrator.trainable.run_trial``, as the trainable class
+``orchestrator.trial_actor.MpoTrial``) in a run folder that
 ``orchestrator.runfolder.prepare_run`` wrote, or, resuming, one per model the run folder shows
 unfinished (``orchestrator.runfolder.prepare_resume``), each in a fresh Tune experiment
 ``tune/driver-<n>``. The files are the truth, not Tune's saved state: a trial Tune thought
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
+from ray.job_config import JobConfig
 
 from jobs.errors import MpoError
 from jobs.run_folder import RunFolder
@@ -37,7 +39,7 @@ from orchestrator.progress import LiveTable
 from orchestrator.resources import Cluster, trial_data_dir
 from orchestrator.runfolder import SweepSettings, record_sweep
 from orchestrator.trackers import make_trackers
-from orchestrator.trainable import run_trial
+from orchestrator.trial_actor import trial_class
 
 if TYPE_CHECKING:
     from ray.tune import Callback
@@ -45,15 +47,18 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def _init(address: str | None, num_cpus: int | None) -> str | None:
+def _init(address: str | None, num_cpus: int | None, job: dict[str, str] | None) -> str | None:
     """``ray.init``: join ``address``, or start a local cluster with the dashboard bound to
-    127.0.0.1; returns the dashboard URL, if any."""
+    127.0.0.1; returns the dashboard URL, if any. ``job``: the driver job's metadata
+    (``orchestrator.naming.job_metadata``: its ``job_name`` is the Jobs page's Name)."""
+    job_config = JobConfig(metadata=dict(job or {}))
     if not address:
         return ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                        log_to_driver=False, logging_level=logging.WARNING).dashboard_url
+                        log_to_driver=False, logging_level=logging.WARNING,
+                        job_config=job_config).dashboard_url
     try:
-        return ray.init(address=address, log_to_driver=False,
-                        logging_level=logging.WARNING).dashboard_url
+        return ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                        job_config=job_config).dashboard_url
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise MpoError(f"cannot connect to the Ray cluster at --address {address}: {err}") from None
 
@@ -69,11 +74,13 @@ def _max_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in max_res.items()} if max_res else None
 
 
-def connect(address: str | None, *, num_cpus: int | None = None) -> Cluster:
+def connect(address: str | None, *, num_cpus: int | None = None,
+            job: dict[str, str] | None = None) -> Cluster:
     """Join ``address`` (``auto``, ``ray://...``, host:port), reuse a connection this process
-    already has (a test session's cluster), or start a local cluster."""
+    already has (a test session's cluster: its job keeps its own metadata), or start a local
+    cluster; ``job``: the driver job's metadata."""
     reuse = ray.is_initialized()
-    url = None if reuse else _init(address, num_cpus)
+    url = None if reuse else _init(address, num_cpus, job)
     largest: dict[str, float] = {}
     for node in ray.nodes():
         if node.get("Alive"):
@@ -90,9 +97,10 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> Cluster:
 
 
 @contextlib.contextmanager
-def session(address: str | None, *, num_cpus: int | None = None) -> Iterator[Cluster]:
+def session(address: str | None, *, num_cpus: int | None = None,
+            job: dict[str, str] | None = None) -> Iterator[Cluster]:
     """``connect``, and shut the local cluster down at the end if this session started it."""
-    cluster = connect(address, num_cpus=num_cpus)
+    cluster = connect(address, num_cpus=num_cpus, job=job)
     try:
         yield cluster
     finally:
@@ -189,11 +197,10 @@ def run_sweep(
 def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str],
          console: Console, callbacks: Sequence[Callback]) -> None:
     res = settings.resources
-    # Each trial's payload travels through the object store (tune.with_parameters); its Tune
-    # config names the model only, so Tune never copies or flattens the payload.
-    payloads = {mid: plan.payload(mid) for mid in todo}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, payloads=payloads),
-                                    tune.PlacementGroupFactory(res.bundles()))
+    # Each trial's payload travels through the object store; its Tune config names the model
+    # only, so Tune never copies or flattens the payload. MpoTrial takes its bundles from the
+    # config and names its actors after their model (orchestrator.trial_actor).
+    trainable = trial_class({mid: plan.payload(mid) for mid in todo})
     param_space = {
         "model_id": tune.grid_search(list(todo)),
         "run_dir": str(rd.path),
@@ -201,7 +208,7 @@ def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str
                      "download": settings.download, "shard_retries": settings.shard_retries,
                      "cpus_per_trial": res.cpus_per_trial,
                      "eval_workers": res.eval_workers, "eval_cpus": res.eval_cpus,
-                     "eval_gpus": res.eval_gpus},
+                     "eval_gpus": res.eval_gpus, "bundles": res.bundles()},
         "faults": settings.faults,
     }
     table = LiveTable({mid: plan.trials[mid].to_dict() for mid in todo}, console=console,

@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator.console import Col, fitted_table, make_console
-from orchestrator.grid import load_plan
+from orchestrator.plan import load_plan
 from orchestrator.progress import LiveTable, Row, live_view
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_plain_event_lines_in_a_file():
     console = Console(file=out, width=4096)
     plan, _, _ = load_plan("toy")
     mid, t = next((m, t) for m, t in plan.trials.items() if t.label == "Adv_max")
-    table = LiveTable({mid: t.manifest_entry()}, console=console, title="mpo sweep toy")
+    table = LiveTable({mid: t.to_dict()}, console=console, title="mpo sweep toy")
     trial = Trial("run_trial", config={"model_id": mid}, stub=True)
     table.start()
     table.on_trial_start(0, [trial], trial)
@@ -159,7 +159,7 @@ def test_live_table_on_a_terminal_fits_it():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=80, height=24, color_system=None)
     plan, _, _ = load_plan("paper-grid")
-    table = LiveTable({m: t.manifest_entry() for m, t in plan.trials.items()}, console=console,
+    table = LiveTable({m: t.to_dict() for m, t in plan.trials.items()}, console=console,
                       title="mpo sweep paper-grid: /a/run/folder/that/is/long/enough/to/be/cut")
     mid = list(plan.trials)[-1]  # the grid's last model: below the screen in grid order
     trial = Trial("run_trial", config={"model_id": mid}, stub=True)

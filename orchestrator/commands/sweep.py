@@ -210,14 +210,20 @@ def announce(cluster: Cluster, console: Console) -> None:
                       soft_wrap=True)
 
 
-def new_run_folder(start: Start, storage: str | None, name: str | None,
-                   settings: SweepSettings) -> RunFolder:
-    """A new run folder, ``STORAGE/NAME`` (default ``./mpo-runs/GRID-YYYYmmdd-HHMMSS``)."""
+def run_path(start: Start, storage: str | None, name: str | None) -> Path:
+    """The run folder: the one resumed, or ``STORAGE/NAME`` (default
+    ``./mpo-runs/GRID-YYYYmmdd-HHMMSS``)."""
+    if start.run is not None:
+        return start.run.path
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(storage or DEFAULT_STORAGE).resolve() / (name or f"{start.plan.grid.name}-{stamp}")
+
+
+def new_run_folder(start: Start, path: Path, settings: SweepSettings) -> RunFolder:
+    """A new run folder at ``path`` (``run_path``)."""
     from jobs.io import command_line
     from orchestrator.runfolder import prepare_run
 
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(storage or DEFAULT_STORAGE).resolve() / (name or f"{start.plan.grid.name}-{stamp}")
     return prepare_run(start.plan, start.grid_text, path, settings=settings,
                        command=command_line())
 
@@ -399,18 +405,22 @@ def run(start: Start, todo: list[str], requested: Requested, stack: contextlib.E
     preflight_data(start.plan, data_dir, download=download)
 
     from orchestrator import tune_driver
+    from orchestrator.naming import job_metadata
     from orchestrator.trackers import make_trackers
 
     rd = start.run
+    path = run_path(start, storage, name)
+    job = job_metadata(start.plan.grid.name, path, trials=len(start.plan.trials), todo=len(todo),
+                       shards=len(start.plan.shards), resume=start.run is not None)
     try:
-        with tune_driver.session(address, num_cpus=num_cpus) as cluster:
+        with tune_driver.session(address, num_cpus=num_cpus, job=job) as cluster:
             announce(cluster, console)
             res = make_resources(**requested, cluster_gpus=cluster.gpus())
             check_resources(res, cluster)
             settings = settings_for(res, max_failures=max_failures, shard_retries=shard_retries,
                                     data_dir=data_dir, download=download)
             if rd is None:
-                rd = new_run_folder(start, storage, name, settings)
+                rd = new_run_folder(start, path, settings)
                 hold(rd, stack, console)
             console.print(f"run folder: {rd.path} ({len(start.plan.trials)} trials, "
                           f"{len(start.plan.shards)} shards; per trial {res.bundles()})")
