@@ -52,4 +52,5 @@ def trial_class(payloads: dict[str, TrialPayload]) -> type:
             mid = str((getattr(self, "config", None) or {}).get("model_id", "?"))
             return trial_repr(labels.get(mid, "?"), mid)
 
+    MpoTrial.__qualname__ = "MpoTrial"  # the dashboard names the actors' class by it
     return MpoTrial

@@ -212,9 +212,10 @@ def test_names_say_what_each_thing_holds():
     assert all(isinstance(v, str) for v in meta.values())  # Ray's job metadata: str -> str
 
 
-def test_trial_class_takes_its_placement_group_from_the_config():
-    from orchestrator.trial_actor import MpoTrial
+def test_trial_class_takes_its_placement_group_from_the_config(ray_cluster):
+    from orchestrator.trial_actor import trial_class
 
+    MpoTrial = trial_class({})
     bundles = [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 1.0, "GPU": 0.5}]
     pgf = MpoTrial.default_resource_request({"settings": {"bundles": bundles}})
     assert pgf.bundles == bundles
