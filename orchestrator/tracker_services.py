@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
 
-from orchestrator.trackers import Tracked, model_id, points
+from orchestrator.tracking import Tracked, model_id, points
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.trackers import Point, flat_params, points, run_names
+from orchestrator.tracking import Point, flat_params, points, run_names
 from tests.test_sweep import SMALL, write_grid
 
 REQUIRE = os.environ.get("MPO_REQUIRE_SERVERS") == "1"

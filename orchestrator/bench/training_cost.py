@@ -178,14 +178,24 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
                                      ("attack_fwd", "attack_bwd", "update_fwd", "update_bwd")})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    unit_medians = {k: statistics.median(v) for k, v in units.items()}
+    figures = _figures(configs, per_step, ideal, counts,
+                       {k: statistics.median(v) for k, v in units.items()}, s.batch, prefix)
+    figures[0].details["seconds_total"] = time.perf_counter() - t0
+    return figures
+
+
+def _figures(configs: dict[str, TrainConfig], per_step: dict[str, list[float]],
+             ideal: dict[str, list[float]], counts: dict[str, list[dict[str, float]]],
+             unit_medians: dict[str, float], batch: int, prefix: str) -> list[Figure]:
+    """Each strategy's step against its counted passes, and against Adv_inf's step."""
+    group = "train"
     figures = []
     for name, title in STRATEGY_TITLES.items():
         ratios = [t / i for t, i in zip(per_step[name], ideal[name], strict=True)]
         passes = {k: statistics.mean(c[k] for c in counts[name]) for k in counts[name][0]}
         details = {"passes_per_example": passes, "unit_seconds": unit_medians,
                    "attacks": configs[name].attacks, "steps": configs[name].steps_per_epoch,
-                   "batch": s.batch, "ideal_seconds": statistics.median(ideal[name])}
+                   "batch": batch, "ideal_seconds": statistics.median(ideal[name])}
         figures.append(ratio_figure(
             f"{prefix}train/{name}", group,
             f"{title} step / its passes ({passes['attack_bwd']:.3g} grad + "
@@ -206,5 +216,4 @@ def training_figures(b: Bench, prefix: str = "") -> list[Figure]:
             details={"ideal_ratio": ideal_ratio,
                      "note": "ideal_ratio: the same ratio of the steps' ideals (their passes)"},
         ))
-    figures[0].details["seconds_total"] = time.perf_counter() - t0
     return figures
