@@ -75,11 +75,12 @@ def _free(port: int) -> bool:
 
 @dataclass
 class Job:
-    """A finished batch job: sbatch's exit status (the job's, with --wait), its output file's
-    text and the wall time of ``sbatch --wait``."""
+    """A finished batch job: its exit status (minus the signal that ended it, if one did), its
+    final state, its output file's text, and the seconds the test waited for it."""
 
     job_id: str
     returncode: int
+    state: str
     output: str
     wall_seconds: float
 
@@ -125,7 +126,7 @@ class SlurmCluster:
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
-            "MpiDefault=none", "SwitchType=switch/none", "ReturnToService=2", "KillWait=10",
+            "MpiDefault=none", "SwitchType=switch/none", "ReturnToService=2",
         ]
         for name in self.nodes:
             lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 "
@@ -176,35 +177,43 @@ class SlurmCluster:
                                    f"{dead or 'none'})\n{self.logs()}")
             time.sleep(0.3)
 
-    def sbatch(self, script: Path, args: list[str], *, options: list[str], env: dict[str, str],
-               cwd: Path, timeout: float) -> Job:
-        """Submit the script with its arguments and wait for the job's end; a job still running
-        at ``timeout`` is cancelled (and reported as failed, exit status -1).
-
-        Polls ``scontrol show job`` every second rather than ``sbatch --wait``, whose backoff
-        adds up to half a minute to each job."""
-        start = time.monotonic()
+    def submit(self, script: Path, args: list[str], *, options: list[str],
+               env: dict[str, str], cwd: Path) -> str:
+        """``sbatch`` the script with its arguments (output to ``cwd/job-ID.out``); the job id."""
         res = subprocess.run(["sbatch", "--parsable", f"--output={cwd}/job-%j.out", *options,
                               str(script), *args], env={**self.env, **env}, cwd=cwd,
                              capture_output=True, text=True, timeout=60)
         if res.returncode != 0:
-            return Job("", res.returncode, f"[sbatch] {res.stdout}{res.stderr}", 0.0)
-        job_id = res.stdout.strip().split(";")[0]
-        rc = -1
+            raise RuntimeError(f"sbatch failed: {res.stdout}{res.stderr}\n{self.logs()}")
+        return res.stdout.strip().split(";")[0]
+
+    def wait(self, job_id: str, cwd: Path, *, timeout: float) -> Job:
+        """Wait for the job's end; a job still running at ``timeout`` is cancelled (and reported
+        with exit status -1). Polls ``scontrol show job`` every second rather than using
+        ``sbatch --wait``, whose backoff adds up to half a minute to each job."""
+        start, rc, state = time.monotonic(), -1, "TIMED OUT IN THE TEST"
         while time.monotonic() - start < timeout:
-            fields = dict(f.split("=", 1) for f in
-                          self._run(["scontrol", "-o", "show", "job", job_id]).split()
-                          if "=" in f)
+            fields = self.job_fields(job_id)
             if fields.get("JobState") in FINAL_STATES:
                 code, signal = fields.get("ExitCode", "-1:0").split(":")
-                rc = int(code) if signal == "0" else -int(signal)
+                rc, state = (int(code) if signal == "0" else -int(signal)), fields["JobState"]
                 break
             time.sleep(1.0)
         else:
             self.cancel_all()
         path = cwd / f"job-{job_id}.out"
         text = path.read_text(errors="replace") if path.exists() else "(no output file)"
-        return Job(job_id, rc, text, time.monotonic() - start)
+        return Job(job_id, rc, state, text, time.monotonic() - start)
+
+    def job_fields(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job``'s KEY=VALUE fields."""
+        out = self._run(["scontrol", "-o", "show", "job", job_id])
+        return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+    def cancel(self, job_id: str) -> None:
+        """``scancel``: what a time limit does too (SIGTERM to every step, SIGKILL after
+        KillWait)."""
+        self._run(["scancel", job_id])
 
     def cancel_all(self, wait: float = 60.0) -> None:
         """Cancel every job of this cluster and wait until none is left."""

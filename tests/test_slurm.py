@@ -2,8 +2,9 @@
 
 The cluster (``tests.slurm_cluster``) is two nodes on this machine, each a slurmd of its own
 with one CPU: the shipped script starts the Ray head on the first node and a worker on the
-second, runs the toy sweep against it, and stops Ray; the test then reads the run folder, runs
-``mpo report`` on it, and resumes the finished run through the script. Needs Debian's
+second and runs the toy sweep against it; the test cancels the job once a trial is done (what a
+time limit does), resumes the run through the same script, then reads the run folder and runs
+``mpo report`` on it. Other jobs check the script's refusals. Needs Debian's
 ``slurm-wlm`` and ``munge`` and root (slurmd runs jobs as their users): skipped without them,
 failed instead when ``MPO_REQUIRE_SERVERS=1`` (CI).
 """
@@ -24,11 +25,11 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.commands.slurm import script_text
-from tests.slurm_cluster import SlurmCluster, can_hide_folders, free_port, missing_tools
+from tests.slurm_cluster import Job, SlurmCluster, can_hide_folders, free_port, missing_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "orchestrator" / "slurm" / "mpo-sweep.sbatch"
-#: `sbatch --wait` limit of the sweep job (the toy sweep takes about 3 minutes on 2 CPUs)
+#: the longest a sweep job may take (the whole toy sweep: about 4 minutes on 2 busy CPUs)
 SWEEP_TIMEOUT = 900
 
 
@@ -72,12 +73,22 @@ def job_env(slurm, tmp_path_factory):
 
 
 def _submit(slurm: SlurmCluster, env: dict[str, str], args: list[str], *,
-            timeout: float = 300) -> tuple:
-    jobs = Path(env["MPO_STORAGE"]).parent
+            timeout: float = 300) -> tuple[Job, str]:
+    """Submit the shipped script on two nodes and wait for its end: (the job, a failure
+    message with its output and the daemons' logs)."""
+    return _finish(slurm, env, _start(slurm, env, args), args, timeout=timeout)
+
+
+def _start(slurm: SlurmCluster, env: dict[str, str], args: list[str]) -> str:
     env = {"MPO_RAY_PORT": str(free_port(5)), **env}
-    job = slurm.sbatch(SCRIPT, args, env=env, cwd=jobs, timeout=timeout,
-                       options=["--nodes=2", f"--cpus-per-task={slurm.cpus_per_node}"])
-    print(f"\nslurm job {job.job_id} ({' '.join(args)}): exit {job.returncode}, "
+    return slurm.submit(SCRIPT, args, env=env, cwd=Path(env["MPO_STORAGE"]).parent,
+                        options=["--nodes=2", f"--cpus-per-task={slurm.cpus_per_node}"])
+
+
+def _finish(slurm: SlurmCluster, env: dict[str, str], job_id: str, args: list[str], *,
+            timeout: float = 300) -> tuple[Job, str]:
+    job = slurm.wait(job_id, Path(env["MPO_STORAGE"]).parent, timeout=timeout)
+    print(f"\nslurm job {job.job_id} ({' '.join(args)}): {job.state}, exit {job.returncode}, "
           f"{job.wall_seconds:.0f} s wall")
     return job, f"job {job.job_id} output:\n{job.output[-6000:]}\n{slurm.logs()}"
 
@@ -93,6 +104,11 @@ def _processes_mentioning(text: str) -> list[str]:
         if text in cmd and proc.name.isdigit() and int(proc.name) != os.getpid():
             found.append(f"{proc.name}: {cmd[:200]}")
     return found
+
+
+def _leftovers(env: dict[str, str]) -> list[str]:
+    """Processes of a job that ended: Ray's (their temp root) or mpo's (the storage folder)."""
+    return _processes_mentioning(env["MPO_RAY_TMPDIR"]) + _processes_mentioning(env["MPO_STORAGE"])
 
 
 def _check_run_folder(run_dir: Path) -> None:
@@ -128,35 +144,69 @@ def _check_report(run_dir: Path, env: dict[str, str], slurm: SlurmCluster) -> No
         assert f"| {100 * union:.1f} [" in row.group(0), (row.group(0), union)
 
 
+def _done_trials(run_dir: Path) -> int:
+    """Trials of the run folder that are done (0 before the folder is complete)."""
+    from jobs.errors import MpoError
+    from orchestrator.runfolder import collect_status
+
+    if not (run_dir / "manifest.json").exists():
+        return 0
+    try:
+        return sum(t.state == "done" for t in collect_status(run_dir).trials)
+    except (MpoError, OSError, ValueError):  # a file being written
+        return 0
+
+
+def _cancel_after_a_trial(slurm: SlurmCluster, env: dict[str, str], job_id: str,
+                          run_dir: Path) -> tuple[Job, str, int]:
+    """Wait until the job has finished one trial, cancel it (what a time limit does), wait for
+    its end; (the job, its failure message, the trials done)."""
+    deadline = time.monotonic() + SWEEP_TIMEOUT
+    while _done_trials(run_dir) == 0 and time.monotonic() < deadline:
+        assert slurm.job_fields(job_id).get("JobState") in ("PENDING", "RUNNING"), \
+            _finish(slurm, env, job_id, [])[1]
+        time.sleep(2)
+    slurm.cancel(job_id)
+    job, context = _finish(slurm, env, job_id, ["toy", "--name", "toy", "(cancelled)"])
+    return job, context, _done_trials(run_dir)
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
-@pytest.mark.timeout(SWEEP_TIMEOUT + 600)
-def test_toy_sweep_on_a_two_node_allocation(slurm, job_env):
+@pytest.mark.timeout(2 * SWEEP_TIMEOUT + 600)
+def test_toy_sweep_on_two_nodes_cancelled_and_resumed(slurm, job_env):
     started = time.monotonic()
-    job, context = _submit(slurm, job_env, ["toy", "--name", "toy"], timeout=SWEEP_TIMEOUT)
-    assert job.returncode == 0, context
-    assert "mpo-slurm: 2 of 2 Ray node(s) up: 2 CPU" in job.output, context
-    assert "mpo sweep exited with status 0" in job.output, context
-    assert "mpo-slurm: Ray stopped" in job.output, context
-
     storage = Path(job_env["MPO_STORAGE"])
     run_dir = storage / "toy"
-    _check_run_folder(run_dir)
-    jobdir = storage / ".slurm" / job.job_id
+    job_id = _start(slurm, job_env, ["toy", "--name", "toy"])
+    first, context, done = _cancel_after_a_trial(slurm, job_env, job_id, run_dir)
+    first_s = time.monotonic() - started
+    assert first.state == "CANCELLED", context
+    assert ": 2 of 2 Ray node(s) up: 2 CPU, 0 GPU" in first.output, context
+    # the script stops at once; mpo's own resume line may come too late for Slurm's SIGKILL
+    # when the Ray steps, signalled at the same moment, block its driver
+    assert ": signalled; stopping" in first.output, context
+    assert f": to continue: sbatch {SCRIPT} --resume {run_dir}\n" in first.output, context
+    assert 1 <= done < 5, context
+    jobdir = storage / ".slurm" / first.job_id
     assert "Ray runtime started" in (jobdir / "ray-head.log").read_text()
     workers = list(jobdir.glob("ray-worker-*.log"))
     assert len(workers) == 1 and "Ray runtime started" in workers[0].read_text(), context
     assert not (jobdir / "ray_auth_token").exists(), "the job left its Ray token behind"
-    assert not _processes_mentioning(job_env["MPO_RAY_TMPDIR"]), "Ray outlived its job"
-    _check_report(run_dir, job_env, slurm)
+    assert not _leftovers(job_env), "Ray or mpo outlived its job"
 
-    # the same script resumes the run: nothing is left to do, and it says so
-    again, context = _submit(slurm, job_env, ["--resume", str(run_dir)])
+    # the same script resumes the run: the finished trials are kept, the others run
+    again, context = _submit(slurm, job_env, ["--resume", str(run_dir)], timeout=SWEEP_TIMEOUT)
     assert again.returncode == 0, context
-    assert "5 of 5 trials finished, 0 to run" in again.output, context
-    assert not _processes_mentioning(job_env["MPO_RAY_TMPDIR"]), "Ray outlived its job"
-    print(f"slurm test wall time: {time.monotonic() - started:.0f} s (sweep job "
-          f"{job.wall_seconds:.0f} s, resume job {again.wall_seconds:.0f} s)")
+    assert f"{done} of 5 trials finished, {5 - done} to run" in again.output, context
+    assert "mpo sweep exited with status 0" in again.output, context
+    assert ": Ray stopped" in again.output, context
+    assert not _leftovers(job_env), "Ray or mpo outlived its job"
+    _check_run_folder(run_dir)
+    _check_report(run_dir, job_env, slurm)
+    print(f"slurm test wall time: {time.monotonic() - started:.0f} s (first job: {first_s:.0f} s "
+          f"from submission to its end, cancelled after {done} trial(s); resume job "
+          f"{again.wall_seconds:.0f} s)")
 
 
 @pytest.mark.slurm
@@ -176,10 +226,10 @@ def test_bad_arguments_end_the_job_with_one_error_line(slurm, job_env, args, err
 def test_a_taken_port_is_refused_before_ray_starts(slurm, job_env):
     import socket
 
+    port = free_port(5)
     with socket.socket() as busy:  # the head's port, taken by someone else
-        busy.bind(("0.0.0.0", 0))
+        busy.bind(("", port))
         busy.listen()
-        port = busy.getsockname()[1]
         job, context = _submit(slurm, {**job_env, "MPO_RAY_PORT": str(port)}, ["toy"])
     assert job.returncode == 2, context
     assert (f"mpo-slurm: Error: port(s) {port} in use on mpo1; set MPO_RAY_PORT to the first "
