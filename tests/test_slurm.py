@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def job_env(slurm, tmp_path_factory):
         "MPO_RAY_TMPDIR": str(ray_tmp),
     }
     yield env
-    subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _submit(slurm: SlurmCluster, env: dict[str, str], args: list[str], *,
@@ -284,7 +285,7 @@ def test_slurm_script_prints_and_writes_the_shipped_script(tmp_path):
 
 def test_the_script_outside_slurm_says_how_to_submit_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    res = subprocess.run(["bash", str(SCRIPT), "toy"], env=env, cwd=tmp_path,
+    res = subprocess.run([shutil.which("bash") or "/bin/bash", str(SCRIPT), "toy"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip() == ("mpo-slurm: Error: not inside a Slurm job: submit this file "
