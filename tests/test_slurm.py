@@ -285,7 +285,8 @@ def test_slurm_script_prints_and_writes_the_shipped_script(tmp_path):
 
 def test_the_script_outside_slurm_says_how_to_submit_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    res = subprocess.run([shutil.which("bash") or "/bin/bash", str(SCRIPT), "toy"], env=env, cwd=tmp_path,
+    bash = shutil.which("bash") or "/bin/bash"
+    res = subprocess.run([bash, str(SCRIPT), "toy"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip() == ("mpo-slurm: Error: not inside a Slurm job: submit this file "

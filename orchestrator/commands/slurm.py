@@ -56,5 +56,5 @@ def slurm_script(out: Path | None, force: bool) -> None:
         click.echo(script_text(), nl=False)
         return
     path = write_script(out, force=force)
-    click.echo(f"wrote {path}; edit its #SBATCH lines, then: sbatch {path} GRID [mpo sweep options]",
-               err=True)
+    click.echo(f"wrote {path}; edit its #SBATCH lines, then: "
+               f"sbatch {path} GRID [mpo sweep options]", err=True)
