@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "export": "orchestrator.commands.export:export",
     "theory": "orchestrator.commands.theory:theory",
     "bench": "orchestrator.commands.bench:bench",
+    "slurm-script": "orchestrator.commands.slurm:slurm_script",
 }
 
 DEBUG_ENV = "MPO_DEBUG"
