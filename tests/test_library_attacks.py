@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jobs.attacks import AttackSpecError, make_attack, perturbation_norm
-from jobs.attacks.library import MpoError
+from jobs.errors import MpoError
 
 N = 8
 TOL = 1 + 1e-5
@@ -177,10 +177,11 @@ def test_importing_jobs_does_not_import_the_libraries():
         "sys.modules['foolbox'] = None; sys.modules['pyautoattack'] = None\n"
         "import jobs, jobs.attacks, jobs.attacks.library, jobs.evaluation, jobs.cascade\n"
         "from jobs.attacks import make_attack\n"
+        "from jobs.errors import MpoError\n"
         "make_attack({'type': 'linf', 'epsilon': 0.3})\n"
         "try:\n"
         "    make_attack({'type': 'foolbox', 'attack': 'boundary_l2', 'epsilon': 2.0})\n"
-        "except ImportError as err:\n"
+        "except MpoError as err:\n"
         "    print('ERR', err)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

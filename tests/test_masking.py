@@ -13,6 +13,7 @@ from jobs.checkpoint import save_checkpoint
 from jobs.config import make_train_config
 from jobs.data import DatasetInfo
 from jobs.evaluation import evaluate
+from jobs.model_names import MODEL_NAMES
 from jobs.models import MODELS, MadryMNIST
 from jobs.results import read_results
 from jobs.suite import parse_suite
@@ -62,6 +63,7 @@ def test_masking_flag_fires_only_on_the_masked_model(
     mnist_model, mnist_dir, tmp_path, monkeypatch, model_name, masked
 ):
     monkeypatch.setitem(MODELS, "threshold_cnn", (ThresholdCNN, {"width": 0.25}, "test only"))
+    monkeypatch.setitem(MODEL_NAMES, "threshold_cnn", "test only")
     cnn = mnist_model[0]
     ckpt, cfg = checkpoint(tmp_path, model_name if masked else "mnist_cnn_small", cnn,
                            "Adv_inf" if masked else "Nat")

@@ -24,6 +24,7 @@ from analysis import FORMATS, RunFolderError, build_report, load_results, make_r
 from analysis.paper import budget_notes, compare, match_table, paper_results
 from analysis.report import parse_formats
 from analysis.stats import Estimate
+from jobs.errors import MpoError
 from orchestrator.cli import main
 from tests.runfolder import build_run_folder
 
@@ -274,7 +275,7 @@ def test_cli_errors(toy_run, tmp_path, args, message):
 def test_make_report_errors(tmp_path):
     with pytest.raises(RunFolderError, match="does not exist"):
         make_report(tmp_path / "nope")
-    with pytest.raises(ValueError, match=r"allowed: md, tex, html, csv"):
+    with pytest.raises(MpoError, match=r"allowed: md, tex, html, csv"):
         parse_formats("docx")
     assert parse_formats(None) == FORMATS
     assert parse_formats(["html", " md ", "html"]) == ("html", "md")

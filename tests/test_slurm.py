@@ -114,10 +114,11 @@ def _leftovers(env: dict[str, str]) -> list[str]:
 
 def _check_run_folder(run_dir: Path) -> None:
     """Every results file the manifest expects is there and sound; every trial is done."""
-    from orchestrator.runfolder import collect_status, expected_files
+    from jobs.run_folder import Manifest
+    from orchestrator.runfolder import collect_status
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    expected = expected_files(manifest)
+    expected = Manifest.from_dict(manifest).expected_files()
     assert sum(map(len, expected.values())) == len(manifest["shards"]) > 0
     missing = [f"{mid}/{n}" for mid, names in expected.items() for n in names
                if not (run_dir / "results" / mid / n).is_file()]

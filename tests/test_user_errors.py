@@ -197,7 +197,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("report: not a run folder", ["report", "{empty}"], ["empty", "no results"]),
     ("report: unknown format", ["report", "{run}", "--format", "md,pdf"],
      ["--format", "'pdf'", "md", "html"]),
-    ("status: not a run folder", ["status", "{empty}"], ["empty", "not an mpo sweep run folder"]),
+    ("status: not a run folder", ["status", "{empty}"], ["empty", "not an mpo run folder", "missing manifest.json"]),
     ("grids show: unknown grid", ["grids", "show", "no-such-grid"], ["no-such-grid", "toy"]),
     ("data check: unknown dataset", ["data", "check", "cifar100"],
      ["'cifar100'", "valid datasets", "cifar10, mnist, toy"]),
