@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.audit import AuditSummary, audit_summaries
 from analysis.curves import GroupCurves, group_curves
 from analysis.findings import Finding, findings
 from analysis.loading import ResultSet
@@ -59,6 +60,9 @@ class Report:
     broken_by: list[BrokenBy] = field(default_factory=list)
     #: group -> the robustness-curve figure's files (also in ``figures``)
     curve_figures: dict[str, list[Path]] = field(default_factory=dict)
+    #: the strength audit: AutoAttack's standard version against the suite, per model, family
+    #: and budget point
+    audit: list[AuditSummary] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[MaskingFlag]:
@@ -112,7 +116,8 @@ def build_report(rs: ResultSet) -> Report:
     return Report(rs=rs, tables=tables, affine=affine, masking=masking,
                   comparisons=compare(tables, affine), curves=curves, findings=found,
                   notes=notes, robustness=robustness, protocol=protocol_rows(rs),
-                  protocol_statements=statements, broken_by=broken)
+                  protocol_statements=statements, broken_by=broken,
+                  audit=audit_summaries(rs.audit))
 
 
 def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:

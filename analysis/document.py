@@ -24,7 +24,12 @@ from analysis.blocks import (
     fmt_ci,
 )
 from analysis.build import Report
-from analysis.document_eval import broken_by_section, curves_section, protocol_section
+from analysis.document_eval import (
+    audit_section,
+    broken_by_section,
+    curves_section,
+    protocol_section,
+)
 from analysis.findings import METHOD as FINDINGS_METHOD
 from analysis.findings import REPRODUCED, Finding
 from analysis.loading import ResultSet
@@ -296,6 +301,7 @@ def build_document(report: Report, figure_root: Path) -> Document:
     doc.blocks += figures_section(report, figure_root)
     doc.blocks += curves_section(report, figure_root)
     doc.blocks += broken_by_section(report)
+    doc.blocks += audit_section(report)
     doc.blocks += findings_section(report)
     doc.blocks += paper_section(report)
     doc.blocks += completeness_section(report)

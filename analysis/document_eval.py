@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.audit import CONFIDENCE, audit_totals
 from analysis.blocks import Block, Heading, Image, Para, Table, TCell, fmt_ci
 from analysis.build import Report
 from analysis.curves import RADIUS, GroupCurves
@@ -125,3 +126,39 @@ def broken_by_section(report: Report) -> list[Block]:
     if not blocks:
         return []
     return [Heading(2, "What broke each input"), Para(BROKEN_BY_METHOD), *blocks]
+
+
+AUDIT_METHOD = (
+    "AutoAttack's standard version as shipped (pyautoattack's run_standard_evaluation: APGD-CE, "
+    "APGD-T, FAB-T and Square with the standard settings), run by `mpo audit` on a seeded sample "
+    "of each model's test points for each l_p family, beside the suite's verdicts on the same "
+    "inputs. AA broke, suite robust: inputs AutoAttack broke that the suite called robust (the "
+    "suite is weaker than AutoAttack there, and its robust accuracy too high by at least that "
+    f"share); upper: a one-sided {100 * CONFIDENCE:.0f}% Clopper-Pearson bound on that share in "
+    "the test set. Suite broke, AA robust: inputs the suite's other attacks broke."
+)
+AUDIT_HEADERS = ["model", "family", "budget", "n", "suite robust", "AA robust",
+                 "AA broke, suite robust", "upper", "suite broke, AA robust", "verdict"]
+
+
+def audit_block(report: Report) -> Table:
+    rows = [[TCell(s.label), TCell(s.family), TCell(f"{s.budget:g}"), TCell(str(s.n)),
+             TCell(fmt_pct(s.suite_robust / s.n if s.n else None)),
+             TCell(fmt_pct(s.aa_robust / s.n if s.n else None)), TCell(str(s.missed)),
+             TCell(fmt_pct(s.upper)), TCell(str(s.extra)),
+             TCell("WEAKER than AutoAttack" if s.weaker else "at least as strong")]
+            for s in report.audit]
+    return Table("Strength audit: AutoAttack standard against the suite, per input",
+                 AUDIT_HEADERS, rows, key="audit")
+
+
+def audit_section(report: Report) -> list[Block]:
+    if not report.audit:
+        return []
+    t = audit_totals(report.audit)
+    verdict = (f"On {t['weaker_points']} of {t['points']} audited points the suite is weaker than "
+               f"AutoAttack: {t['missed']} of {t['inputs']} inputs compared were broken by "
+               "AutoAttack and called robust by the suite." if t["missed"] else
+               f"On every one of the {t['points']} audited points ({t['inputs']} inputs compared) "
+               "no input AutoAttack broke was called robust by the suite.")
+    return [Heading(2, "Strength audit"), Para(AUDIT_METHOD), Para(verdict), audit_block(report)]

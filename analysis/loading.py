@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.audit import load_audit
 from analysis.suite_meta import SuiteInfo, parse_suite_info
 from jobs.errors import MpoError
 from jobs.io import read_json, read_text
@@ -123,6 +124,8 @@ class ResultSet:
     suites: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the suites' metadata read into ``SuiteInfo`` (same keys as ``suites``)
     suite_info: dict[str, SuiteInfo] = field(default_factory=dict)
+    #: the strength audit's rows (``analysis.audit``), None when the run was not audited
+    audit: pd.DataFrame | None = None
 
     def group_suites(self, group: str) -> list[SuiteInfo]:
         """The suites the group's models were evaluated with (usually one)."""
@@ -140,8 +143,16 @@ class ResultSet:
         return [m for m in self.models.values() if m.failed]
 
     def incomplete_models(self) -> set[str]:
-        """Model ids with missing shards (their worst case may be optimistic)."""
-        return {s.model_id for s in self.missing_shards}
+        """Model ids with missing shards or skipped (unreadable, damaged) results files: their
+        worst case may be optimistic."""
+        return {s.model_id for s in self.missing_shards} | {
+            f.path.parent.name for f in self.skipped_files}
+
+
+def short_id(model_id: str) -> str:
+    """The part of a model id that tells two models apart: its hash (``toy-max-linf_l1-da748b3a``
+    -> ``da748b3a``; every id of a dataset and strategy shares the rest)."""
+    return model_id.rsplit("-", 1)[-1]
 
 
 def _rank(order: tuple[str, ...], value: str) -> int:
@@ -273,6 +284,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
         warnings=warnings,
         suites=shards.suites,
         suite_info=suite_info,
+        audit=load_audit(run_dir, warnings),
     )
 
 

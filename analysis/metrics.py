@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
-from analysis.loading import ModelInfo, ResultSet
+from analysis.loading import ModelInfo, ResultSet, short_id
 from analysis.stats import ALPHA, Estimate, binomial_one_sided, paired_sign_test
 
 FULL_BUDGET = 1.0
@@ -216,9 +216,9 @@ def display_names(models: list[ModelInfo]) -> dict[str, str]:
         elif m.seed is not None:
             names[m.model_id] = f"{m.label} (seed {m.seed})"
         else:
-            names[m.model_id] = f"{m.label} ({m.model_id[:8]})"
+            names[m.model_id] = f"{m.label} ({short_id(m.model_id)})"
     if len(set(names.values())) < len(names):
-        names = {m.model_id: f"{m.label} ({m.model_id[:8]})" for m in models}
+        names = {m.model_id: f"{m.label} ({short_id(m.model_id)})" for m in models}
     return names
 
 

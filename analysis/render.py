@@ -166,6 +166,16 @@ def _summary_protocol(report: Report) -> list[str]:
     return lines
 
 
+def _summary_audit(report: Report) -> list[str]:
+    from analysis.document_eval import audit_block, audit_section
+
+    if not report.audit:
+        return []
+    verdict = next(b for b in audit_section(report) if isinstance(b, Para) and "audited" in b.text)
+    return [*_summary_table("Strength audit: AutoAttack standard against the suite",
+                            audit_block(report)), verdict.text, ""]
+
+
 def summary_markdown(report: Report) -> str:
     """A compact Markdown summary of the report for a README: each group's accuracy table
     (estimates only; bold and marks as in the report), the areas under its robustness curves and
@@ -180,6 +190,7 @@ def summary_markdown(report: Report) -> str:
     lines += _summary_masking(report)
     lines += _summary_findings(report)
     lines += _summary_paper(report)
+    lines += _summary_audit(report)
     lines += _summary_protocol(report)
     return "\n".join(lines).rstrip("\n") + "\n"
 

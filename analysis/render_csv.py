@@ -137,6 +137,13 @@ def _broken_by_csv(report: Report) -> CsvRows:
              for b in report.broken_by for value, count in b.counts])
 
 
+def _audit_csv(report: Report) -> CsvRows:
+    return (["model", "model_id", "family", "budget", "epsilon", "n", "suite_robust", "aa_robust",
+             "aa_broke_suite_robust", "upper_95", "suite_broke_aa_robust", "weaker"],
+            [[s.label, s.model_id, s.family, s.budget, s.epsilon, s.n, s.suite_robust,
+              s.aa_robust, s.missed, _num(s.upper), s.extra, s.weaker] for s in report.audit])
+
+
 def _completeness_csv(report: Report) -> CsvRows:
     """Missing trials and shards, and skipped files."""
     rs = report.rs
@@ -154,7 +161,8 @@ CSV_FILES = {"tables.csv": _accuracy_csv, "affine.csv": _affine_csv, "masking.cs
              "findings.csv": _findings_csv, "paper_vs_run.csv": _paper_csv,
              "sweep.csv": _sweep_csv, "curves.csv": _curves_csv,
              "robustness.csv": _robustness_csv, "protocol.csv": _protocol_csv,
-             "broken_by.csv": _broken_by_csv, "completeness.csv": _completeness_csv}
+             "broken_by.csv": _broken_by_csv, "audit.csv": _audit_csv,
+             "completeness.csv": _completeness_csv}
 
 
 def write_csv(report: Report, out_dir: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from analysis import render, render_csv
 from analysis.build import Report, build_report, toy_params
 from analysis.figures import plot_curves, plot_sweep
-from analysis.loading import ResultSet, load_results
+from analysis.loading import ResultSet, load_results, short_id
 from jobs.errors import MpoError
 from jobs.io import read_text, write_text_atomic
 
@@ -67,7 +67,7 @@ def write_figures(report: Report, out_dir: Path) -> list[Path]:
     for c in report.curves:
         names[c.group] = names.get(c.group, 0) + 1
     for c in report.curves:
-        stem = f"fig1_{c.group}" if names[c.group] == 1 else f"fig1_{c.group}_{c.model_id[:8]}"
+        stem = f"fig1_{c.group}" if names[c.group] == 1 else f"fig1_{c.group}_{short_id(c.model_id)}"
         paths += plot_sweep(c, fig_dir / stem)
     for rc in report.robustness:
         report.curve_figures[rc.group] = plot_curves(rc, fig_dir / f"curves_{rc.group}")

@@ -60,10 +60,17 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             f"{path}: checkpoint format version {version}, this mpo reads version {FORMAT_VERSION}; "
             "load it with the mpo version that wrote it, or retrain"
         )
+    try:
+        config = json.loads(payload["config_json"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise MpoError(f"{path}: its embedded config is not JSON ({err}); the checkpoint is "
+                       "damaged: train it again, or use the training folder's state.pt") from None
+    if not isinstance(payload.get("state_dict"), dict):
+        raise MpoError(f"{path}: it holds no weights (state_dict); the checkpoint is damaged")
     return {
         "format_version": version,
         "state_dict": payload["state_dict"],
-        "config": json.loads(payload["config_json"]),
+        "config": config,
         "extra": payload.get("extra", {}),
     }
 

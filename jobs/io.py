@@ -68,6 +68,28 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def check_writable(path: PathLike, *, folder: bool, what: str = "output") -> Path:
+    """Make sure ``path`` (a folder, or a file's folder) can be written before any work is
+    done: created if missing, probed with a small file; an ``MpoError`` naming the path and
+    the reason otherwise (a file where a folder is wanted, no permission, a read-only or full
+    disk)."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise MpoError(f"{what} {path}: a file, not a folder; give a folder")
+    if not folder and path.is_dir():
+        raise MpoError(f"{what} {path}: a folder, not a file; give a file name")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".mpo-write-check-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise MpoError(f"{what} {path}: cannot write there ({err.strerror or err}); choose another "
+                       "place") from None
+    return path
+
+
 def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes (sha256; md5 where a published checksum is one)."""
     h = hashlib.new(algorithm)

@@ -115,16 +115,20 @@ class TrialEntry:
     groups: list[str]
     config: dict[str, Any]
     attacks: list[str] = field(default_factory=list)
+    #: the checkpoint ``mpo eval`` evaluated (a sweep's is ``trials/<model_id>/checkpoint.pt``)
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "dataset": self.dataset, "strategy": self.strategy,
-                "groups": list(self.groups), "attacks": list(self.attacks), "config": self.config}
+        out = {"label": self.label, "dataset": self.dataset, "strategy": self.strategy,
+               "groups": list(self.groups), "attacks": list(self.attacks), "config": self.config}
+        return {**out, "source": self.source} if self.source else out
 
     @classmethod
     def from_dict(cls, model_id: str, data: Mapping[str, Any]) -> TrialEntry:
         return cls(model_id=model_id, label=str(data.get("label", "")), dataset=str(data.get("dataset", "")),
                    strategy=str(data.get("strategy", "")), groups=list(data.get("groups", [])),
-                   config=dict(data.get("config") or {}), attacks=list(data.get("attacks", [])))
+                   config=dict(data.get("config") or {}), attacks=list(data.get("attacks", [])),
+                   source=data.get("source"))
 
 
 @dataclass

@@ -373,13 +373,14 @@ def load_trained(
     path: str | os.PathLike[str], *, device: str | torch.device | None = None
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Load a ``checkpoint.pt`` (or ``state.pt``): (model in eval mode, its config, the payload)."""
+    from jobs.external.load import fit_state_dict
     from jobs.models import build_model
 
     dev = resolve_device(device)
     payload = load_checkpoint(path, map_location=dev)
     config = make_train_config(payload["config"], source=f"{path} (embedded config)")
     model = build_model(config.model.name, config.dataset_info(), **config.model.kwargs).to(dev)
-    model.load_state_dict(payload["state_dict"])
+    fit_state_dict(model, payload["state_dict"], source=f"{path} (the weights of its config's model)")
     model.eval()
     return model, config, payload
 

@@ -13,6 +13,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "data": "orchestrator.commands.data:data",
     "train": "orchestrator.commands.train:train",
     "eval": "orchestrator.commands.evaluate:eval_command",
+    "audit": "orchestrator.commands.audit:audit",
     "sweep": "orchestrator.commands.sweep:sweep",
     "grids": "orchestrator.commands.grids:grids",
     "status": "orchestrator.commands.status:status",
@@ -37,6 +39,10 @@ COMMANDS: dict[str, str] = {
 }
 
 DEBUG_ENV = "MPO_DEBUG"
+#: the errors of a file system that the user's environment causes (caught at the boundary)
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG,
+                         errno.EFBIG})
 
 
 def debug_enabled(ctx: click.Context | None = None) -> bool:
@@ -71,6 +77,15 @@ class LazyGroup(click.Group):
             if debug_enabled(ctx):
                 raise
             raise UserError(str(err)) from None
+        except OSError as err:
+            # a full or read-only disk, a folder without permission: the user's environment,
+            # not a bug; one line naming the file (nothing already written is removed)
+            if debug_enabled(ctx) or err.errno not in USER_ERRNOS:
+                raise
+            where = f" {err.filename}" if err.filename else ""
+            raise UserError(f"cannot write{where}: {err.strerror or err}"
+                            + ("; free some disk space and run it again (what is done is kept)"
+                               if err.errno in (errno.ENOSPC, errno.EDQUOT) else "")) from None
         except KeyboardInterrupt:
             # Ctrl+C: one line that says what is kept and how to go on, and 130 (128 + SIGINT),
             # as `mpo sweep` does, instead of click's "Aborted!" and status 1

@@ -9,7 +9,8 @@ evaluation suite and its budgets (``n_test``, ``shard_size``, ``restarts``)::
     description: ...
     seeds: [0]
     evaluation:
-      toy: {suite: toy, n_test: 1000, shard_size: 250}
+      toy: {suite: toy, n_test: 1000, shard_size: 250,
+            audit: {n: 100, budgets: full}}   # optional: the strength audit (jobs.audit)
     experiments:
       toy:                                    # group name
         families: [linf, l1]                  # default: the suite's group of the same name
@@ -49,7 +50,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -71,6 +72,15 @@ class GridError(MpoError, ValueError):
     """An invalid grid: the message names the file, the field, the value and what is allowed."""
 
 
+class AuditPlan(FrozenModel):
+    """The strength audit of every model of a dataset (``jobs.audit``): AutoAttack's standard
+    version on ``n`` sampled test points, at the full budget or every budget point."""
+
+    n: int = Field(100, ge=1, description="test points per model (a seeded sample)")
+    budgets: Literal["full", "all"] = "full"
+    seed: int = Field(0, ge=0)
+
+
 class EvaluationPlan(FrozenModel):
     """How one dataset's models are evaluated."""
 
@@ -80,6 +90,8 @@ class EvaluationPlan(FrozenModel):
     restarts: int | None = Field(
         None, ge=1, description="override 'reps' (random restarts) of the suite's l_p attacks"
     )
+    audit: AuditPlan | None = Field(
+        None, description="run the strength audit (AutoAttack standard) on every model")
 
 
 class ModelEntry(FrozenModel):

@@ -45,6 +45,9 @@ class TrialPayload:
     config: dict[str, Any]
     suite: EvalSuite
     shards: tuple[ShardEntry, ...]
+    n_test: int = 0
+    #: the strength audit to run after the evaluation (``jobs.audit.AuditRequest``'s fields)
+    audit: dict[str, Any] | None = None
 
     @property
     def epochs(self) -> int:
@@ -72,9 +75,12 @@ class SweepPlan:
 
     def payload(self, model_id: str) -> TrialPayload:
         t = self.trials[model_id]
+        ev = self.grid.evaluation[t.dataset]
         return TrialPayload(model_id=model_id, label=t.label, dataset=t.dataset,
                             groups=self.trial_groups(model_id), config=t.config,
-                            suite=self.suites[t.dataset], shards=tuple(self.trial_shards(model_id)))
+                            suite=self.suites[t.dataset], shards=tuple(self.trial_shards(model_id)),
+                            n_test=ev.n_test,
+                            audit=ev.audit.model_dump() if ev.audit is not None else None)
 
     def manifest(self) -> Manifest:
         evaluation = {ds: {**plan.model_dump(mode="json"), "suite_name": self.suites[ds].name}

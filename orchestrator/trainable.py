@@ -208,6 +208,45 @@ def _fan_out(trial: TrialPayload, checkpoint: Path | ExternalModel, rd: RunFolde
     return paths, failed
 
 
+def audit_task(model: Path | ExternalModel, trial: TrialPayload, paths: list[str], family: str,
+               budget: float, *, run_dir: str, data_dir: str | None, cpus: float) -> list[str]:
+    """The strength audit of one family at one budget point of a trial's model (a Ray task in
+    the trial's placement group, or inline): AutoAttack's standard version beside the suite."""
+    from jobs.audit import AuditPoint, AuditRequest, audit_model
+    from jobs.results import read_results
+
+    where = _where(set_torch_threads(torch_threads(cpus)))
+    point = AuditPoint(family, budget, trial.suite.full_radius[family] * budget)
+    return [str(p) for p in audit_model(
+        model, trial.suite, read_results(paths), request=AuditRequest(**trial.audit or {}),
+        run_dir=run_dir, n_test=trial.n_test, families=[family], data_dir=data_dir,
+        device=where["device"], label=trial.label, points=[point])]
+
+
+def _audit(t: _Trial, model: Path | ExternalModel, paths: list[str]) -> list[str]:
+    """The trial's strength audit, when its grid asks for one: one Ray task per (family,
+    budget) point (inline without evaluation bundles)."""
+    from jobs.audit import AuditRequest, audit_points, suite_budgets
+
+    p = t.payload
+    if p.audit is None:
+        return []
+    families = list(dict.fromkeys(f for g in p.groups.values() for f in g["families"]))
+    points = audit_points(p.suite.full_radius, suite_budgets(p.suite), families,
+                          AuditRequest(**p.audit))
+    kwargs = dict(run_dir=str(t.rd.path), data_dir=t.settings["data_dir"])
+    if t.settings["eval_workers"] == 0:
+        return [f for pt in points for f in audit_task(
+            model, p, paths, pt.family, pt.budget, cpus=t.settings["cpus_per_trial"], **kwargs)]
+    task = ray.remote(audit_task).options(num_cpus=t.settings["eval_cpus"],
+                                          num_gpus=t.settings["eval_gpus"],
+                                          max_retries=t.settings["shard_retries"])
+    refs = [task.options(name=f"{p.label} · audit {pt.family}@{pt.budget:g}").remote(
+        model, p, paths, pt.family, pt.budget, cpus=t.settings["eval_cpus"], **kwargs)
+        for pt in points]
+    return [f for files in ray.get(refs) for f in files]
+
+
 class _Trial:
     """One trial's run: its payload, run folder and record, and the wall time it has used."""
 
@@ -312,6 +351,9 @@ def run_trial(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
                 f"{len(failed)} of {len(failed) + len(paths)} evaluation shards of "
                 f"{t.payload.model_id} failed after {t.settings['shard_retries']} retries; "
                 f"first: {failed[0]['error'][:500]}")
+        if t.payload.audit is not None:
+            t.update(state="auditing")
+            t.update(audit_files=_audit(t, model, paths))
         _report(t, paths)
     except BaseException as err:
         t.update(state="error", error=f"{type(err).__name__}: {err}"[:4000], wall_seconds=t.wall())

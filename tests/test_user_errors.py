@@ -135,7 +135,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("changed grid on resume", ["sweep", "{grid_changed}", "--resume", "{run}"],
      ["grid_changed.yaml", "differs from the grid this run was started with", "epochs"]),
     ("negative eval workers", ["sweep", "toy", "--dry-run", "--eval-workers", "-1"],
-     ["--eval-workers -1", "must be >= 0"]),
+     ["--eval-workers", "-1 is not in the range x>=0"]),
     ("resource the cluster lacks", ["sweep", "toy", "--num-cpus", "1", "--cpus-per-trial", "8",
                                     "--storage", "{empty}/runs"],
      ["bundle {'CPU': 8.0}", "largest node", "has CPU 1", "--cpus-per-trial"]),

@@ -77,6 +77,23 @@ def render(report: dict[str, Any], console: Console) -> None:
     )
 
 
+def save_report(report: dict[str, Any], out: Path) -> None:
+    """Write the report; where ``out`` cannot be written any more (a disk that filled while
+    measuring), keep it in the temporary folder and say where, so no figure is lost."""
+    import tempfile
+
+    from jobs.errors import MpoError
+    from jobs.io import write_json_atomic
+
+    try:
+        write_json_atomic(out, finite(report))
+    except OSError as err:
+        fallback = Path(tempfile.mkdtemp(prefix="mpo-bench-")) / out.name
+        write_json_atomic(fallback, finite(report))
+        raise MpoError(f"--out {out}: cannot write it ({err.strerror or err}); the report is "
+                       f"saved in {fallback}") from None
+
+
 def _command_line(ctx: click.Context) -> str:
     """The command as a user would type it, from click's parsed parameters (not ``sys.argv``,
     which is the host program's when mpo is called from Python, e.g. under pytest)."""
@@ -117,13 +134,15 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     paper-grid projection (on a GPU, or with --projection). A figure that cannot be measured is
     reported as skipped, with the reason.
     """
-    from jobs.io import write_json_atomic
+    from jobs.io import check_writable
     from jobs.training import resolve_device
     from orchestrator.bench.run import run_bench
     from orchestrator.console import make_console
 
     if device == "cuda":
         resolve_device(device)  # ConfigError when this machine has no CUDA
+    if out is not None:  # before measuring: a failed write at the end would lose every figure
+        check_writable(out, folder=False, what="--out")
     console = make_console()
     command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:
@@ -134,5 +153,5 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
         )
     render(report, console)
     if out is not None:
-        write_json_atomic(out, finite(report))
+        save_report(report, out)
         console.print(f"wrote {out}")

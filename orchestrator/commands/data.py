@@ -23,17 +23,30 @@ def data() -> None:
 @DATA_DIR_OPTION
 @click.argument("names", nargs=-1)
 def check(data_dir: str | None, names: tuple[str, ...]) -> None:
-    """Which datasets are present under the data root, their sizes and checksums."""
+    """Which datasets are present under the data root, their sizes and checksums.
+
+    Exit status 1 when the data root does not exist, a dataset's files are corrupt, or a dataset
+    named on the command line is missing."""
     from rich.table import Table
 
     from jobs.data import DATASETS, check_dataset, resolve_data_dir
+    from jobs.datasets import check_name
+    from jobs.errors import MpoError
     from orchestrator.console import make_console
 
+    for name in names:
+        check_name(name)
+    root = resolve_data_dir(data_dir)
+    if not root.is_dir():
+        raise MpoError(f"data root {root} does not exist; point --data-dir (or MPO_DATA_DIR) at "
+                       "the folder that holds MNIST/ and cifar-10-batches-py/, or download with "
+                       "`mpo data fetch mnist cifar10`")
     console = make_console()
-    table = Table(title=f"datasets under {resolve_data_dir(data_dir)}")
+    table = Table(title=f"datasets under {root}")
     for col in ("dataset", "present", "train", "test", "checksums"):
         table.add_column(col, overflow="fold")
     problems: list[str] = []
+    failures: list[str] = []
     for name in names or tuple(DATASETS):
         res = check_dataset(name, data_dir)
         cells = []
@@ -41,14 +54,19 @@ def check(data_dir: str | None, names: tuple[str, ...]) -> None:
             s = res["splits"].get(split, {})
             if "size" in s:
                 cells.append(f"{s['size']:,}")
-            else:
-                err = s.get("error", "missing")
-                cells.append("[red]missing[/red]" if "not found" in err else "[red]corrupt[/red]")
-                problems.append(err)
+                continue
+            err = s.get("error", "missing")
+            missing = "not found" in err
+            cells.append("[red]missing[/red]" if missing else "[red]corrupt[/red]")
+            problems.append(err)
+            if not missing or name in names:  # corrupt, or asked for and missing
+                failures.append(f"{name} {split}")
         table.add_row(name, "yes" if res["present"] else "[red]no[/red]", *cells, res["checksums"])
     console.print(table)
     for problem in problems:
         console.print(f"[red]-[/red] {problem}", soft_wrap=True)
+    if failures:
+        raise MpoError(f"data check failed: {', '.join(failures)} (see above)")
 
 
 @data.command("fetch")

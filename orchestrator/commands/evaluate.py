@@ -124,6 +124,7 @@ class EvalPlan:
     the first ``n`` test points, and the run folder."""
 
     loaded: LoadedModel
+    source: str | Path | ExternalModel
     suite: EvalSuite
     label: str
     attacks: list[str]
@@ -145,7 +146,7 @@ def plan_evaluation(o: dict[str, Any], source: str | Path | ExternalModel, datas
                         download=o["download"])
     n = o["n_test"] or suite.n_test
     out = Path(o["out_dir"]) if o["out_dir"] else Path("runs") / "eval" / suite.name
-    return EvalPlan(loaded, suite, o["label"] or loaded.label or loaded.model_id,
+    return EvalPlan(loaded, source, suite, o["label"] or loaded.label or loaded.model_id,
                     list(o["attacks"]) or [a.name for a in suite.attacks], n,
                     plan_shards(n, o["shard_size"]), out)
 
@@ -153,19 +154,19 @@ def plan_evaluation(o: dict[str, Any], source: str | Path | ExternalModel, datas
 def record(plan: EvalPlan) -> None:
     """``run.json`` (once per run folder) and this evaluation in ``manifest.json``: the groups,
     the model and every shard, before the first result is written."""
-    from jobs.io import run_record, write_json_atomic
+    from jobs.io import check_writable, run_record, write_json_atomic
     from jobs.run_folder import GroupEntry, Manifest, RunFolder, ShardEntry, TrialEntry
 
-    rf = RunFolder(plan.out)
-    plan.out.mkdir(parents=True, exist_ok=True)
+    rf = RunFolder(check_writable(plan.out, folder=True, what="--out"))
     if not rf.run_file.exists():
         write_json_atomic(rf.run_file, run_record(plan.out.name, device=plan.loaded.device))
     manifest = rf.manifest() if rf.exists() else Manifest()
     mid, suite, rec = plan.loaded.model_id, plan.suite, plan.loaded.record
     groups = [GroupEntry(g, suite.dataset, list(v["families"]), list(v.get("affine", [])))
               for g, v in suite.groups.items()]
+    source = str(plan.source.resolve()) if isinstance(plan.source, Path) else None
     trial = TrialEntry(mid, plan.label, rec["dataset"]["name"], rec["strategy"], list(suite.groups),
-                       rec, list(plan.attacks))
+                       rec, list(plan.attacks), source=source)
     manifest.add_evaluation(trial, groups, [ShardEntry(mid, a, s, e) for a in plan.attacks
                                             for s, e in plan.shards])
     rf.write_manifest(manifest)

@@ -38,7 +38,7 @@ AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 FORMATS = ("csv", "json")
 ACCURACY_FIELDS = ("group", "dataset", "model_id", "label", "strategy", "source", "measure",
-                   "accuracy", "n", "ci_low", "ci_high")
+                   "accuracy", "n", "ci_low", "ci_high", "complete")
 #: mpo's l_p families -> RobustBench's threat model names.
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
@@ -79,8 +79,11 @@ def _number(value: float) -> float | None:
 
 
 def accuracy_records(rs: ResultSet, tables: list[GroupTable]) -> list[dict[str, Any]]:
-    """One record per (group, model, measure) of the report's group tables."""
+    """One record per (group, model, measure) of the report's group tables; ``complete`` is
+    false for a model with expected results missing or unreadable (its worst case may then be
+    optimistic: an attack that did not run on an input cannot have broken it)."""
     out = []
+    incomplete = rs.incomplete_models()
     for table in tables:
         for row in table.rows:
             for measure in table.columns:
@@ -93,6 +96,7 @@ def accuracy_records(rs: ResultSet, tables: list[GroupTable]) -> list[dict[str, 
                     "strategy": row.model.strategy, "source": model_source(row.model),
                     "measure": measure, "accuracy": _number(est.value), "n": est.n,
                     "ci_low": _number(est.low), "ci_high": _number(est.high),
+                    "complete": row.model.model_id not in incomplete,
                 })
     return out
 
@@ -167,8 +171,19 @@ def model_info(rs: ResultSet, table: GroupTable, row: TableRow,
                            if cells.get(f) is not None},
         "mpo_union_acc": _pct(cells["union"].value) if cells.get("union") else None,
         "mpo_average_acc": _pct(cells["average"].value) if cells.get("average") else None,
+        "mpo_complete": model.model_id not in rs.incomplete_models(),
     })
     return info
+
+
+def damage_lines(rs: ResultSet) -> list[str]:
+    """What ``mpo report`` lists as missing or skipped, one line each (the exported records of
+    those models say ``complete: false``)."""
+    out = [f"skipped file {f.path.relative_to(rs.run_dir)}: {f.reason}" for f in rs.skipped_files]
+    out += [f"missing shard {s.model_id} {s.attack} [{s.start}, {s.stop}): {s.reason}"
+            for s in rs.missing_shards]
+    out += [f"missing trial {mid}: no results" for mid in rs.missing_trials]
+    return out
 
 
 def _csv_text(fields: tuple[str, ...], records: list[dict[str, Any]]) -> str:
@@ -222,6 +237,7 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
     """Write RUN_DIR's accuracy tables (and, with --rows, its per-input rows) as CSV or JSON,
     with a RobustBench-style model_info JSON per model and group."""
     from analysis.loading import load_results
+    from jobs.io import check_writable
     from orchestrator.console import make_console
 
     if schema:
@@ -231,8 +247,11 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
         raise click.UsageError("give RUN_DIR (a folder of mpo eval or mpo sweep), or --schema")
     fmts = parse_formats(formats)
     rs = load_results(run_dir)
-    out = out_dir if out_dir is not None else run_dir / "export"
+    out = check_writable(out_dir if out_dir is not None else run_dir / "export", folder=True,
+                         what="--out")
     written = write_export(rs, out, fmts, rows=rows)
+    for line in damage_lines(rs):
+        click.echo(f"warning: {line}", err=True)
     console = make_console()
     console.print(f"wrote {len(written)} files to {out}")
     for path in written:

@@ -34,6 +34,7 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
     from analysis import render
     from analysis.loading import load_results
     from analysis.report import parse_formats, update_readme, write_report, write_snapshot
+    from jobs.io import check_writable
     from orchestrator.console import make_console
 
     console = make_console()
@@ -44,6 +45,9 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
         raise click.UsageError("--readme needs --snapshot: it copies the snapshot's summary.md")
     fmts = parse_formats(formats)
     rs = load_results(run_dir)
+    check_writable(snapshot if snapshot is not None else out_dir if out_dir is not None
+                   else run_dir / "report", folder=True,
+                   what="--snapshot" if snapshot is not None else "--out")
     if snapshot is not None:
         rep, written = write_snapshot(rs, snapshot)
         if readme is not None:

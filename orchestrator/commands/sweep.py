@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from orchestrator.runfolder import SweepSettings
 
 DEFAULT_STORAGE = "mpo-runs"
+#: a run folder's name (``--name``): one path component inside the storage folder
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 #: the resource options: CLI parameter -> field of ``Resources`` (as run.json saves them)
 RESOURCE_OPTIONS = {"gpus_per_trial": "gpus_per_trial", "cpus_per_trial": "cpus_per_trial",
@@ -75,6 +78,9 @@ def check_options(grid: str | None, resume_dir: str | None, storage: str | None,
         )
     if max_failures < 0 or shard_retries < 0:
         raise click.UsageError("--max-failures and --shard-retries must be >= 0")
+    if name is not None and (not NAME_RE.match(name) or name in (".", "..")):
+        raise click.UsageError(f"--name {name!r}: a run folder's name, inside --storage: letters, "
+                               "digits and . _ - only, not starting with a dot (no / or ..)")
 
 
 def check_trackers(mlflow_uri: str | None, wandb_project: str | None) -> None:
@@ -321,24 +327,25 @@ def summarise(plan: SweepPlan, rd: RunFolder, records: dict[str, dict[str, Any]]
 @click.option("--storage", default=None, help=f"Folder for run folders (default ./{DEFAULT_STORAGE}); "
               "on a multi-node cluster a shared filesystem mounted at the same path on every node.")
 @click.option("--name", default=None, help="Run folder name (default GRID-YYYYmmdd-HHMMSS).")
-@click.option("--gpus-per-trial", type=float, default=None,
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None,
               help="GPUs for a trial's training (default: 1 if the cluster has GPUs, else 0).")
-@click.option("--cpus-per-trial", type=float, default=None,
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=None,
               help="CPUs for a trial's training (default 1; 0.5 for a CPU-only trial with one "
               "evaluation worker: it trains or evaluates, never both, so the two bundles share "
               "one CPU).")
-@click.option("--eval-workers", type=int, default=1, show_default=True,
+@click.option("--eval-workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Placement-group bundles a trial reserves for its evaluation tasks "
               "(0: evaluate inside the trial, one shard at a time).")
-@click.option("--cpus-per-eval-worker", type=float, default=None,
+@click.option("--cpus-per-eval-worker", type=click.FloatRange(min=0, min_open=True),
+              default=None,
               help="CPUs per evaluation worker (default 1; 0.5 as for --cpus-per-trial).")
-@click.option("--gpus-per-eval-worker", type=float, default=None,
+@click.option("--gpus-per-eval-worker", type=click.FloatRange(min=0), default=None,
               help="GPU fraction per evaluation worker (default 0.5 when trials use GPUs).")
-@click.option("--max-failures", type=int, default=2, show_default=True,
+@click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True,
               help="Restarts of a failed trial (from its last checkpoint).")
-@click.option("--shard-retries", type=int, default=3, show_default=True,
+@click.option("--shard-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Retries of an evaluation task whose worker died.")
-@click.option("--num-cpus", type=int, default=None,
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None,
               help="CPUs of the local cluster started for the run (default: all).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, envvar="MPO_DATA_DIR",
               show_envvar=True, help="Data root (default ~/.cache/mpo/data).")
@@ -376,6 +383,10 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     if dry_run:
         print_plan(start.plan, requested, console)
         return
+    if start.run is None:
+        from jobs.io import check_writable
+
+        check_writable(Path(storage or DEFAULT_STORAGE), folder=True, what="--storage")
     with contextlib.ExitStack() as stack:
         todo = list(start.plan.trials)
         if start.run is not None:

@@ -140,8 +140,10 @@ def theory(d: int, alpha: float, p0: float, n_positions: int, n_samples: int, se
     Theorem 4 (affine adversaries), on y ~ {-1,+1}, x0 = y w.p. p0, x_i ~ N(y eta, 1)."""
     from analysis.theory import Section2
     from analysis.theory_report import theory_report
+    from jobs.io import check_writable
     from orchestrator.console import make_console
 
+    check_writable(Path(out_dir), folder=True, what="--out")
     console = make_console()
     report = theory_report(Section2(d=d, alpha=alpha, p0=p0), n_positions=n_positions,
                            n=n_samples, seed=seed)

@@ -95,6 +95,7 @@ def train(
     from pathlib import Path
 
     from jobs.config import resolve_train_config
+    from jobs.io import check_writable
     from jobs.training import resolve_device
     from jobs.training import train as run_training
     from orchestrator.console import make_console
@@ -105,7 +106,8 @@ def train(
     cfg = resolve_train_config(config)
     dev = resolve_device(device)
     model_id = cfg.model_id()
-    out = Path(out_dir) if out_dir else Path("runs") / "train" / model_id
+    out = check_writable(Path(out_dir) if out_dir else Path("runs") / "train" / model_id,
+                         folder=True, what="--out")
     console.print(
         f"[bold]{cfg.label or model_id}[/bold]  model id [cyan]{model_id}[/cyan]  "
         f"{cfg.dataset.name} / {cfg.model.name} / strategy {cfg.strategy} "

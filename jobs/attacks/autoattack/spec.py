@@ -6,7 +6,8 @@
 - ``attack`` one of ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``, ``norm`` one of ``linf``,
   ``l2``, ``l1``, and the attack's parameters (``n_iter``, ``n_restarts``, ``n_target_classes``,
   ``n_queries``, ...). The defaults are those of AutoAttack's ``standard`` version for that norm
-  (e.g. l_1 APGD with 5 restarts and the large-radius schedule).
+  (e.g. l_1 APGD with 5 restarts and the large-radius schedule). FAB-T with one restart (the
+  default) is a minimum-norm attack: it runs once and its perturbations count at every radius.
 - ``version: standard`` (instead of ``attack``), ``norm``, ``epsilon``: AutoAttack's standard
   ensemble as its ``run_standard_evaluation`` runs it: APGD-CE, APGD-T, FAB-T and Square in that
   order, each only on the inputs still robust, with the standard version's settings for the
@@ -90,6 +91,14 @@ class AutoAttackSpec(LibrarySpec):
     @classmethod
     def _fixed_keys(cls) -> tuple[str, ...]:
         return ("type", "attack", "norm", "epsilon")
+
+    @property
+    def minimum_norm(self) -> bool:
+        """FAB-T with one restart (the standard version's) starts from the clean input, and its
+        search for the smallest perturbation does not use the radius: it runs once as a
+        minimum-norm attack (every target, the smallest adversarial perturbation kept;
+        ``jobs.attacks.autoattack.attack.fab_min_norm``), counted against every radius."""
+        return self.attack == "fab-t" and dict(self.params)["n_restarts"] == 1
 
     @classmethod
     def _family(cls, spec: Mapping[str, Any], entry: LibraryEntry, path: str) -> str:

@@ -110,7 +110,8 @@ class LibraryAttack(Attack):
         self.spec = spec.to_dict()
         self.bounds = bounds
         self.gradient_free = spec.entry.gradient_free
-        self.bounded = spec.entry.bounded
+        # a minimum-norm attack returns the smallest perturbation it found, whatever its size
+        self.bounded = not spec.minimum_norm
         self.total_steps = self._cost()
         require(self.package, attack=spec.attack)
 
