@@ -152,8 +152,9 @@ def autoattack_standard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     scaled = UnitScaled(model, lo, hi).eval()
     u = (x - lo) / (hi - lo)
     aa = AutoAttack(scaled, norm=AUTOATTACK_NORMS[family], eps=epsilon / (hi - lo),
-                    version="standard", seed=seed, device=x.device, verbose=False)
-    adv = lo + (hi - lo) * aa.run_standard_evaluation(u, y, bs=250)
+                    version="standard", seed=seed, device=x.device)
+    adv_u, _ = aa.run_standard_evaluation(u, y, batch_size=250)
+    adv = lo + (hi - lo) * adv_u
     size = perturbation_norm(adv - x, family)
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
@@ -229,6 +230,47 @@ def suite_budgets(suite: EvalSuite) -> dict[str, list[float]]:
     return {f: sorted(v) for f, v in out.items()}
 
 
+#: AutoAttack parameters that count work (a suite may run more of it than the standard version)
+_EFFORT = ("n_iter", "n_restarts", "n_target_classes", "n_queries")
+
+
+def _covers(params: dict[str, Any], standard: dict[str, Any]) -> bool:
+    return all(params.get(k) is not None and params[k] >= v if k in _EFFORT else params.get(k) == v
+               for k, v in standard.items())
+
+
+def standard_coverage(suite: EvalSuite) -> list[str]:
+    """What the suite lacks to run every component of AutoAttack's standard version, with at
+    least its settings, for each l_p family of its groups at each of its budget points (the
+    standard ensemble itself, ``version: standard``, covers its point); [] when nothing.
+
+    This is the design half of "at least as strong as AutoAttack": the components run with
+    their own random starts, so an input that only one of several seeds breaks can still differ
+    (``mpo audit`` measures it)."""
+    from jobs.attacks.autoattack.spec import (
+        AUTOATTACK_ATTACKS,
+        AutoAttackSpec,
+        AutoAttackStandardSpec,
+        standard_settings,
+    )
+
+    families = [f for g in suite.groups.values() for f in g.get("families", ()) if f in LP_FAMILIES]
+    missing = []
+    for family in dict.fromkeys(families):
+        for budget in suite_budgets(suite).get(family, []):
+            specs = [a.spec for a in suite.attacks
+                     if a.family == family and abs(a.budget - budget) < 1e-9]
+            if any(isinstance(s, AutoAttackStandardSpec) for s in specs):
+                continue
+            for name in AUTOATTACK_ATTACKS:
+                standard = standard_settings(name, family)
+                if not any(isinstance(s, AutoAttackSpec) and s.attack == name
+                           and _covers(dict(s.params), standard) for s in specs):
+                    settings = ", ".join(f"{k} {v}" for k, v in standard.items())
+                    missing.append(f"{family} at budget {budget:g}: AutoAttack {name} ({settings})")
+    return missing
+
+
 def model_source(rf: RunFolder, trial: TrialEntry) -> str | Path | ExternalModel:
     """Where a run's model comes from: an external model's spec, the checkpoint ``mpo eval``
     recorded, or the sweep trial's own checkpoint."""
@@ -257,8 +299,10 @@ def audit_model(model: str | Path | ExternalModel | LoadedModel, suite: EvalSuit
     ``n_test`` test points; ``rows``: the model's results rows (the suite's verdicts);
     ``budgets``: each family's budget points (default: the suite's attacks')."""
     from jobs.data import load_split
+    from jobs.datasets import check_auditable
     from jobs.evaluation import load_model
 
+    check_auditable(suite.dataset, field=f"audit of {label or 'the model'}")
     loaded = load_model(model, suite, device, label=label)
     indices = sample_indices(n_test, request.n, request.seed)
     x_all, y_all = load_split(suite.dataset, "test", data_dir=data_dir, n=n_test, seed=suite.seed,

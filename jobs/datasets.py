@@ -108,6 +108,21 @@ def dataset_info(name: str, params: dict[str, Any] | ToyParams | None = None) ->
     return DATASET_INFO[check_name(name)](toy_params(params) if name == "toy" else None)
 
 
+#: AutoAttack's standard version needs this many classes: its DLR losses read the
+#: third and fourth largest logits (pyautoattack.checks.check_n_classes).
+AUTOATTACK_MIN_CLASSES = 4
+
+
+def check_auditable(name: str, *, field: str = "audit") -> None:
+    """Refuse a strength audit (AutoAttack standard) of a dataset with too few classes."""
+    n = dataset_info(name).num_classes
+    if n < AUTOATTACK_MIN_CLASSES:
+        raise DataError(f"{field}: dataset '{name}' has {n} classes; AutoAttack's standard "
+                        f"version (the strength audit) needs at least {AUTOATTACK_MIN_CLASSES} "
+                        "(its DLR losses use the 3rd and 4th largest logits); audit an "
+                        "mnist or cifar10 run")
+
+
 # --------------------------------------------------------------------------------------------
 # Data root
 

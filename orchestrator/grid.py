@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jobs.config import StrategyName
+from jobs.datasets import check_auditable
 from jobs.errors import MpoError
 from jobs.external import ExternalModel
 from jobs.io import load_yaml, read_text
@@ -163,6 +164,12 @@ class Grid(FrozenModel):
                     f"experiments.{group}: dataset '{exp.dataset}' has no evaluation plan; "
                     f"evaluation: has {', '.join(self.evaluation)}"
                 )
+        for dataset, plan in self.evaluation.items():
+            if plan.audit is not None:
+                try:
+                    check_auditable(dataset, field=f"evaluation.{dataset}.audit")
+                except MpoError as err:
+                    raise ValueError(str(err)) from None
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} has duplicates")
         for label, entry in self.external.items():

@@ -238,10 +238,10 @@ def _audit(t: _Trial, model: Path | ExternalModel, paths: list[str]) -> list[str
     if t.settings["eval_workers"] == 0:
         return [f for pt in points for f in audit_task(
             model, p, paths, pt.family, pt.budget, cpus=t.settings["cpus_per_trial"], **kwargs)]
-    task = ray.remote(audit_task).options(num_cpus=t.settings["eval_cpus"],
-                                          num_gpus=t.settings["eval_gpus"],
-                                          max_retries=t.settings["shard_retries"])
-    refs = [task.options(name=f"{p.label} · audit {pt.family}@{pt.budget:g}").remote(
+    task = ray.remote(audit_task)
+    options = dict(num_cpus=t.settings["eval_cpus"], num_gpus=t.settings["eval_gpus"],
+                   max_retries=t.settings["shard_retries"])
+    refs = [task.options(**options, name=f"{p.label} · audit {pt.family}@{pt.budget:g}").remote(
         model, p, paths, pt.family, pt.budget, cpus=t.settings["eval_cpus"], **kwargs)
         for pt in points]
     return [f for files in ray.get(refs) for f in files]

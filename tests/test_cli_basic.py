@@ -28,7 +28,7 @@ def test_data_check_real(real_mnist_dir):
 
 def test_data_check_missing(tmp_path):
     res = CliRunner().invoke(main, ["data", "check", "mnist", "--data-dir", str(tmp_path)], terminal_width=200)
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # a missing named dataset fails the check (scripts can test it)
     assert "missing" in res.output and "not found under data root" in res.output
 
 

@@ -39,6 +39,20 @@ def _models(rf: RunFolder, wanted: tuple[str, ...]) -> list[TrialEntry]:
     return picked
 
 
+def checkpoint_sources(paths: tuple[str, ...]) -> dict[str, Path]:
+    """{model id: checkpoint} of the ``--checkpoint`` files (for run folders that do not record
+    where a model's checkpoint is: an ``mpo eval`` folder written before mpo recorded it)."""
+    from jobs.checkpoint import load_checkpoint
+    from jobs.config import make_train_config
+
+    out = {}
+    for p in paths:
+        path = Path(p) / "checkpoint.pt" if Path(p).is_dir() else Path(p)
+        config = make_train_config(load_checkpoint(path)["config"], source=f"{path} (embedded config)")
+        out[config.model_id()] = path
+    return out
+
+
 def audit_one(rf: RunFolder, trial: TrialEntry, request: AuditRequest, o: dict[str, Any],
               console: Console) -> int:
     """Audit one model of the run; the number of audit files it has."""
@@ -59,7 +73,8 @@ def audit_one(rf: RunFolder, trial: TrialEntry, request: AuditRequest, o: dict[s
     console.print(f"[bold]{trial.label}[/bold] ({trial.model_id}): AutoAttack standard on "
                   f"{min(request.n, n_test)} of {n_test} test points, families "
                   f"{', '.join(dict.fromkeys(families)) or 'none'} ({request.budgets} budget)")
-    paths = audit_model(model_source(rf, trial), suite, rows, request=request, run_dir=rf.path,
+    source = o["sources"].get(trial.model_id) or model_source(rf, trial)
+    paths = audit_model(source, suite, rows, request=request, run_dir=rf.path,
                         n_test=n_test, families=list(dict.fromkeys(families)), budgets=budgets,
                         data_dir=o["data_dir"], device=o["device"], label=trial.label)
     return len(paths)
@@ -75,6 +90,9 @@ def audit_one(rf: RunFolder, trial: TrialEntry, request: AuditRequest, o: dict[s
               help="Seed of the sample and of AutoAttack.")
 @click.option("--model", "models", multiple=True,
               help="Only this model (label or id; repeatable). Default: every model with results.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
+              help="A model's checkpoint (file or training folder; repeatable), for a run folder "
+                   "that does not record it (mpo eval folders of older mpo versions).")
 @DATA_DIR_OPTION
 @DEVICE_OPTION
 @THREADS_OPTION
@@ -85,18 +103,20 @@ def audit(ctx: click.Context, run_dir: str, **options: Any) -> None:
     Then `mpo report RUN_DIR` shows, per model and family, how many inputs AutoAttack broke that
     the suite called robust, with an upper confidence bound.
     """
+    from jobs.run_folder import RunFolder
+
+    rf = RunFolder(Path(run_dir).resolve())
+    rf.check()  # before torch's import: a mistyped folder is refused at once
     from jobs.audit import AuditRequest
     from jobs.io import check_writable
-    from jobs.run_folder import RunFolder
     from orchestrator.console import make_console
     from orchestrator.resources import available_cpus, set_torch_threads
 
     set_torch_threads(options["threads"] or available_cpus())
     console = make_console()
-    rf = RunFolder(Path(run_dir).resolve())
-    rf.check()
     check_writable(rf.audit_dir, folder=True, what="the run folder's audit/")
     request = AuditRequest(n=options["n"], budgets=options["budgets"], seed=options["seed"])
+    options["sources"] = checkpoint_sources(options["checkpoints"])
     set_resume_hint(ctx, f"every finished audit is saved in {rf.audit_dir}; run the same command "
                     "again to continue")
     written = sum(audit_one(rf, t, request, options, console) for t in _models(rf, options["models"]))

@@ -386,7 +386,8 @@ def sweep(ctx: click.Context, grid: str | None, resume_dir: str | None, dry_run:
     if start.run is None:
         from jobs.io import check_writable
 
-        check_writable(Path(storage or DEFAULT_STORAGE), folder=True, what="--storage")
+        check_writable(Path(storage or DEFAULT_STORAGE), folder=True, what="--storage",
+                       create=False)
     with contextlib.ExitStack() as stack:
         todo = list(start.plan.trials)
         if start.run is not None:

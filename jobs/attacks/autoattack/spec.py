@@ -74,6 +74,12 @@ def _norm_defaults(attack: str, norm: str) -> dict[str, ParamValue]:
     }.get(attack, {})
 
 
+def standard_settings(attack: str, norm: str) -> dict[str, ParamValue]:
+    """The settings AutoAttack's standard version runs ``attack`` with for ``norm``."""
+    params = {k: p.default for k, p in AUTOATTACK_ATTACKS[attack].params.items()}
+    return {**params, **_norm_defaults(attack, norm)}
+
+
 @dataclass(frozen=True)
 class AutoAttackSpec(LibrarySpec):
     """One AutoAttack component at one radius and norm (``AutoAttackStandardSpec``: the ensemble)."""
