@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 #: ``broken_by`` value of an input misclassified without any attack.
 CLEAN = "clean"
+#: The ``example`` of a row the cascade skipped: an earlier attack broke the input.
+EARLIER = "earlier"
 
 #: A suite attack's ``cascade`` field: None (the suite's default), true, false or earlier names.
 CascadeRequest = bool | list[str] | None

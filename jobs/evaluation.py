@@ -44,7 +44,15 @@ from torch import Tensor, nn
 import jobs.attacks
 from jobs.attacks import Attack
 from jobs.attacks.balls import Ball
-from jobs.cascade import CLEAN, CascadePrior, Earlier, chain_key, earlier_of, prior_from_rows
+from jobs.cascade import (
+    CLEAN,
+    EARLIER,
+    CascadePrior,
+    Earlier,
+    chain_key,
+    earlier_of,
+    prior_from_rows,
+)
 from jobs.data import dataset_info, load_split
 from jobs.external import ExternalModel
 from jobs.external.load import load_external
@@ -225,6 +233,8 @@ class AttackedInputs:
     #: what broke each input where the attack's own name does not say it: the prior's record
     #: for a skipped input, the component of an ensemble (AutoAttack's standard version)
     breaker: list[str | None]
+    #: what each row's example is (``jobs.attacks.base.Attack.example``; ``EARLIER``: skipped)
+    example: list[str]
 
 
 def attack_inputs(
@@ -266,8 +276,10 @@ def attack_inputs(
                 breaker[i] = component if hit else None
         size[idx] = s.detach().double().cpu()
         loss[idx] = F.cross_entropy(logits, yb, reduction="none").double().cpu()
+    example = [EARLIER if s else attack.example(f)
+               for s, f in zip(skip.tolist(), fooled.tolist(), strict=True)]
     return AttackedInputs(clean_pred.tolist(), adv_pred.tolist(), fooled.tolist(), size.tolist(),
-                          loss.tolist(), breaker)
+                          loss.tolist(), breaker, example)
 
 
 def threshold_rows(below: pd.DataFrame, ball: Ball, prior: CascadePrior) -> AttackedInputs:
@@ -278,14 +290,15 @@ def threshold_rows(below: pd.DataFrame, ball: Ball, prior: CascadePrior) -> Atta
     holds the attack's own result for that input."""
     limit = ball.limit()
     adv_pred, size, loss = below["adv_pred"].tolist(), below["perturbation"].tolist(), below["loss"].tolist()
-    labels = below["label"].tolist()
+    labels, example = below["label"].tolist(), below["example"].tolist()
     fooled = []
     for i, skip in enumerate(prior.skip):
         if skip:
             adv_pred[i], size[i], loss[i] = prior.adv_pred[i], prior.perturbation[i], prior.loss[i]
+            example[i] = EARLIER
         fooled.append(skip or (adv_pred[i] != labels[i] and size[i] <= limit))
     return AttackedInputs(below["clean_pred"].tolist(), adv_pred, fooled, size, loss,
-                          list(prior.broken_by))
+                          list(prior.broken_by), example)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,6 +355,7 @@ def _columns(shard: _Shard, labels: list[int], out: AttackedInputs,
         "fooled": out.fooled,
         "robust": robust,
         "broken_by": broken_by,
+        "example": out.example,
         "perturbation": out.size,
         "loss": out.loss,
         "shard_start": [shard.start] * n,
@@ -391,7 +405,8 @@ def _evaluate_shard(shard: _Shard, opts: _Options, data: tuple[Tensor, Tensor] |
         assert shard.attack.below is not None
         out = threshold_rows(earlier[shard.attack.below].rows, shard.attack.ball(), prior)
     else:
-        attack = jobs.attacks.make_attack(shard.attack.spec, bounds=loaded.bounds)
+        attack = jobs.attacks.make_attack(shard.attack.spec, bounds=loaded.bounds,
+                                          stop_when_fooled=True)
         out = attack_inputs(loaded.model, loaded.device, attack, shard.attack.ball(), x, y,
                             seed=shard.seed, batch_size=opts.batch_size, prior=prior)
     seconds = time.perf_counter() - t0

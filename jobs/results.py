@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from jobs.schema import COLUMNS, META_SHARD, check_schema_version
+from jobs.schema import COLUMNS, META_SHARD, check_schema_version, upgrade
 
 #: A summary group as callers give it: {"families": [...], "affine": [...]} or a list of families.
 GroupSpec = Mapping[str, list[str]] | list[str]
@@ -28,7 +28,7 @@ def read_results(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
     for p in paths:
         table = pq.read_table(p)
         check_schema_version(table.schema.metadata, path=str(p))
-        frames.append(table.to_pandas())
+        frames.append(upgrade(table).to_pandas())
     if not frames:
         return pd.DataFrame({name: [] for name in COLUMNS})
     return pd.concat(frames, ignore_index=True)

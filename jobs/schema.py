@@ -29,8 +29,13 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.errors import MpoError
+from jobs.strategy_table import STRATEGIES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: The versions this mpo reads: 2 had no ``example`` column (read as ""); 3 added it.
+READABLE_VERSIONS = (2, 3)
+#: Columns added after version 2, with the value a file of an older version is read with.
+ADDED_COLUMNS: dict[str, tuple[int, object]] = {"example": (3, "")}
 
 META_SCHEMA_VERSION = b"mpo.schema_version"
 META_MODEL = b"mpo.model"
@@ -43,8 +48,8 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
                  "external model's source, weights digest and input wrapper"),
     "model_label": (pa.string(), "display name, e.g. 'Adv_max'"),
     "dataset": (pa.string(), "dataset name: toy, mnist, cifar10"),
-    "strategy": (pa.string(), "training strategy (nat, single, avg, max, msd, eat, random), or "
-                 "external for a model mpo did not train"),
+    "strategy": (pa.string(), f"training strategy ({', '.join(STRATEGIES)}), or external for a "
+                 "model mpo did not train"),
     "train_attacks": (pa.string(), "JSON list of the training attacks' families"),
     "groups": (pa.string(), "JSON list of the groups this model is reported in"),
     "seed": (pa.int64(), "training seed (null for an external model)"),
@@ -70,6 +75,15 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         "for a non-robust row, what broke the input: 'clean' (misclassified clean), else the suite "
         "attack that fooled it (a cascade's earlier attack; a larger radius's smaller-radius copy), "
         "or an AutoAttack ensemble's component: apgd-ce, apgd-t, fab-t, square; '' for robust rows",
+    ),
+    "example": (
+        pa.string(),
+        "what the row's adversarial example is: 'first-fooled' (the attack stopped the input at "
+        "its first fooling candidate), 'best' (the best candidate of the attack's whole run: a "
+        "misclassified one wins, else the highest cross-entropy), 'smallest' (a minimum-norm "
+        "attack's smallest perturbation), 'library' (the attack library's own choice), 'clean' (a "
+        "library attack that found nothing returns the clean input), 'earlier' (not attacked: an earlier attack of the cascade broke the input, broken_by names it); "
+        "'' in files of schema version 2",
     ),
     "perturbation": (pa.float64(), "size of the perturbation in the family's norm"),
     "loss": (pa.float64(), "cross-entropy at the adversarial input"),
@@ -102,9 +116,20 @@ def check_schema_version(metadata: dict[bytes, bytes] | None, *, path: str) -> i
             f"{path}: not an mpo results file (no '{META_SCHEMA_VERSION.decode()}' metadata)"
         )
     version = int(raw.decode())
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise SchemaVersionError(
-            f"{path}: results schema version {version}, this mpo reads version {SCHEMA_VERSION}; "
+            f"{path}: results schema version {version}, this mpo reads versions {readable}; "
             "re-run the evaluation with this version of mpo or read it with the mpo that wrote it"
         )
     return version
+
+
+def upgrade(table: pa.Table) -> pa.Table:
+    """A table of an older readable version with the columns added since (``ADDED_COLUMNS``),
+    filled with their old-version value, in ``COLUMNS`` order."""
+    for name, (_, fill) in ADDED_COLUMNS.items():
+        if name not in table.column_names:
+            typ = COLUMNS[name][0]
+            table = table.append_column(pa.field(name, typ), pa.array([fill] * table.num_rows, typ))
+    return table.select([n for n in COLUMNS if n in table.column_names])

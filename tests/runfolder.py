@@ -8,7 +8,7 @@ Two levels:
   picture holds (Adv_max most robust on the union, a gradient-free l1 attack revealing masking
   for Adv_inf, an epsilon sweep for Adv_max, an affine attack stronger than the union).
 
-Files follow results schema version 2: rows have ``broken_by``, and the suite metadata states
+Files follow results schema version 3: rows have ``broken_by`` and ``example``, and the suite metadata states
 its ``budgets_protocol``, ``radii``, ``full_radius`` and each attack's ``base`` (the contract
 in jobs.schema).
 """
@@ -172,6 +172,7 @@ def shard_table(
         "fooled": fool.tolist(),
         "robust": robust.tolist(),
         "broken_by": list(broken_by),
+        "example": ["best"] * n,
         "perturbation": [0.0] * n,
         "loss": [0.0] * n,
         "shard_start": [start] * n,
@@ -183,9 +184,13 @@ def shard_table(
         suite={"name": "synthetic", "groups": suite_groups or {}, **(suite_extra or {})},
         shard={"attack": attack.name, "start": start, "stop": start + n, "content_key": "x"},
     )
+    schema = SCHEMA
     if schema_version is not None:
         meta[META_SCHEMA_VERSION] = str(schema_version).encode()
-    return pa.Table.from_pydict(cols, schema=SCHEMA.with_metadata(meta))
+        if schema_version == 2:  # version 2 had no ``example`` column
+            del cols["example"]
+            schema = pa.schema([f for f in SCHEMA if f.name != "example"])
+    return pa.Table.from_pydict(cols, schema=schema.with_metadata(meta))
 
 
 def write_shard(run_dir: Path, model: ModelSpec, attack: AttackSpec, **kwargs: Any) -> Path:

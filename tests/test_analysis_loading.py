@@ -50,7 +50,7 @@ def test_other_schema_version_and_corrupt_file_are_skipped_and_listed(tmp_path):
     assert len(rs.rows) == 4
     reasons = {s.path.name: s.reason for s in rs.skipped_files}
     assert set(reasons) == {old.name, bad.name}
-    assert "results schema version 1, this mpo reads version 2" in reasons[old.name]
+    assert "results schema version 1, this mpo reads versions 2, 3" in reasons[old.name]
     assert "unreadable parquet" in reasons[bad.name]
 
 
@@ -64,7 +64,7 @@ def test_manifest_lists_missing_shards_and_failed_trials(tmp_path):
     missing = {(s.model_id, s.attack, s.start): s.reason for s in rs.missing_shards}
     assert missing == {
         ("toy-max", "pgd_l1", 20): "no results file",
-        ("toy-nat", "pgd_linf", 0): "results schema version 0, this mpo reads version 2; "
+        ("toy-nat", "pgd_linf", 0): "results schema version 0, this mpo reads versions 2, 3; "
         "re-run the evaluation with this version of mpo or read it with the mpo that wrote it",
     }
     assert rs.incomplete_models() == {"toy-max", "toy-nat"}
@@ -107,6 +107,18 @@ def test_affine_inferred_without_manifest(tmp_path):
         write_shard(tmp_path, MODEL, attack, clean_correct=[True] * 4, fooled=[False] * 4,
                     suite_groups={"g": ["linf", "l1"]})
     assert load_results(tmp_path).groups["g"].affine == ("linf+l1",)
+
+
+def test_files_of_schema_2_read_with_an_empty_example(tmp_path):
+    """A version-2 file (before the ``example`` column) still reads, beside a version-3 one."""
+    write_shard(tmp_path, MODEL, PGD, clean_correct=[True] * 4, fooled=[False, True, False, True],
+                schema_version=2)
+    write_shard(tmp_path, MODEL, PGD1, clean_correct=[True] * 4, fooled=[False] * 4)
+    rs = load_results(tmp_path)
+    assert not rs.skipped_files
+    by_attack = rs.rows.groupby("attack")["example"].agg(set).to_dict()
+    assert by_attack == {PGD.name: {""}, PGD1.name: {"best"}}
+    assert rs.rows[rs.rows["attack"] == PGD.name]["fooled"].tolist() == [False, True, False, True]
 
 
 def test_suite_metadata_of_schema_2(tmp_path):

@@ -276,6 +276,9 @@ class FlipX0:
     def __init__(self, spec, bounds=None):
         self.spec = spec
 
+    def example(self, fooled):
+        return "best"
+
     def __call__(self, model, x, y, *, generator=None):
         x_adv = x.clone()
         x_adv[:, 0, 0, 0] -= 1.2 * (2 * y.to(x.dtype) - 1)
@@ -304,7 +307,7 @@ def sign_model_checkpoint(tmp_path) -> Path:
 def test_results_outside_the_ball_do_not_count(sign_model_checkpoint, tmp_path, monkeypatch, epsilon, fooled):
     import jobs.attacks
 
-    monkeypatch.setattr(jobs.attacks, "make_attack", lambda spec, bounds=None: FlipX0(spec))
+    monkeypatch.setattr(jobs.attacks, "make_attack", lambda spec, bounds=None, **_: FlipX0(spec))
     attack = {"name": "flip", "kind": "gradient-free", "spec": {"type": "linf", "epsilon": EPS_INF}}
     if epsilon is not None:
         attack["epsilon"] = epsilon

@@ -1,5 +1,5 @@
 """`mpo export`: the accuracy records and RobustBench-style model entries on hand-made outcomes,
-the formats, and the README's public schema table against jobs.schema.COLUMNS."""
+the formats, and the public schema table (jobs/SCHEMA.md) against jobs.schema.COLUMNS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from orchestrator.cli import main
 from orchestrator.commands.export import schema_markdown
 from tests.runfolder import AttackSpec, ModelSpec, build_run_folder, write_shard
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SCHEMA_PAGE = Path(__file__).resolve().parents[1] / "jobs" / "SCHEMA.md"
 AA_LINF = {"type": "autoattack", "version": "standard", "norm": "linf", "epsilon": 8 / 255}
 
 
@@ -27,10 +27,10 @@ def _invoke(*args: str) -> str:
 
 
 def test_readme_schema_table_is_the_code():
-    text = README.read_text()
+    text = SCHEMA_PAGE.read_text()
     match = re.search(r"<!-- begin schema \(mpo export --schema\) -->\n(.*?)<!-- end schema -->",
                       text, re.S)
-    assert match, "README has no schema section between its marker comments"
+    assert match, "jobs/SCHEMA.md has no schema section between its marker comments"
     assert match.group(1) == schema_markdown()
     for name in COLUMNS:
         assert f"| `{name}` |" in match.group(1)
@@ -94,7 +94,7 @@ def test_accuracy_records_and_model_info(run):
         "mpo_group": "cifar-lp", "mpo_threat_model": "Linf", "mpo_families": ["linf", "l2"],
         "mpo_epsilon": {"linf": pytest.approx(8 / 255), "l2": 0.5}, "mpo_n": 4,
         "mpo_family_acc": {"linf": "25.00", "l2": "75.00"},
-        "mpo_union_acc": "25.00", "mpo_average_acc": "50.00",
+        "mpo_union_acc": "25.00", "mpo_average_acc": "50.00", "mpo_complete": True,
     }
     b = json.loads((folder / "cifar10-external-b-bbbb.json").read_text())
     # a zoo entry's own threat model picks the family of eps (no AutoAttack run for l2 here)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from jobs.config import (
     make_train_config,
     scale_spec,
 )
+from jobs.strategy_table import STRATEGIES
 from jobs.training import (
     MpoError,
     learning_rate,
@@ -77,7 +79,8 @@ RT = {"type": "rt", "spatial_limits": [3, 3, 30], "random_tries": 2}
     ("changes", "match"),
     [
         ({"strategy": "minmax"},
-         r"field 'strategy' = 'minmax'.*'nat', 'single', 'avg', 'max', 'msd', 'eat' or 'random'"),
+         r"field 'strategy' = 'minmax'.*" + re.escape(
+             ", ".join(f"'{n}'" for n in list(STRATEGIES)[:-1]) + f" or '{list(STRATEGIES)[-1]}'")),
         ({"strategy": "avg", "attacks": []}, r"strategy 'avg' needs at least one attack"),
         ({"strategy": "max", "attacks": []}, r"strategy 'max' needs at least one attack"),
         ({"strategy": "single"}, r"strategy 'single' needs exactly one attack, got 2"),

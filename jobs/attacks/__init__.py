@@ -54,9 +54,12 @@ def _check_bounds(bounds: Bounds) -> Bounds:
 
 
 def make_attack(spec: Mapping[str, Any] | AttackSpec, *, bounds: Bounds = (0.0, 1.0),
-                eval_batch: int | None = None) -> Any:
+                eval_batch: int | None = None, stop_when_fooled: bool = False) -> Any:
     """Build an attack (a ``jobs.attacks.base.Attack``) from a paper-style spec dict or a parsed
     spec; bounds=None for unbounded inputs.
+
+    stop_when_fooled (evaluation): an attack that can (``Attack.can_stop``) takes each input out
+    at its first fooling candidate; the same inputs end up fooled, for fewer passes.
 
     eval_batch: images per forward pass when the attack scores many transforms (rt, affine
     linf+rt); None: the device's size (``jobs.attacks.spatial.attack.DEFAULT_EVAL_BATCH``).
@@ -70,4 +73,6 @@ def make_attack(spec: Mapping[str, Any] | AttackSpec, *, bounds: Bounds = (0.0, 
         eval_batch = DEFAULT_EVAL_BATCH
     if not isinstance(eval_batch, int) or eval_batch < 1:
         raise ValueError(f"eval_batch must be a positive integer, got {eval_batch!r}")
-    return parsed.build(bounds=b, eval_batch=eval_batch)
+    attack = parsed.build(bounds=b, eval_batch=eval_batch)
+    attack.stop_when_fooled = bool(stop_when_fooled and attack.can_stop)
+    return attack

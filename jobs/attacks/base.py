@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from jobs.attacks.specbase import BUDGET_RTOL, Bounds
 
-__all__ = ["BUDGET_RTOL", "Attack", "AttackConstraintError", "AttackResult", "Best", "Bounds",
-           "RunOutput", "input_grad", "margin_grad_output", "margin_loss"]
+__all__ = ["BEST", "BUDGET_RTOL", "CLEAN_INPUT", "FIRST_FOOLED", "LIBRARY", "SMALLEST", "Attack",
+           "AttackConstraintError", "AttackResult", "Best", "Bounds", "RunOutput", "input_grad",
+           "margin_grad_output", "margin_loss"]
 
 
 class AttackConstraintError(AssertionError):
@@ -164,12 +165,27 @@ class Best:
         return take
 
 
+#: What an attack's result holds for an input (the results' ``example`` column): the first
+#: candidate that fooled it (an attack that stops when fooled), the best candidate of the whole
+#: run (a misclassified one wins, else the highest cross-entropy), the smallest perturbation
+#: found (a minimum-norm attack), the library's own choice, or the clean input (a library attack
+#: that found nothing fooling the input).
+FIRST_FOOLED, BEST, SMALLEST, LIBRARY = "first-fooled", "best", "smallest", "library"
+CLEAN_INPUT = "clean"
+
+
 class Attack(ABC):
     """Base class: ``attack(model, x, y, generator=...) -> AttackResult``.
 
     Attributes: ``family`` (str), ``epsilon`` (float; nan for rt, 1.0 for the affine attacks,
     whose norm is a fraction of the combined budget), ``spec`` (canonical JSON-able dict),
     ``total_steps`` (forward-backward passes per input; forward passes for rt), ``bounds``.
+
+    ``stop_when_fooled`` (evaluation; an attack that can, ``can_stop``): an input leaves the
+    attack at its first fooled candidate. The same inputs end up fooled as without (inputs are
+    attacked independently and the random draws do not depend on it), for fewer passes; a
+    fooled input's example is then that first candidate, not the best (training wants the
+    best, so it is off by default).
     """
 
     family: str
@@ -177,6 +193,18 @@ class Attack(ABC):
     spec: dict[str, Any]
     total_steps: int
     bounds: Bounds
+    #: can this attack stop an input at its first fooled candidate?
+    can_stop: bool = False
+    stop_when_fooled: bool = False
+    #: what a fooled / an unfooled input's example is, when the attack does not stop early
+    kept: tuple[str, str] = (BEST, BEST)
+
+    def example(self, fooled: bool) -> str:
+        """What this attack's result holds for an input it fooled (or not): ``FIRST_FOOLED``,
+        ``BEST``, ``SMALLEST``, ``LIBRARY`` or ``CLEAN_INPUT``."""
+        if fooled and self.stop_when_fooled and self.can_stop:
+            return FIRST_FOOLED
+        return self.kept[0] if fooled else self.kept[1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec})"

@@ -68,6 +68,9 @@ def _shares(spec: AffineSpec, n: int, generator: torch.Generator | None, device:
 
 class _AffineBase(Attack):
     epsilon = 1.0
+    #: an input is never attacked again once a draw fooled it; within a draw, ``stop_when_fooled``
+    #: also stops it at its first fooled iterate
+    can_stop = True
 
     def __init__(self, spec: AffineSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         self._spec = spec
@@ -176,7 +179,8 @@ class AffineLinfRT(_AffineBase):
                     xt = xt.clamp(*self.bounds)
                 threat = LinfThreat(eps=eps[pi], step_size=step[pi], bounds=self.bounds)
                 run = pgd(model, xt, y[pi], threat, steps=self.lin.k, restarts=self._spec.reps,
-                          random_start=self.lin.random_start, generator=generator)
+                          random_start=self.lin.random_start, generator=generator,
+                          stop_when_fooled=self.stop_when_fooled)
                 inputs, pair, part = _best_of_pairs(b, pi, run)
                 take = best.merge(inputs, part)
                 chosen[inputs[take]] = pt[pair[take]]
@@ -227,7 +231,8 @@ class AffineLinfL1(_AffineBase):
 
     def _alternate(self, model: nn.Module, x: Tensor, y: Tensor, lin_share: Tensor,
                    generator: torch.Generator | None) -> Best:
-        """One run from one random start: the per-input best iterate."""
+        """One run from one random start: the per-input best iterate (``stop_when_fooled``: an
+        input leaves the run at its first fooled iterate)."""
         t_inf = LinfThreat(eps=self.lin.epsilon * lin_share, step_size=self.lin.a * lin_share,
                            bounds=self.bounds)
         t_1 = L1Threat(eps=self.l1.epsilon * (1 - lin_share), step_size=self.l1.a,
@@ -235,17 +240,27 @@ class AffineLinfL1(_AffineBase):
         d_inf = t_inf.random_init(x, generator) if self.lin.random_start else torch.zeros_like(x)
         d_1 = t_1.random_init(x, generator) if self.l1.random_start else torch.zeros_like(x)
         best = Best(x)
+        live: Tensor | None = None  # the inputs still attacked (None: all of them)
         for name in self.schedule:
             xa = apply_delta(x, d_inf + d_1, self.bounds)
             grad, logits = input_grad(model, xa, y)
-            best.update(xa, logits, y)
+            best.update(xa, logits, y, live)
+            if self.stop_when_fooled:
+                left = ~best.success if live is None else ~best.success[live]
+                if not bool(left.all()):
+                    keep = left.nonzero().squeeze(1)
+                    if keep.numel() == 0:
+                        return best
+                    live = keep if live is None else live[keep]
+                    x, y, d_inf, d_1, grad = x[keep], y[keep], d_inf[keep], d_1[keep], grad[keep]
+                    t_inf, t_1 = t_inf.subset(keep), t_1.subset(keep)
             if name == "linf":
                 d_inf = t_inf.project(t_inf.step(d_inf, grad, x), x)
             else:
                 d_1 = t_1.project(t_1.step(d_1, grad, x + d_inf), x)
         xa = apply_delta(x, d_inf + d_1, self.bounds)
         with torch.no_grad():
-            best.update(xa, model(xa), y)
+            best.update(xa, model(xa), y, live)
         return best
 
     def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.attacks.base import BUDGET_RTOL, Attack, Bounds, RunOutput
+from jobs.attacks.base import BUDGET_RTOL, CLEAN_INPUT, LIBRARY, SMALLEST, Attack, Bounds, RunOutput
 from jobs.attacks.norms import perturbation_norm
 from jobs.errors import MpoError
 
@@ -112,6 +112,8 @@ class LibraryAttack(Attack):
         self.gradient_free = spec.entry.gradient_free
         # a minimum-norm attack returns the smallest perturbation it found, whatever its size
         self.bounded = not spec.minimum_norm
+        # what a row holds (``Attack.example``): an input not fooled keeps its clean image
+        self.kept = (LIBRARY if self.bounded else SMALLEST, CLEAN_INPUT)
         self.total_steps = self._cost()
         require(self.package, attack=spec.attack)
 

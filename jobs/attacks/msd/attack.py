@@ -68,14 +68,19 @@ def msd_run(
     steps: int,
     random_start: bool,
     generator: torch.Generator | None,
+    stop_when_fooled: bool = False,
 ) -> Best:
-    """One MSD run from one start: x0 [B, ...], y [B] -> the per-input best of every candidate."""
+    """One MSD run from one start: x0 [B, ...], y [B] -> the per-input best of every candidate.
+
+    ``stop_when_fooled``: an input leaves the batch once a candidate fooled it (as in
+    ``jobs.attacks.pgd.attack.pgd_run``: the same inputs end up fooled)."""
     threats = [t.for_run(generator, x0.device) if isinstance(t, L1Threat) else t for t in threats]
     bounds = threats[0].bounds
-    n, rows = len(threats), torch.arange(x0.shape[0], device=x0.device)
+    n = len(threats)
     delta = _start(threats, x0, generator) if random_start else torch.zeros_like(x0)
     x = apply_delta(x0, delta, bounds)
     best = Best(x0)
+    live: Tensor | None = None  # the inputs still attacked (None: all of them)
     for step in range(steps):
         grad, logits = input_grad(model, x, y)
         if step == 0:
@@ -87,9 +92,22 @@ def msd_run(
         loss = F.cross_entropy(scores, y.repeat(n), reduction="none").view(n, -1)
         pred = scores.argmax(1).view(n, -1)
         for i in range(n):
-            best.offer(xs[i], loss[i], pred[i], pred[i] != y)
+            if live is None:
+                best.offer(xs[i], loss[i], pred[i], pred[i] != y)
+            else:
+                best.offer_rows(live, xs[i], loss[i], pred[i], pred[i] != y)
         pick = loss.argmax(0)  # [B] the ball whose step raised the cross-entropy most
-        delta, x = cands[pick, rows], xs[pick, rows]
+        cols = torch.arange(x0.shape[0], device=x0.device)
+        delta, x = cands[pick, cols], xs[pick, cols]
+        if stop_when_fooled:
+            left = ~best.success if live is None else ~best.success[live]
+            if not bool(left.all()):
+                keep = left.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                live = keep if live is None else live[keep]
+                x0, y, delta, x = x0[keep], y[keep], delta[keep], x[keep]
+                threats = [t.subset(keep) for t in threats]
     return best
 
 
@@ -103,15 +121,18 @@ def msd(
     restarts: int = 1,
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    stop_when_fooled: bool = False,
 ) -> Best:
     """MSD with restarts: x0 [B, ...], y [B] -> per-input best over all restarts and candidates."""
-    best = msd_run(model, x0, y, threats, steps=steps, random_start=random_start, generator=generator)
+    best = msd_run(model, x0, y, threats, steps=steps, random_start=random_start,
+                   generator=generator, stop_when_fooled=stop_when_fooled)
     for _ in range(restarts - 1):
         idx = (~best.success).nonzero().squeeze(1)
         if idx.numel() == 0:
             break
         best.merge(idx, msd_run(model, x0[idx], y[idx], threats, steps=steps,
-                                random_start=random_start, generator=generator))  # fmt: skip
+                                random_start=random_start, generator=generator,
+                                stop_when_fooled=stop_when_fooled))  # fmt: skip
     return best
 
 
@@ -119,6 +140,7 @@ class MsdAttack(Attack):
     """MSD over a union of l_p balls ∩ box; ``norm`` is ``union_size`` (at most 1)."""
 
     epsilon = 1.0
+    can_stop = True
 
     def __init__(self, spec: MsdSpec, *, bounds: Bounds = (0.0, 1.0)):
         self._spec = spec
@@ -133,7 +155,8 @@ class MsdAttack(Attack):
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         s = self._spec
         best = msd(model, x, y, self.threats, steps=s.k, restarts=s.reps,
-                   random_start=s.random_start, generator=generator)  # fmt: skip
+                   random_start=s.random_start, generator=generator,
+                   stop_when_fooled=self.stop_when_fooled)  # fmt: skip
         return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred)
 
     def _measure(self, x: Tensor, x_adv: Tensor, transform: Tensor | None) -> Tensor:

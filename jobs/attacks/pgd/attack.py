@@ -109,10 +109,11 @@ def pgd(
 class PGDAttack(Attack):
     """PGD on an l_p ball ∩ box: l_inf and l_2 (steepest ascent) and l_1 (SLIDE)."""
 
+    can_stop = True
+
     def __init__(self, spec: LpSpec, *, bounds: Bounds = (0.0, 1.0), stop_when_fooled: bool = False):
         self._spec = spec
-        #: evaluation only: an input stops at its first fooled iterate (``pgd_run``); the
-        #: successes are the same, the examples of the fooled inputs are not the strongest
+        #: evaluation only: an input stops at its first fooled iterate (``pgd_run``)
         self.stop_when_fooled = stop_when_fooled
         self.family = spec.type
         self.epsilon = spec.epsilon

@@ -196,34 +196,81 @@ def worst_transform(
     *,
     bounds: Bounds,
     eval_batch: int = DEFAULT_EVAL_BATCH,
+    stop_when_fooled: bool = False,
 ) -> tuple[Best, Tensor]:
-    """Score every (input, transform) pair; keep the worst per input.
+    """Score every (input, transform) pair; keep the worst per input (``stop_when_fooled``:
+    each input's first fooling transform, ``_first_fooling``).
 
     x [B, ...], y [B]; transforms [T, 3] (the same for every input) or [B, T, 3] (per input).
     ``eval_batch``: images per forward pass (DEFAULT_EVAL_BATCH: the device's size, see
     EVAL_BATCH_BY_DEVICE). Returns (Best over the pairs, chosen transform [B, 3]).
     """
-    shared = transforms.dim() == 2
+    if stop_when_fooled:
+        return _first_fooling(model, x, y, transforms, bounds, eval_batch)
     loss, pred = score_transforms(model, x, y, transforms, bounds=bounds, eval_batch=eval_batch)
     succ = pred != y[None]
     # Per input: the highest-loss misclassified transform if any, else the highest loss.
     masked = torch.where(succ, loss, torch.full_like(loss, float("-inf")))
     pick = torch.where(succ.any(0), masked.argmax(0), loss.argmax(0))
     cols = torch.arange(x.shape[0], device=x.device)
-    chosen = transforms[pick] if shared else transforms[cols, pick]
+    return _kept(x, transforms, pick, bounds, loss[pick, cols], pred[pick, cols], succ[pick, cols])
+
+
+def _kept(x: Tensor, transforms: Tensor, pick: Tensor, bounds: Bounds, loss: Tensor, pred: Tensor,
+          fooled: Tensor) -> tuple[Best, Tensor]:
+    """The picked transform of each input ([B] indices into the grid), applied and recorded."""
+    shared = transforms.dim() == 2
+    chosen = transforms[pick] if shared else transforms[torch.arange(x.shape[0], device=x.device), pick]
     x_adv = rt_transform(x, chosen)
     if bounds is not None:
         x_adv = x_adv.clamp(*bounds)
     best = Best(x_adv)
-    best.offer(x_adv, loss[pick, cols], pred[pick, cols], succ[pick, cols])
+    best.offer(x_adv, loss, pred, fooled)
     return best, chosen
 
 
+def _first_fooling(model: nn.Module, x: Tensor, y: Tensor, transforms: Tensor, bounds: Bounds,
+                   eval_batch: int) -> tuple[Best, Tensor]:
+    """``worst_transform`` stopping each input at the first transform (in order) that fools
+    it: the transforms are scored in blocks of about ``eval_batch`` images over the inputs still
+    robust. The same inputs are fooled as by ``worst_transform``; a fooled input's transform is
+    its first fooling one, a robust input's the one of highest loss (as there)."""
+    shared = transforms.dim() == 2
+    n, t_count = x.shape[0], transforms.shape[0] if shared else transforms.shape[1]
+    chunk = resolve_eval_batch(eval_batch, x.device)
+    best_loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
+    best_pred = torch.zeros(n, dtype=torch.long, device=x.device)
+    pick = torch.zeros(n, dtype=torch.long, device=x.device)
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    t0 = 0
+    while t0 < t_count and not bool(fooled.all()):
+        alive = (~fooled).nonzero().squeeze(1)
+        t1 = min(t_count, t0 + max(1, chunk // alive.numel()))
+        block = transforms[t0:t1] if shared else transforms[alive, t0:t1]
+        loss, pred = score_transforms(model, x[alive], y[alive], block, bounds=bounds,
+                                      eval_batch=eval_batch)  # [T', A]
+        succ = pred != y[alive][None]
+        hit = succ.any(0)
+        # per input: its first fooling transform of the block, else the block's highest loss
+        at = torch.where(hit, succ.int().argmax(0), loss.argmax(0))
+        cols = torch.arange(alive.numel(), device=x.device)
+        cand_loss, cand_pred = loss[at, cols], pred[at, cols]
+        take = hit | (cand_loss > best_loss[alive])
+        rows = alive[take]
+        best_loss[rows], best_pred[rows] = cand_loss[take], cand_pred[take]
+        pick[rows] = t0 + at[take]
+        fooled[alive[hit]] = True
+        t0 = t1
+    return _kept(x, transforms, pick, bounds, best_loss, best_pred, fooled)
+
+
 class RTAttack(Attack):
-    """Worst rotation-translation over the full grid, or over ``random_tries`` random draws."""
+    """Worst rotation-translation over the full grid, or over ``random_tries`` random draws
+    (``stop_when_fooled``: an input's first fooling transform)."""
 
     family = "rt"
     epsilon = float("nan")
+    can_stop = True
 
     def __init__(self, spec: RTSpec, *, bounds: Bounds = (0.0, 1.0), eval_batch: int = DEFAULT_EVAL_BATCH):
         self._spec = spec
@@ -249,7 +296,8 @@ class RTAttack(Attack):
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None) -> RunOutput:
         ts = self.transforms_for(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
-        best, chosen = worst_transform(model, x, y, ts, bounds=self.bounds, eval_batch=self.eval_batch)
+        best, chosen = worst_transform(model, x, y, ts, bounds=self.bounds, eval_batch=self.eval_batch,
+                                       stop_when_fooled=self.stop_when_fooled)
         return RunOutput(x_adv=best.x, loss=best.loss, pred=best.pred, transform=chosen)
 
     def _budget(self) -> float:
