@@ -28,15 +28,18 @@ from jobs.run_folder import (
     SHARD_FILES,
     Manifest,
     RunFolderError,
+    check_run_dir,
     differs_from_record,
 )
 from jobs.schema import (
+    ADDED_COLUMNS,
     COLUMNS,
     META_MODEL,
     META_SHARD,
     META_SUITE,
     SchemaVersionError,
     check_schema_version,
+    upgrade,
 )
 from jobs.strategy_table import LABEL_ORDER, STRATEGIES
 
@@ -225,7 +228,7 @@ def _read_shard(path: Path, run_dir: Path) -> tuple[pa.Table | None, dict[str, A
         return None, {}, str(exc).removeprefix(f"{rel}: ")
     except ValueError as exc:
         return None, {}, f"bad schema version metadata ({exc})"
-    missing = [name for name in COLUMNS if name not in schema.names]
+    missing = [name for name in COLUMNS if name not in schema.names and name not in ADDED_COLUMNS]
     if missing:
         return None, {}, f"missing columns {missing}"
     meta: dict[str, Any] = {}
@@ -236,7 +239,7 @@ def _read_shard(path: Path, run_dir: Path) -> tuple[pa.Table | None, dict[str, A
         except json.JSONDecodeError:
             meta[name] = {}
     try:
-        table = pq.read_table(path, columns=list(COLUMNS))
+        table = upgrade(pq.read_table(path, columns=[n for n in COLUMNS if n in schema.names]))
     except (OSError, pa.ArrowException) as exc:
         return None, {}, f"unreadable parquet file ({exc})"
     return table, meta, None
@@ -248,7 +251,7 @@ def load_results(run_dir: str | Path) -> ResultSet:
     Raises ``RunFolderError`` when the folder does not exist, is empty, or has no readable
     results; files of another schema version are skipped and listed in ``skipped_files``.
     """
-    run_dir = _check_run_dir(Path(run_dir))
+    run_dir = check_run_dir(Path(run_dir))
     warnings: list[str] = []
     manifest_data = _read_optional_json(run_dir / MANIFEST_FILE, warnings)
     manifest = Manifest.from_dict(manifest_data) if isinstance(manifest_data, dict) else None
@@ -286,14 +289,6 @@ def load_results(run_dir: str | Path) -> ResultSet:
         suite_info=suite_info,
         audit=load_audit(run_dir, warnings),
     )
-
-
-def _check_run_dir(run_dir: Path) -> Path:
-    if not run_dir.exists():
-        raise RunFolderError(f"run folder {run_dir} does not exist")
-    if not run_dir.is_dir():
-        raise RunFolderError(f"run folder {run_dir} is not a directory")
-    return run_dir
 
 
 ShardKey = tuple[str, str, int, int]  # (model_id, attack, start, stop)

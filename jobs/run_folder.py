@@ -258,6 +258,15 @@ class _Entry:
         return rf.path / self.name
 
 
+def check_run_dir(run_dir: Path) -> Path:
+    """``run_dir`` when it is a folder (what every reader checks first, before its imports)."""
+    if not run_dir.exists():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} is not a directory")
+    return run_dir
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """A run folder's paths and records (see the module docstring)."""

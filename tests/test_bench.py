@@ -8,8 +8,10 @@ import math
 
 import pytest
 
+from jobs.strategy_table import STRATEGIES as STRATEGY_TABLE_NAMES
+
 ATTACK_KEYS = {f"attack/{name}_k{k}" for k in (10, 20) for name in ("pgd_linf", "pgd_l2", "slide")}
-STRATEGIES = ("nat", "single", "avg", "max", "msd", "eat", "random")
+STRATEGIES = tuple(STRATEGY_TABLE_NAMES)
 EXPECTED_KEYS = ATTACK_KEYS | {
     "peer/pgd_linf_vs_torchattacks", "peer/slide_vs_foolbox", "peer/rt_grid_vs_foolbox",
     "peer/pgd_linf_vs_torchattacks_stop", "peer/slide_vs_foolbox_stop",
@@ -23,6 +25,8 @@ EXPECTED_KEYS = ATTACK_KEYS | {
     "sweep/eval_fanout_speedup",
     "projection/mnist_adv_max_examples_per_s", "projection/cifar10_wrn_adv_max_examples_per_s",
     "projection/paper_grid_hours",
+    "cli/grids", "cli/status", "cli/missing_config", "cli/missing_run", "cli/refused_option",
+    "cli/missing_data",
 }
 STATUSES = {"pass", "miss", "info", "skipped", "error"}
 
@@ -35,9 +39,12 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
 
     from orchestrator.cli import main
 
-    out = tmp_path / "tmp.json"
+    out, page = tmp_path / "tmp.json", tmp_path / "BENCH.md"
+    page.write_text("| figure | key | before | value (spread) | target | status | notes |\n"
+                    "| PGD | `attack/pgd_linf_k10` |  | 1.23 (1.1-1.3) | <= 1.05 | miss | |\n")
     result = CliRunner().invoke(
-        main, ["bench", "--quick", "--out", str(out), "--data-dir", str(mnist_dir)]
+        main, ["bench", "--quick", "--out", str(out), "--page", str(page),
+               "--data-dir", str(mnist_dir)]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())  # valid JSON (no NaN)
@@ -54,7 +61,7 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
         assert f["status"] != "error", (key, f["reason"])
         if f["status"] == "skipped":
             assert f["reason"], key
-        elif key.startswith(("attack/", "peer/", "train/", "sweep/")):
+        elif key.startswith(("attack/", "peer/", "train/", "sweep/", "cli/")):
             assert f["value"] is not None and math.isfinite(f["value"]), key
             lo, hi = f["spread"]
             assert lo <= f["value"] <= hi, key
@@ -73,6 +80,15 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
         assert "GPU" in figures["projection/paper_grid_hours"]["reason"]
     assert report["summary"]["error"] == 0
     assert "PGD" in result.output and "wrote" in result.output
+    for key in ("cli/grids", "cli/refused_option"):  # seconds, against the 0.5 s target
+        assert figures[key]["unit"] == "s" and figures[key]["target"] == "<= 0.5", key
+    # the page: every figure once, the previous page's value in "before"
+    text = page.read_text()
+    for key in figures:
+        assert text.count(f"| `{key}` |") == 1, key
+    row = next(line for line in text.splitlines() if "`attack/pgd_linf_k10`" in line)
+    assert row.split(" | ")[2] == "1.23"
+    assert "mpo bench --quick" in text
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@ budget, steps and device, as a speedup (peer time / our time), with both success
 
 PGD and SLIDE are compared twice: at equal work (ours, as training and evaluation run it,
 attacks every input for every step: both sides are then mostly the same model passes), and with
-ours stopping each input at its first fooled iterate (``PGDAttack(stop_when_fooled=True)``: the
-same inputs are fooled for fewer passes). The RT grid is compared over the whole grid.
+ours stopping each input at its first fooled iterate (``stop_when_fooled=True``, as evaluation
+runs it: the same inputs are fooled for fewer passes). The RT grid is compared over the whole
+grid, and as each side ships its early exit (foolbox: once every input is fooled; ours: each
+input at its first fooling transform).
 
 torchattacks is optional (the ``peers`` extra): without it its figure is ``skipped``. foolbox is
 a regular dependency: a foolbox that does not import is an ``error``, not a skip.
@@ -69,13 +71,15 @@ def _start(b: Bench) -> torch.Generator:
     return torch.Generator(device=b.device).manual_seed(0)
 
 
-def _pair(key: str, title: str, times: dict[str, list[float]], target: Target,
+def _pair(key: str, title: str, times: dict[str, list[float]], targets: tuple[Target, Target],
           details: dict[str, Any], success: dict[str, float]) -> list[Figure]:
-    """Two figures: the peer / ours at equal work, and the peer / ours stopping when fooled."""
+    """Two figures: the peer / ours at equal work, and the peer / ours stopping when fooled
+    (as evaluation runs it); ``targets``: theirs, in that order."""
     out = []
-    for suffix, side, note in (("", "ours", "equal work: ours attacks every input for every step"),
-                               ("_stop", "ours_stop", "ours stops each input at its first "
-                                "fooled iterate (the same inputs are fooled)")):
+    for suffix, side, target, note in (
+            ("", "ours", targets[0], "equal work: ours attacks every input for every step"),
+            ("_stop", "ours_stop", targets[1], "ours stops each input at its first fooled iterate "
+             "(the same inputs are fooled), as evaluation runs it")):
         out.append(ratio_figure(
             f"{key}{suffix}", "peer", f"{title}{' (ours stops when fooled)' if suffix else ''}",
             per_rep(times["peer"], times[side]), target=target,
@@ -87,12 +91,12 @@ def _pair(key: str, title: str, times: dict[str, list[float]], target: Target,
 
 def peer_pgd(b: Bench, prefix: str) -> list[Figure]:
     key, title = f"{prefix}peer/pgd_linf_vs_torchattacks", "PGD l_inf: torchattacks.PGD / ours"
-    target = Target(">=", 1.2)
+    targets = (Target(">=", 1.2), Target(">=", 3.0))
     try:
         ta = _import_quietly("torchattacks")
     except Exception as err:
-        return [skipped(k, "peer", title, f"torchattacks not importable: {err}", target)
-                for k in (key, f"{key}_stop")]
+        return [skipped(k, "peer", title, f"torchattacks not importable: {err}", t)
+                for k, t in zip((key, f"{key}_stop"), targets, strict=True)]
     s = b.settings
     spec = lp_specs(s.k)["pgd_linf"]
     attack, stopping = _ours(spec)
@@ -106,7 +110,7 @@ def peer_pgd(b: Bench, prefix: str) -> list[Figure]:
         peer_wrong = b.model(peer.result).argmax(1) != b.y
     success = {"ours": _success(ours.result.success), "ours_stop": _success(ours_stop.result.success),
                "peer": _success(peer_wrong)}
-    return _pair(key, title, times, target, {
+    return _pair(key, title, times, targets, {
         "spec": attack.spec, "batch": s.batch,
         "note": "same steps, step size and uniform random start in the cube; ours: CW-margin "
                 "gradient, best iterate kept; torchattacks: cross-entropy gradient, last iterate",
@@ -138,7 +142,7 @@ def peer_slide(b: Bench, prefix: str) -> list[Figure]:
     _, peer_adv, peer_success = peer.result
     success = {"ours": _success(ours.result.success), "ours_stop": _success(ours_stop.result.success),
                "peer": _success(peer_success)}
-    return _pair(key, title, times, Target(">=", 2.0), {
+    return _pair(key, title, times, (Target(">=", 2.0), Target(">=", 2.0)), {
         "spec": attack.spec, "batch": s.batch, "steps": s.k,
         "max_l1_ours": float(ours.result.norm.max()),
         "max_l1_peer": float(perturbation_norm(peer_adv - b.x, "l1").max()),
@@ -166,7 +170,8 @@ def _never_adversarial(fb: ModuleType) -> foolbox.criteria.Criterion:
 
 def peer_rt(b: Bench, prefix: str) -> list[Figure]:
     """Two figures: the whole grid on both sides (equal work), and foolbox as shipped (it stops
-    once every input is misclassified; ours always scores every transform to keep the worst)."""
+    once every input is misclassified) against ours as evaluation runs it (each input stops at
+    its first fooling transform, in the grid's order)."""
     keys = {"full": (f"{prefix}peer/rt_grid_vs_foolbox",
                      "RT grid, whole grid: foolbox SpatialAttack / ours"),
             "early": (f"{prefix}peer/rt_grid_vs_foolbox_early_stop",
@@ -181,15 +186,18 @@ def peer_rt(b: Bench, prefix: str) -> list[Figure]:
             "random_tries": -1}
     attack = make_attack(spec)
     attack_small = make_attack(spec, eval_batch=SMALL_EVAL_BATCH)
+    stopping = make_attack(spec, stop_when_fooled=True)
     spatial = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30, num_translations=gx,
                                        num_rotations=ga, grid_search=True)
     never = _never_adversarial(fb)
     ours = Keep(lambda: attack(b.model, b.x, b.y))
+    ours_stop = Keep(lambda: stopping(b.model, b.x, b.y))
     peer = Keep(lambda: spatial(fmodel, b.x, b.y))
     with warnings.catch_warnings():  # foolbox's meshgrid call warns on every transform
         warnings.simplefilter("ignore", UserWarning)
         times = interleaved(
             {"ours": ours,
+             "ours_stop": ours_stop,
              "ours_small_chunks": lambda: attack_small(b.model, b.x, b.y),
              "peer_full": lambda: spatial(fmodel, b.x, never),
              "peer": peer},
@@ -197,6 +205,7 @@ def peer_rt(b: Bench, prefix: str) -> list[Figure]:
         )
     details = {"grid": [gx, gy, ga], "transforms": gx * gy * ga, "batch": s.batch,
                "success_ours": _success(ours.result.success),
+               "success_ours_stop": _success(ours_stop.result.success),
                "success_peer": _success(peer.result[2]),
                "eval_batch": attack.eval_batch,
                f"ours_eval_batch_{SMALL_EVAL_BATCH}_s":
@@ -209,11 +218,12 @@ def peer_rt(b: Bench, prefix: str) -> list[Figure]:
                         details={**details, "note": "foolbox forced through the whole grid (a "
                                  "criterion no input meets): equal work"})
     early = ratio_figure(keys["early"][0], "peer", keys["early"][1],
-                         per_rep(times["peer"], times["ours"]), target=target,
-                         times={"ours": times["ours"], "peer": times["peer"]},
+                         per_rep(times["peer"], times["ours_stop"]), target=target,
+                         times={"ours": times["ours_stop"], "peer": times["peer"]},
                          details={**details, "note": "foolbox as shipped: stops once every "
-                                  "input is misclassified; ours scores every (input, transform) "
-                                  "pair to keep the worst loss"})
+                                  "input is misclassified; ours as evaluation runs it: each input "
+                                  "stops at its first fooling transform (the same inputs fooled "
+                                  "as scoring the whole grid)"})
     return [full, early]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from orchestrator.bench.attack_cost import attack_figures, attack_keys
+from orchestrator.bench.cli_latency import COMMANDS, cli_figures
 from orchestrator.bench.execution import execution_figures, execution_keys
 from orchestrator.bench.figures import STATUSES, Figure, guarded, skipped
 from orchestrator.bench.gpu import projection_figures, projection_keys
@@ -97,30 +98,33 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
     say(f"model: MNIST CNN width {s.width}, batch {s.batch}, {s.fit_steps} clean training steps")
     b = make_bench(dev, s, data_dir)
     figures: list[Figure] = []
-    say(f"1/6 attack efficiency (k = {', '.join(map(str, s.ks))}, {s.reps} repetitions)")
+    say(f"1/7 attack efficiency (k = {', '.join(map(str, s.ks))}, {s.reps} repetitions)")
     figures += guarded("attack", attack_keys(s.ks), lambda: attack_figures(b))
-    say("2/6 peers: torchattacks, foolbox")
+    say("2/7 peers: torchattacks, foolbox")
     figures += peer_figures(b)
-    say("3/6 execution: layout, torch.compile, bf16")
+    say("3/7 execution: layout, torch.compile, bf16")
     figures += guarded("exec", execution_keys(),
                        lambda: execution_figures(b, compile_model=not quick))
     if not projection:  # the GPU script leaves these groups out
-        say("4/6 training cost per strategy")
+        say("4/7 training cost per strategy")
         figures += guarded("train", train_keys(), lambda: training_figures(b))
         if sweep:
-            say(f"5/6 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
+            say(f"5/7 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
             figures += guarded("sweep", list(SWEEP_TITLES), lambda: sweep_figures(s))
         else:
             figures += [skipped(k, "sweep", k, "sweep figures not requested") for k in SWEEP_TITLES]
     if projection or dev.type == "cuda":
-        say(f"6/6 training throughput of the paper's recipes on {dev}, paper-grid projection")
+        say(f"6/7 training throughput of the paper's recipes on {dev}, paper-grid projection")
         figures += guarded("projection", projection_keys(), lambda: projection_figures(
             dev, steps=s.proj_steps, warmup=s.proj_warmup, batch_size=s.proj_batch))
     else:
-        say("6/6 projection: skipped (no GPU; --projection measures it on this device)")
+        say("6/7 projection: skipped (no GPU; --projection measures it on this device)")
         reason = ("no GPU: the projection needs the device's rates (mpo bench --projection "
                   "measures it on this device)")
         figures += [skipped(k, "projection", k, reason) for k in projection_keys()]
+    if not projection:
+        say("7/7 command-line latency (mpo grids, status, refused mistakes)")
+        figures += guarded("cli", list(COMMANDS), lambda: cli_figures(3 if quick else 7))
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +81,6 @@ def render(report: dict[str, Any], console: Console) -> None:
 def save_report(report: dict[str, Any], out: Path) -> None:
     """Write the report; where ``out`` cannot be written any more (a disk that filled while
     measuring), keep it in the temporary folder and say where, so no figure is lost."""
-    import tempfile
-
     from jobs.errors import MpoError
     from jobs.io import write_json_atomic
 
@@ -112,6 +111,9 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--quick", is_flag=True, help="small sizes and few repetitions (under 2 minutes)")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the report as JSON to this file")
+@click.option("--page", "page", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="rewrite this Markdown benchmark page (e.g. orchestrator/bench/BENCHMARKS.md) "
+                   "with the run's figures, the values it held before beside them")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MNIST root (default: $MPO_DATA_DIR or ~/.cache/mpo/data)")
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
@@ -122,8 +124,8 @@ def _command_line(ctx: click.Context) -> str:
               help="the GPU script: attacks, peers, execution variants, the paper recipes' "
                    "training throughput and the paper-grid projection, all on --device "
                    "(about 5 minutes on one GPU; with --device cpu --quick, a tiny CPU run)")
-def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, threads: int,
-          no_sweep: bool, projection: bool) -> None:
+def bench(device: str, quick: bool, out: Path | None, page: Path | None, data_dir: Path | None,
+          threads: int, no_sweep: bool, projection: bool) -> None:
     """Measure mpo's speed as ratios against the physical limit and against peer libraries.
 
     Each figure is measured side by side in one run (interleaved repetitions; the median and
@@ -131,9 +133,11 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     passes, 2) torchattacks and foolbox / ours, 3) execution variants (channels-last,
     torch.compile, bf16) / default, 4) training step per strategy / its passes, 5) Ray sweep
     overhead and evaluation fan-out, 6) the paper recipes' training throughput and the
-    paper-grid projection (on a GPU, or with --projection). A figure that cannot be measured is
-    reported as skipped, with the reason.
+    paper-grid projection (on a GPU, or with --projection), 7) how long `mpo` takes to answer
+    (grids, status, refused mistakes). A figure that cannot be measured is reported as
+    skipped, with the reason.
     """
+    from jobs.errors import MpoError
     from jobs.io import check_writable
     from jobs.training import resolve_device
     from orchestrator.bench.run import run_bench
@@ -143,6 +147,8 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
         resolve_device(device)  # ConfigError when this machine has no CUDA
     if out is not None:  # before measuring: a failed write at the end would lose every figure
         check_writable(out, folder=False, what="--out")
+    if page is not None:
+        check_writable(page, folder=False, what="--page")
     console = make_console()
     command = _command_line(click.get_current_context())
     with console.status("benchmarking") as status:
@@ -155,3 +161,13 @@ def bench(device: str, quick: bool, out: Path | None, data_dir: Path | None, thr
     if out is not None:
         save_report(report, out)
         console.print(f"wrote {out}")
+    if page is not None:
+        from orchestrator.bench.page import write_page
+
+        try:
+            console.print(f"wrote {write_page(report, page)}")
+        except OSError as err:
+            fallback = Path(tempfile.mkdtemp(prefix="mpo-bench-")) / "report.json"
+            save_report(report, fallback)
+            raise MpoError(f"--page {page}: cannot write it ({err.strerror or err}); the report "
+                           f"is saved in {fallback}") from None

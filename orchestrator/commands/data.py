@@ -27,20 +27,20 @@ def check(data_dir: str | None, names: tuple[str, ...]) -> None:
 
     Exit status 1 when the data root does not exist, a dataset's files are corrupt, or a dataset
     named on the command line is missing."""
-    from rich.table import Table
-
-    from jobs.data import DATASETS, check_dataset, resolve_data_dir
-    from jobs.datasets import check_name
+    from jobs.datasets import check_name, resolve_data_dir
     from jobs.errors import MpoError
-    from orchestrator.console import make_console
 
     for name in names:
         check_name(name)
     root = resolve_data_dir(data_dir)
-    if not root.is_dir():
+    if not root.is_dir():  # before torchvision's import: a mistyped root is refused at once
         raise MpoError(f"data root {root} does not exist; point --data-dir (or MPO_DATA_DIR) at "
                        "the folder that holds MNIST/ and cifar-10-batches-py/, or download with "
                        "`mpo data fetch mnist cifar10`")
+    from rich.table import Table
+
+    from jobs.data import DATASETS, check_dataset
+    from orchestrator.console import make_console
     console = make_console()
     table = Table(title=f"datasets under {root}")
     for col in ("dataset", "present", "train", "test", "checksums"):

@@ -236,8 +236,8 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
            schema: bool) -> None:
     """Write RUN_DIR's accuracy tables (and, with --rows, its per-input rows) as CSV or JSON,
     with a RobustBench-style model_info JSON per model and group."""
-    from analysis.loading import load_results
     from jobs.io import check_writable
+    from jobs.run_folder import check_run_dir
     from orchestrator.console import make_console
 
     if schema:
@@ -246,6 +246,9 @@ def export(run_dir: Path | None, formats: str, out_dir: Path | None, rows: bool,
     if run_dir is None:
         raise click.UsageError("give RUN_DIR (a folder of mpo eval or mpo sweep), or --schema")
     fmts = parse_formats(formats)
+    check_run_dir(run_dir)  # before the analysis imports: a mistyped folder is refused at once
+    from analysis.loading import load_results
+
     rs = load_results(run_dir)
     out = check_writable(out_dir if out_dir is not None else run_dir / "export", folder=True,
                          what="--out")

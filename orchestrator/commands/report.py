@@ -31,6 +31,9 @@ def report(run_dir: Path, out_dir: Path | None, formats: str, snapshot: Path | N
     Example: `mpo report mpo-runs/mnist-mini --snapshot analysis/results/mnist-mini
     --readme README.md`.
     """
+    from jobs.run_folder import check_run_dir
+
+    check_run_dir(run_dir)  # before the analysis imports: a mistyped folder is refused at once
     from analysis import render
     from analysis.loading import load_results
     from analysis.report import parse_formats, update_readme, write_report, write_snapshot

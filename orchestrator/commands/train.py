@@ -95,6 +95,8 @@ def train(
     from pathlib import Path
 
     from jobs.config import resolve_train_config
+
+    cfg = resolve_train_config(config)  # torch-free: a mistake in CONFIG is refused at once
     from jobs.io import check_writable
     from jobs.training import resolve_device
     from jobs.training import train as run_training
@@ -103,7 +105,6 @@ def train(
 
     set_torch_threads(threads or available_cpus())
     console = make_console()
-    cfg = resolve_train_config(config)
     dev = resolve_device(device)
     model_id = cfg.model_id()
     out = check_writable(Path(out_dir) if out_dir else Path("runs") / "train" / model_id,
