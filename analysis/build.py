@@ -60,6 +60,8 @@ class Report:
     broken_by: list[BrokenBy] = field(default_factory=list)
     #: group -> the robustness-curve figure's files (also in ``figures``)
     curve_figures: dict[str, list[Path]] = field(default_factory=dict)
+    #: figure file stem -> the caption the documents show under it
+    captions: dict[str, str] = field(default_factory=dict)
     #: the strength audit: AutoAttack's standard version against the suite, per model, family
     #: and budget point
     audit: list[AuditSummary] = field(default_factory=list)
@@ -108,7 +110,13 @@ def build_report(rs: ResultSet) -> Report:
             else:
                 curves.append(c)
                 statements[name] = protocol_statement(rs, name)
-    masking = masking_flags(rs)
+    # every per-model list in the order of the models in the tables (the strategies' order)
+    order = {mid: i for i, mid in enumerate(dict.fromkeys(
+        row.model.model_id for t in tables for row in t.rows))}
+    rank = lambda mid: order.get(mid, len(order))  # noqa: E731
+    masking = sorted(masking_flags(rs), key=lambda f: rank(f.model_id))
+    broken.sort(key=lambda b: (b.group, rank(b.model_id)))
+    audit = sorted(audit_summaries(rs.audit), key=lambda a: (rank(a.model_id), a.family, a.budget))
     found = findings(rs, tables, affine, masking,
                      epsilon=epsilon,
                      toy_params={t.group: toy_params(rs, t) for t in tables
@@ -116,8 +124,7 @@ def build_report(rs: ResultSet) -> Report:
     return Report(rs=rs, tables=tables, affine=affine, masking=masking,
                   comparisons=compare(tables, affine), curves=curves, findings=found,
                   notes=notes, robustness=robustness, protocol=protocol_rows(rs),
-                  protocol_statements=statements, broken_by=broken,
-                  audit=audit_summaries(rs.audit))
+                  protocol_statements=statements, broken_by=broken, audit=audit)
 
 
 def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:

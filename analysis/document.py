@@ -218,7 +218,7 @@ def figures_section(report: Report, figure_root: Path) -> list[Block]:
     for p in figures:
         if p.suffix == ".png":
             out.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
-                             p.stem))
+                             report.captions.get(p.stem, p.stem)))
     return out
 
 

@@ -102,7 +102,7 @@ def curves_section(report: Report, figure_root: Path) -> list[Block]:
         for p in report.curve_figures.get(rc.group, []):
             if p.suffix == ".png":
                 out.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root)
-                                 else p, p.stem))
+                                 else p, report.captions.get(p.stem, p.stem)))
         out.append(curves_block(rc))
     return out
 
@@ -137,15 +137,15 @@ AUDIT_METHOD = (
     f"share); upper: a one-sided {100 * CONFIDENCE:.0f}% Clopper-Pearson bound on that share in "
     "the test set. Suite broke, AA robust: inputs the suite's other attacks broke."
 )
-AUDIT_HEADERS = ["model", "family", "budget", "n", "suite robust", "AA robust",
-                 "AA broke, suite robust", "upper", "suite broke, AA robust", "verdict"]
+AUDIT_HEADERS = ["model", "family", "budget", "n", "suite robust (%)", "AA robust (%)",
+                 "AA broke, suite robust", "upper (%)", "suite broke, AA robust", "verdict"]
 
 
 def audit_block(report: Report) -> Table:
     rows = [[TCell(s.label), TCell(s.family), TCell(f"{s.budget:g}"), TCell(str(s.n)),
-             TCell(fmt_pct(s.suite_robust / s.n if s.n else None)),
-             TCell(fmt_pct(s.aa_robust / s.n if s.n else None)), TCell(str(s.missed)),
-             TCell(fmt_pct(s.upper)), TCell(str(s.extra)),
+             TCell(fmt_pct(100 * s.suite_robust / s.n if s.n else None)),
+             TCell(fmt_pct(100 * s.aa_robust / s.n if s.n else None)), TCell(str(s.missed)),
+             TCell(fmt_pct(100 * s.upper)), TCell(str(s.extra)),
              TCell("WEAKER than AutoAttack" if s.weaker else "at least as strong")]
             for s in report.audit]
     return Table("Strength audit: AutoAttack standard against the suite, per input",

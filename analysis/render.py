@@ -61,7 +61,7 @@ def to_markdown(doc: Document) -> str:
         elif isinstance(blk, Pre):
             lines += ["```", blk.text.rstrip("\n"), "```", ""]
         elif isinstance(blk, Image):
-            lines += [f"![{blk.alt}]({blk.path.as_posix()})", ""]
+            lines += [f"![{blk.alt}]({blk.path.as_posix()})", "", f"*{_md_escape(blk.alt)}*", ""]
         elif isinstance(blk, Table):
             lines += [f"*{_md_escape(blk.caption)}*", ""]
             lines += _md_table(blk.headers, [[_md_cell(c) for c in row] for row in blk.rows])

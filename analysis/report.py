@@ -69,10 +69,22 @@ def write_figures(report: Report, out_dir: Path) -> list[Path]:
     for c in report.curves:
         stem = f"fig1_{c.group}" if names[c.group] == 1 else f"fig1_{c.group}_{short_id(c.model_id)}"
         paths += plot_sweep(c, fig_dir / stem)
+        report.captions[stem] = (f"Figure 1, group {c.group}: {c.display}'s accuracy against each "
+                                 "family and their union as the budget grows (the same attacks, "
+                                 "scaled, at every point)")
     for rc in report.robustness:
         report.curve_figures[rc.group] = plot_curves(rc, fig_dir / f"curves_{rc.group}")
         paths += report.curve_figures[rc.group]
-    paths += _toy_panels(report, fig_dir)
+        report.captions[f"curves_{rc.group}"] = (
+            f"Robustness curves, group {rc.group}: each model's accuracy against the radius, per "
+            "family and for the union")
+    panels = _toy_panels(report, fig_dir)
+    for path in panels:
+        report.captions[path.stem] = (
+            f"Group {path.stem.removeprefix('theory_')} on Theorem 1's plane: each trained model's "
+            "adversarial risks (l_1, l_inf) beside the linear classifiers of Section 2 and the "
+            "bound R_avg >= 1/2 (labels: union accuracy, as in the tables)")
+    paths += panels
     report.figures = paths
     return paths
 

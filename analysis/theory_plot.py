@@ -39,32 +39,59 @@ def family_curve(dist: Section2, n: int = 181) -> tuple[np.ndarray, np.ndarray, 
     return thetas, np.array(r_inf), np.array(r_1)
 
 
-def _risk_plane(ax: Axes, dist: Section2) -> None:
-    """The (R_1, R_inf) plane: the classifier family, the constant classifier, and Theorem 1's bound."""
+#: where a point's label may go (offset points), tried in turn until it overlaps no other text
+_OFFSETS = [(7, 5), (7, -13), (-7, 5), (-7, -13), (7, 17), (-7, 17), (7, -25), (-7, -25),
+            (7, 29), (-7, 29), (7, -37), (-7, -37), (7, 41), (-7, 41)]
+
+
+def annotate_apart(ax: Axes, point: tuple[float, float], text: str, *, fontsize: int = 8,
+                   avoid: Sequence[tuple[float, float]] = ()) -> None:
+    """Label ``point`` where the label overlaps none of the axes' texts so far and none of the
+    markers at ``avoid`` (data coordinates): the first free place of ``_OFFSETS`` (left of the
+    point for negative x offsets); the first place if none is free."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    taken = [t.get_window_extent(renderer) for t in ax.texts]
+    if ax.get_legend() is not None:
+        taken.append(ax.get_legend().get_window_extent(renderer))
+    frame = ax.get_window_extent(renderer)
+    others = [a for a in avoid if a != point]
+    for px, py in ax.transData.transform(others) if others else ():
+        taken.append(Bbox([[px - 9, py - 9], [px + 9, py + 9]]))
+    for dx, dy in _OFFSETS:
+        ann = ax.annotate(text, point, textcoords="offset points", xytext=(dx, dy),
+                          fontsize=fontsize, ha="left" if dx >= 0 else "right")
+        box = ann.get_window_extent(renderer)
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        if inside and not any(box.overlaps(b) for b in taken):
+            return
+        ann.remove()
+    ax.annotate(text, point, textcoords="offset points", xytext=_OFFSETS[0], fontsize=fontsize)
+
+
+def _risk_plane(ax: Axes, dist: Section2, avoid: Sequence[tuple[float, float]] = (),
+                legend: bool = False) -> None:
+    """The (R_1, R_inf) plane: the classifier family, the constant classifier, and Theorem 1's
+    bound; its labels kept off the markers at ``avoid``."""
     _, r_inf, r_1 = family_curve(dist)
     grid = np.linspace(0, 1, 2)
     ax.fill_between(grid, 0, 1 - grid, color="0.9", label="R_avg < 1/2 (impossible, Thm 1)")
     ax.plot(grid, 1 - grid, "k--", lw=1, label="R_avg = 1/2")
     ax.plot(r_1, r_inf, "-", color="C0", lw=2, label="sign(x0) -> sign(sum x_i)")
     ax.plot([r_1[0]], [r_inf[0]], "o", color="C0")
-    ax.annotate(
-        "sign(x0)", (r_1[0], r_inf[0]), textcoords="offset points", xytext=(-50, 6), fontsize=8
-    )
     ax.plot([r_1[-1]], [r_inf[-1]], "s", color="C0")
-    ax.annotate(
-        "sign(sum x_i)",
-        (r_1[-1], r_inf[-1]),
-        textcoords="offset points",
-        xytext=(6, -4),
-        fontsize=8,
-    )
     ax.plot([0.5], [0.5], "D", color="0.4")
-    ax.annotate("constant", (0.5, 0.5), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    if legend:
+        ax.legend(fontsize=7, loc="upper right")
+    marks = [(float(r_1[0]), float(r_inf[0])), (float(r_1[-1]), float(r_inf[-1])), (0.5, 0.5)]
+    for text, point in zip(("sign(x0)", "sign(sum x_i)", "constant"), marks, strict=True):
+        annotate_apart(ax, point, text, avoid=[*marks, *avoid])
     ax.set_xlabel(f"R_adv, l_1 (eps = {dist.eps_l1:g})")
     ax.set_ylabel(f"R_adv, l_inf (eps = 2 eta = {dist.eps_linf:.3g})")
-    ax.set_aspect("equal")
 
 
 def _theorem1_panel(ax: Axes, dist: Section2, theorem1: Mapping[str, Any]) -> None:
@@ -166,18 +193,18 @@ def toy_panel(
             if v is not None and not (0.0 <= float(v) <= 1.0):
                 raise MpoError(f"model {m['label']!r}: {key} = {v}: must be a risk in [0, 1]")
     fig, ax = plt.subplots(figsize=(6.2, 6))
-    _risk_plane(ax, dist)
-    for i, m in enumerate(models):
-        x, y = float(m["risk_l1"]), float(m["risk_linf"])
+    points = [(float(m["risk_l1"]), float(m["risk_linf"])) for m in models]
+    _risk_plane(ax, dist, avoid=points, legend=True)
+    for i, (x, y) in enumerate(points):
         ax.plot([x], [y], "*", ms=13, color=f"C{(i + 1) % 10}", mec="k", mew=0.5)
+    for m, point in zip(models, points, strict=True):
         text = m["label"]
-        if m.get("risk_union") is not None:
-            text += f" (union {float(m['risk_union']):.2f})"
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+        if m.get("risk_union") is not None:  # the tables' measure: accuracy, in percent
+            text += f" (union acc. {100 * (1 - float(m['risk_union'])):.1f}%)"
+        annotate_apart(ax, point, text, avoid=points)
     bound = "" if dist.x0 == "sign" else " (bound proven for sign x0)"
     ax.set_title(
         f"toy: trained models vs theory (d={dist.d}, alpha={dist.alpha:g}, p0={dist.p0:g}){bound}",
         fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path_without_suffix)

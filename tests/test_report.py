@@ -86,7 +86,7 @@ def test_every_format_written(toy_report):
         "figures/curves_toy.svg", "report.md", "tables.tex", "report.tex",
         "report.html", "tables.csv", "affine.csv", "masking.csv", "findings.csv",
         "paper_vs_run.csv", "sweep.csv", "curves.csv", "robustness.csv", "protocol.csv",
-        "broken_by.csv", "completeness.csv",
+        "broken_by.csv", "audit.csv", "completeness.csv",
     }
     assert all(p.stat().st_size > 0 for p in written)
 
@@ -120,7 +120,9 @@ def test_markdown_tables(toy_report):
     out, _ = toy_report
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| model | n | clean | linf | l1 | union | average |" in md
-    assert "![fig1_toy](figures/fig1_toy.png)" in md
+    caption = ("Figure 1, group toy: Adv_max's accuracy against each family and their union as "
+               "the budget grows (the same attacks, scaled, at every point)")
+    assert f"![{caption}](figures/fig1_toy.png)" in md and f"*{caption}*" in md  # not a file name
     table_lines = [ln for ln in md.splitlines() if ln.startswith("| Adv_inf ")]
     assert "‡" in table_lines[0]  # pointwise_l1 reveals masking of Adv_inf's l1 robustness
     assert re.search(r"\| Adv_max\* \| 60 \|", md)  # missing shard: marked, fewer inputs
@@ -316,7 +318,7 @@ def test_snapshot_is_small_complete_and_replaces_stale_files(tmp_path):
     paper_row = [ln for ln in summary.splitlines() if ln.startswith("| Adv_max | 83.8 / ")]
     assert paper_row and f"83.8 / {union}" in paper_row[0]
     assert "#### Table 3: Adv_max against the union and the affine adversary" in summary
-    assert "![fig1_mnist-rt](figures/fig1_mnist-rt.png)" in (snap / "report.md").read_text()
+    assert "](figures/fig1_mnist-rt.png)" in (snap / "report.md").read_text()
 
 
 def test_snapshot_option_errors(toy_run, tmp_path):
@@ -325,7 +327,7 @@ def test_snapshot_option_errors(toy_run, tmp_path):
     assert result.exit_code != 0 and "--snapshot and --out are exclusive" in result.output
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(main, ["report", str(toy_run), "--snapshot", str(tmp_path / "file")])
-    assert result.exit_code != 0 and "is not a folder" in result.output
+    assert result.exit_code != 0 and "a file, not a folder" in result.output
 
 
 def test_readme_block_is_the_snapshots_summary(tmp_path):

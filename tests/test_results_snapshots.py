@@ -1,6 +1,7 @@
-"""The published results (analysis/results/*) and the README's results section agree: every
-summary table the README shows is the snapshot's summary.md verbatim, the README names the
-commands that made it, and each snapshot holds what its README says (and nothing heavy)."""
+"""The published results (analysis/results/*) and the results page (analysis/results/README.md,
+linked from the README) agree: every summary table the page shows is the snapshot's summary.md
+verbatim, the page names the commands that made it, and each snapshot holds what the page says
+(and nothing heavy)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,39 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "analysis" / "results"
-SNAPSHOTS = sorted(p for p in RESULTS.iterdir() if p.is_dir()) if RESULTS.is_dir() else []
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+#: the sweeps' snapshots (``analysis/results/theory`` is ``mpo theory``'s page, not a sweep's)
+SNAPSHOTS = sorted(p for p in RESULTS.iterdir() if (p / "run.json").exists()) if RESULTS.is_dir() else []
+README = (RESULTS / "README.md").read_text(encoding="utf-8")
 
 
 def test_there_are_published_snapshots():
     assert {p.name for p in SNAPSHOTS} >= {"toy", "mnist-mini"}
+    main = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(analysis/results/README.md)" in main  # the README links the results page
+
+
+def test_the_theory_page_is_the_command_s_output():
+    page = (RESULTS / "theory" / "theory.md").read_text(encoding="utf-8")
+    assert page.startswith("# The paper's Section 2, computed")
+    assert "Written by `mpo theory --out analysis/results/theory`" in page
+    assert "min R_avg over" in page and "![Section 2" in page
+    assert (RESULTS / "theory" / "theory.png").exists()
 
 
 @pytest.mark.parametrize("snap", SNAPSHOTS, ids=[p.name for p in SNAPSHOTS])
 def test_snapshot_matches_readme(snap):
     summary = (snap / "summary.md").read_text(encoding="utf-8")
     assert summary.strip() and summary.strip() in README, (
-        f"README.md does not show {snap.relative_to(ROOT)}/summary.md verbatim: regenerate the "
-        "README's results section from the snapshot")
-    assert f"--snapshot analysis/results/{snap.name}" in README
+        f"analysis/results/README.md does not show {snap.relative_to(ROOT)}/summary.md verbatim: "
+        "regenerate the page from the snapshot (mpo report --snapshot ... --readme "
+        "analysis/results/README.md)")
+    assert f"--snapshot analysis/results/{snap.name} --readme analysis/results/README.md" in README
     run = json.loads((snap / "run.json").read_text())
     grid = yaml.safe_load((snap / "grid.yaml").read_text())
     assert grid["name"] == snap.name and shlex.split(run["command"])[:3] == ["mpo", "sweep", snap.name]
     assert run["git_commit"][:7] in README  # the README says which commit made the numbers
     for fig in (snap / "figures").glob("*.png"):
-        assert f"analysis/results/{snap.name}/figures/{fig.name}" in README or \
+        assert f"]({snap.name}/figures/{fig.name})" in README or \
             f"figures/{fig.name}" in (snap / "report.md").read_text(encoding="utf-8")
     heavy = [p for p in snap.rglob("*") if p.suffix in {".pt", ".parquet", ".svg"}]
     assert heavy == [] and sum(p.stat().st_size for p in snap.rglob("*") if p.is_file()) < 2e6

@@ -104,6 +104,66 @@ def _monte_carlo(report: dict[str, Any], console: Console) -> None:
     console.print(mc)
 
 
+def _print_report(report: dict[str, Any], console: Console) -> None:
+    p = report["params"]
+    console.print(
+        f"[bold]Section 2 distribution[/]: d={p['d']}, alpha={p['alpha']:g}, p0={p['p0']:g}, "
+        f"eta={p['eta']:.4f}; eps_inf = 2 eta = {p['eps_linf']:.4f}, eps_1 = 2, eps_2 = 2"
+    )
+    for step in (_theorem1, _theorem2, _theorem4, _monte_carlo):
+        step(report, console)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, from click's parsed parameters (defaults left out)."""
+    import shlex
+
+    parts = ["mpo", "theory"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.opts and value is not None and value != param.default:
+            parts += [param.opts[0], str(value)]
+    return shlex.join(parts)
+
+
+#: What each table of the page shows (the page's text before the tables)
+PAGE_INTRO = """What it shows:
+
+- **Theorem 1 (l_inf against l_1).** Exact risks of linear classifiers, from sign(x0) to sign(sum x_i),
+  at eps_inf = 2·eta and eps_1 = 2. (The optimal perturbation lowers the margin by eps·||w||_dual.)
+  Every classifier in the sweep has R_avg >= 1/2, and the constant classifier meets the bound exactly.
+- **Claim 3.** For linear classifiers the affine l_inf+l_1 adversary is exactly as strong as the union.
+- **Theorem 2 (l_inf against RT).** x0 ~ N(y, alpha^-2), and RT moves x0 to one of N positions by
+  swapping it with the feature already there. For each N the table gives the lowest R_avg over a grid of
+  linear classifiers. The gap to 1/2 narrows as N grows. RT risks are Monte Carlo on the margins (± is
+  one standard error); there is no closed form for the minimum of N correlated Gaussian margins.
+- **Theorem 4.** The affine l_inf+RT adversary (RT range scaled by beta, l_inf radius by 1-beta) against
+  the most union-robust linear classifier with w0 > w_i > 0. It is strictly stronger than the union.
+- **Check.** Closed forms against Monte Carlo, under each classifier's optimal perturbations (these
+  must agree) and under the proofs' classifier-free perturbations (a lower bound for any classifier)."""
+
+
+def write_page(report: dict[str, Any], out: Path, command: str) -> Path:
+    """``theory.md``: the tables as the console shows them (110 columns), the figure and the
+    command that wrote them: the page the README links (``analysis/results/theory``)."""
+    import io
+
+    from rich.console import Console
+
+    from jobs.io import write_text_atomic
+
+    record = Console(file=io.StringIO(), width=110, record=True, color_system=None)
+    _print_report(report, record)
+    text = "\n".join(line.rstrip() for line in record.export_text().splitlines())
+    page = out / "theory.md"
+    write_text_atomic(page, (
+        "# The paper's Section 2, computed\n\n"
+        f"Written by `{command}` (exact risks; the RT and affine risks by Monte Carlo, ± one "
+        f"standard error).\n\n{PAGE_INTRO}\n\n"
+        f"```text\n{text}\n```\n\n![Section 2: risks of linear classifiers](theory.png)\n"))
+    return page
+
+
 def write_outputs(report: dict[str, Any], out: Path) -> list[Path]:
     """theory.json, theorem1.csv, theorem2.csv and the figure (PNG, SVG) in ``out``."""
     from analysis.theory_plot import theory_figure
@@ -147,12 +207,7 @@ def theory(d: int, alpha: float, p0: float, n_positions: int, n_samples: int, se
     console = make_console()
     report = theory_report(Section2(d=d, alpha=alpha, p0=p0), n_positions=n_positions,
                            n=n_samples, seed=seed)
-    p = report["params"]
-    console.print(
-        f"[bold]Section 2 distribution[/]: d={p['d']}, alpha={p['alpha']:g}, p0={p['p0']:g}, "
-        f"eta={p['eta']:.4f}; eps_inf = 2 eta = {p['eps_linf']:.4f}, eps_1 = 2, eps_2 = 2"
-    )
-    for step in (_theorem1, _theorem2, _theorem4, _monte_carlo):
-        step(report, console)
+    _print_report(report, console)
     files = write_outputs(report, Path(out_dir))
+    files.append(write_page(report, Path(out_dir), _command_line(click.get_current_context())))
     console.print(f"wrote {', '.join(str(f) for f in files)}", soft_wrap=True)
