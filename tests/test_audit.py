@@ -97,8 +97,10 @@ def test_no_input_autoattack_breaks_is_reported_robust(audited_run):
     assert rows["suite_evaluated"].all()
     missed = rows[rows["clean_correct"] & ~rows["aa_robust"] & rows["suite_robust"]]
     assert missed.empty, missed[["family", "budget", "index"]]
-    # not vacuous: AutoAttack leaves some inputs robust and breaks others
-    assert rows["aa_robust"].any() and (rows["clean_correct"] & ~rows["aa_robust"]).any()
+    # not vacuous: AutoAttack breaks inputs the model classifies correctly, which the suite must
+    # break too (on real MNIST it also leaves some robust; on the generated digits of a clone
+    # without ../shared/data it breaks every one at these radii)
+    assert (rows["clean_correct"] & ~rows["aa_robust"]).any()
 
 
 def test_the_report_shows_the_audit(audited_run, tmp_path):
