@@ -14,6 +14,7 @@ columns (descriptions, lists) wrap at spaces.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +39,16 @@ def make_console(*, stderr: bool = False) -> Console:
     if console.is_terminal or console.is_jupyter:
         return console
     return Console(stderr=stderr, width=PLAIN_WIDTH)
+
+
+def log_line(console: Console, message: str) -> None:
+    """A timestamped progress line: rich's log on a terminal; in a file or a pipe one plain
+    line (rich's log would pad it to ``PLAIN_WIDTH`` with spaces)."""
+    if console.is_terminal:
+        console.log(message)
+    else:
+        console.print(f"[{time.strftime('%H:%M:%S')}] {message}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
                "--data-dir", str(mnist_dir)]
     )
     assert result.exit_code == 0, result.output
+    # written to a pipe, progress lines are plain and as long as their text (not padded)
+    progress = [line for line in result.output.splitlines() if "1/7 attack efficiency" in line]
+    assert progress and all(len(line) < 80 for line in progress), result.output[:2000]
     report = json.loads(out.read_text())  # valid JSON (no NaN)
     assert report["schema"] == "mpo-bench/1"
     assert report["quick"] is True

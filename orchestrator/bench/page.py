@@ -11,6 +11,7 @@ previous run's value.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,21 @@ def _note(f: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _shown_command(command: str) -> str:
+    """The command as typed, without ``--out FILE`` (where the JSON went is no figure's
+    business, and often a machine's own path)."""
+    words = shlex.split(command)
+    kept = [w for i, w in enumerate(words)
+            if w != "--out" and not (i and words[i - 1] == "--out") and not w.startswith("--out=")]
+    return shlex.join(kept)
+
+
 def render_page(report: dict[str, Any], before: dict[str, str]) -> str:
     """The page's Markdown for ``report`` (``orchestrator.bench.run.run_bench``'s)."""
     m = report["machine"]
     load = m.get("load_average_start")
     lines = [
-        f"Written by `{report['command']} --page ...` on {report['created']}: "
+        f"Written by `{_shown_command(report['command'])}` on {report['created']}: "
         f"{m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         + f", device {report['device']}, torch {report['versions']['torch']}, "
         f"ray {report['versions']['ray']}; {report['seconds']:.0f} s"
@@ -62,8 +72,9 @@ def render_page(report: dict[str, Any], before: dict[str, str]) -> str:
         "",
         "Each figure is a ratio of two things timed alternately in one run (or a time, in "
         "seconds): the median over the repetitions, with their min-max spread. \"before\" is "
-        "the value this page held before this run (empty for a new figure). What each group "
-        "measures: `mpo bench --help` and the README's Benchmarks section.",
+        "the value this page held before this run (empty for a new figure), measured on the "
+        "machine its own header names. What each group measures: `mpo bench --help` and the "
+        "top of this page.",
         "",
         "| figure | key | before | value (spread) | target | status | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -141,7 +141,7 @@ def bench(device: str, quick: bool, out: Path | None, page: Path | None, data_di
     from jobs.io import check_writable
     from jobs.training import resolve_device
     from orchestrator.bench.run import run_bench
-    from orchestrator.console import make_console
+    from orchestrator.console import log_line, make_console
 
     if device == "cuda":
         resolve_device(device)  # ConfigError when this machine has no CUDA
@@ -155,7 +155,7 @@ def bench(device: str, quick: bool, out: Path | None, page: Path | None, data_di
         report = run_bench(
             device=device, quick=quick, data_dir=None if data_dir is None else str(data_dir),
             command=command, sweep=not no_sweep, projection=projection, threads=threads or None,
-            progress=lambda msg: (status.update(msg), console.log(msg)),
+            progress=lambda msg: (status.update(msg), log_line(console, msg)),
         )
     render(report, console)
     if out is not None:
