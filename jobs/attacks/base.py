@@ -115,6 +115,17 @@ class Best:
         else:
             self.offer_rows(rows, x, loss, pred, pred != y)
 
+    def still_robust(self, rows: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """For an attack that stops inputs once fooled, after a step on the batch ``rows`` (of
+        the full batch; None: all of it): None when no input of it was fooled; else (``keep``:
+        the positions in the batch of the inputs still robust, empty when none is; the full
+        batch's rows of those inputs, the ``rows`` of the next step)."""
+        left = ~self.success if rows is None else ~self.success[rows]
+        if bool(left.all()):
+            return None
+        keep = left.nonzero().squeeze(1)
+        return keep, (keep if rows is None else rows[keep])
+
     def score_unfooled(self, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor | None = None) -> None:
         """Score candidates x [B, ...] (for ``rows``, as in ``update``) with one forward pass
         and offer them to the inputs that no earlier candidate fooled (for a fooled input the

@@ -245,15 +245,13 @@ class AffineLinfL1(_AffineBase):
             xa = apply_delta(x, d_inf + d_1, self.bounds)
             grad, logits = input_grad(model, xa, y)
             best.update(xa, logits, y, live)
-            if self.stop_when_fooled:
-                left = ~best.success if live is None else ~best.success[live]
-                if not bool(left.all()):
-                    keep = left.nonzero().squeeze(1)
-                    if keep.numel() == 0:
-                        return best
-                    live = keep if live is None else live[keep]
-                    x, y, d_inf, d_1, grad = x[keep], y[keep], d_inf[keep], d_1[keep], grad[keep]
-                    t_inf, t_1 = t_inf.subset(keep), t_1.subset(keep)
+            narrowed = best.still_robust(live) if self.stop_when_fooled else None
+            if narrowed is not None:
+                keep, live = narrowed
+                if keep.numel() == 0:
+                    return best
+                x, y, d_inf, d_1, grad = x[keep], y[keep], d_inf[keep], d_1[keep], grad[keep]
+                t_inf, t_1 = t_inf.subset(keep), t_1.subset(keep)
             if name == "linf":
                 d_inf = t_inf.project(t_inf.step(d_inf, grad, x), x)
             else:

@@ -99,15 +99,13 @@ def msd_run(
         pick = loss.argmax(0)  # [B] the ball whose step raised the cross-entropy most
         cols = torch.arange(x0.shape[0], device=x0.device)
         delta, x = cands[pick, cols], xs[pick, cols]
-        if stop_when_fooled:
-            left = ~best.success if live is None else ~best.success[live]
-            if not bool(left.all()):
-                keep = left.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
-                live = keep if live is None else live[keep]
-                x0, y, delta, x = x0[keep], y[keep], delta[keep], x[keep]
-                threats = [t.subset(keep) for t in threats]
+        narrowed = best.still_robust(live) if stop_when_fooled else None
+        if narrowed is not None:
+            keep, live = narrowed
+            if keep.numel() == 0:
+                break
+            x0, y, delta, x = x0[keep], y[keep], delta[keep], x[keep]
+            threats = [t.subset(keep) for t in threats]
     return best
 
 

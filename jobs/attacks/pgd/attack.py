@@ -64,15 +64,13 @@ def pgd_run(
         x = apply_delta(x0, delta, threat.bounds)
         grad, logits = input_grad(model, x, y)
         best.update(x, logits, y, rows)
-        if stop_when_fooled:
-            left = ~best.success if rows is None else ~best.success[rows]
-            if not bool(left.all()):
-                keep = left.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    return best
-                rows = keep if rows is None else rows[keep]
-                x0, y, delta, grad, threat = x0[keep], y[keep], delta[keep], grad[keep], threat.subset(keep)
-                box = None if box is None else (box[0][keep], box[1][keep])
+        narrowed = best.still_robust(rows) if stop_when_fooled else None
+        if narrowed is not None:
+            keep, rows = narrowed
+            if keep.numel() == 0:
+                return best
+            x0, y, delta, grad, threat = x0[keep], y[keep], delta[keep], grad[keep], threat.subset(keep)
+            box = None if box is None else (box[0][keep], box[1][keep])
         delta = threat.project(threat.step(delta, grad, x0, box), x0, box)
     best.score_unfooled(model, apply_delta(x0, delta, threat.bounds), y, rows)
     return best
