@@ -16,6 +16,18 @@ A config file is YAML with these fields (see ``jobs/recipes/*.yaml`` for complet
     batch_size: 100
     seed: 0
     augment: null                    # null = the dataset's default (crop+flip on CIFAR10)
+    init: null                       # where the weights start (fine-tuning); null = from scratch
+
+``init`` names one starting point (``jobs.finetune``; the weights load with ``weights_only``)::
+
+    init: {checkpoint: runs/adv_inf/checkpoint.pt}         # an mpo checkpoint
+    init: {model: Adv_inf}                                   # a model of the same grid (grids only)
+    init: {external: {factory: pkg.mod:build, weights: w.pt, dataset: mnist}}   # or torchscript:,
+                                                             # robustbench: (jobs.external)
+
+The model id hashes the starting point's identity (the parent's model id, and the weights
+file's sha256 where there is a file), never its path: the same recipe from another parent is
+another model. ``epochs`` may be a fraction (0.5: half an epoch's steps), as fine-tuning often is.
 
 Attack specs are validated by ``jobs.attacks.parse_spec`` when the config is built and stored in
 their canonical form (``AttackSpec.to_dict``), so ``config.json`` holds every hyperparameter
@@ -26,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from importlib import resources
@@ -95,6 +108,11 @@ class DatasetConfig(FrozenModel):
         return self
 
 
+#: ``model: {name: init}``: the architecture of an external starting point (``init.external``:
+#: a factory, TorchScript file or RobustBench entry), trained as it is loaded (``jobs.finetune``)
+INIT_ARCHITECTURE = "init"
+
+
 class ModelConfig(FrozenModel):
     name: str = Field(description="a name from jobs.models.MODELS")
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -104,8 +122,9 @@ class ModelConfig(FrozenModel):
     def _known(cls, name: str) -> str:
         from jobs.model_names import MODEL_NAMES
 
-        if name not in MODEL_NAMES:
-            raise ValueError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODEL_NAMES))}")
+        if name not in MODEL_NAMES and name != INIT_ARCHITECTURE:
+            raise ValueError(f"unknown model '{name}'; valid models: {', '.join(sorted(MODEL_NAMES))}"
+                             f", or '{INIT_ARCHITECTURE}' (an external starting point's own)")
         return name
 
 
@@ -130,6 +149,68 @@ class OptimizerConfig(FrozenModel):
         return values
 
 
+def _epochs(value: object) -> object:
+    """Integral epochs stay ints (``3.0`` -> ``3``): the model id hashes the JSON form."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class InitConfig(FrozenModel):
+    """Where a model's weights start: exactly one of ``model`` (a grid model, by label),
+    ``checkpoint`` (an mpo checkpoint file) or ``external`` (``jobs.external.ExternalModel``).
+
+    ``parent`` and ``digest`` are the starting point's identity, filled in when it is resolved
+    (``jobs.finetune.resolve_init``; a sweep's plan for grid parents): the parent's model id and
+    the sha256 of its weights file (none for a grid parent: its model id fixes it in the run)."""
+
+    model: str | None = Field(None, description="a model of the same grid, by its label")
+    checkpoint: str | None = Field(None, description="an mpo checkpoint file (checkpoint.pt)")
+    external: dict[str, Any] | None = Field(
+        None, description="an external model: factory + weights, torchscript or robustbench")
+    parent: str | None = Field(None, description="resolved: the parent's model id")
+    digest: str | None = Field(None, description="resolved: sha256 of the parent's weights file")
+
+    @model_validator(mode="after")
+    def _one(self) -> InitConfig:
+        given = [k for k in ("model", "checkpoint", "external") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one starting point: model (a grid model's label), "
+                             "checkpoint (an mpo checkpoint) or external (a factory with weights, "
+                             f"torchscript or robustbench); got {', '.join(given) or 'none'}")
+        if self.external is not None:
+            from jobs.external import ExternalModelError, parse_external
+
+            try:
+                parse_external(self.external, source="init.external")
+            except ExternalModelError as err:
+                raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "model" if self.model is not None else "checkpoint" if self.checkpoint else "external"
+
+    @property
+    def where(self) -> str:
+        """The starting point as the user named it (for messages)."""
+        if self.model is not None:
+            return f"grid model '{self.model}'"
+        if self.checkpoint is not None:
+            return f"checkpoint {self.checkpoint}"
+        from jobs.external import parse_external
+
+        spec = parse_external(self.external or {}, source="init.external")
+        return f"external {spec.kind} model {spec.source}"
+
+    def identity(self) -> dict[str, Any]:
+        """What the model id hashes: the parent's id and weights digest, never a path."""
+        if self.parent is None:
+            raise ConfigError(f"init: the starting point ({self.where}) is not resolved yet; "
+                              "jobs.finetune.resolve_init (or the sweep's plan) resolves it")
+        return {"parent": self.parent, "digest": self.digest}
+
+
 class TrainConfig(FrozenModel):
     label: str = Field("", description="display name, e.g. Adv_max (not part of the model id)")
     dataset: DatasetConfig
@@ -138,15 +219,22 @@ class TrainConfig(FrozenModel):
     strategy: StrategyName
     attacks: list[dict[str, Any]] = Field(default_factory=list)
     start_small: bool = False
-    epochs: int = Field(ge=1)
+    epochs: Annotated[int | float, BeforeValidator(_epochs)] = Field(
+        gt=0, description="epochs to train; a fraction trains that share of an epoch's steps")
     steps_per_epoch: int | None = Field(None, ge=1)
     batch_size: int = Field(ge=1)
     seed: int = Field(0, ge=0)
     augment: bool | None = None
+    init: InitConfig | None = Field(None, description="where the weights start (fine-tuning)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         strategy(self.strategy).check_attack_count(len(self.attacks))
+        if self.model.name == INIT_ARCHITECTURE and (self.init is None or self.init.external is None):
+            raise ValueError(f"model.name '{INIT_ARCHITECTURE}' means the architecture of an "
+                             "external starting point (init.external); this config has "
+                             + (f"init.{self.init.kind}" if self.init else "no init")
+                             + ": name the architecture (e.g. mnist_cnn)")
         info = self.dataset_info()
         if self.augment and info.augmentation is None:
             raise ValueError(f"augment: dataset '{info.name}' has no training augmentation")
@@ -169,13 +257,24 @@ class TrainConfig(FrozenModel):
 
         return [parse_spec(spec).family for spec in self.attacks]
 
+    @property
+    def epoch_count(self) -> int:
+        """The epochs the training loop runs: ``epochs`` rounded up (the last one may be short)."""
+        return math.ceil(self.epochs)
+
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data.get("init") is None:  # configs from scratch keep the form (and id) they had
+            data.pop("init", None)
+        return data
 
     def model_id(self) -> str:
-        """Stable id: ``<dataset>-<strategy>[-<families>]-<hash8>``, hash of the config minus label."""
+        """Stable id: ``<dataset>-<strategy>[-<families>]-<hash8>``, hash of the config minus label
+        (a starting point counts by its identity, ``InitConfig.identity``, not its path)."""
         body = self.to_dict()
         body.pop("label")
+        if self.init is not None:
+            body["init"] = self.init.identity()
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
         parts = [self.dataset.name, self.strategy]
         if self.attacks:

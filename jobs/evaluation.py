@@ -141,6 +141,11 @@ def load_model(source: ModelSource, suite: EvalSuite, device: str | torch.device
     extra = payload.get("extra") or {}
     cost = extra.get("train_cost") or extra.get("cost")
     digest = file_digest(path)
+    soup = extra.get("soup")
+    if soup:  # a model soup (jobs.soup): its own id and record; no training attacks
+        return LoadedModel(model, str(soup["soup"]["model_id"]), dev, dict(soup), digest, digest,
+                           [], config.seed, config.dataset_info().bounds,
+                           dict(cost) if cost else None)
     return LoadedModel(model, config.model_id(), dev, config.to_dict(), digest, digest,
                        config.families(), config.seed, config.dataset_info().bounds,
                        dict(cost) if cost else None)

@@ -117,10 +117,14 @@ class TrialEntry:
     attacks: list[str] = field(default_factory=list)
     #: the checkpoint ``mpo eval`` evaluated (a sweep's is ``trials/<model_id>/checkpoint.pt``)
     source: str | None = None
+    #: the models it needs first (model ids): a fine-tuned model's parent, a soup's ingredients
+    parents: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"label": self.label, "dataset": self.dataset, "strategy": self.strategy,
                "groups": list(self.groups), "attacks": list(self.attacks), "config": self.config}
+        if self.parents:
+            out["parents"] = list(self.parents)
         return {**out, "source": self.source} if self.source else out
 
     @classmethod
@@ -128,7 +132,7 @@ class TrialEntry:
         return cls(model_id=model_id, label=str(data.get("label", "")), dataset=str(data.get("dataset", "")),
                    strategy=str(data.get("strategy", "")), groups=list(data.get("groups", [])),
                    config=dict(data.get("config") or {}), attacks=list(data.get("attacks", [])),
-                   source=data.get("source"))
+                   source=data.get("source"), parents=list(data.get("parents", [])))
 
 
 @dataclass

@@ -91,11 +91,11 @@ def new_state(config: TrainConfig, device: torch.device, strategy: TrainingStrat
     and ``strategy`` (new, seeded by its maker).
 
     Seeds torch's and Python's global generators: call it inside ``torch.random.fork_rng``."""
-    from jobs.models import build_model
+    from jobs.finetune import build_trainable
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = build_model(config.model.name, config.dataset_info(), **config.model.kwargs).to(device)
+    model = build_trainable(config, device)
     return TrainingState(
         config=config, device=device, model=model, optimizer=build_optimizer(config, model),
         gens=Generators.seeded(config.seed, device), strategy=strategy,
@@ -144,8 +144,10 @@ def save_state(state: TrainingState, path: Path) -> None:
     )
 
 
-def save_final_checkpoint(state: TrainingState, path: Path) -> None:
-    """The trained model in ``jobs.checkpoint`` format, with its config and final metrics."""
+def save_final_checkpoint(state: TrainingState, path: Path,
+                          cost: dict[str, Any] | None = None) -> None:
+    """The trained model in ``jobs.checkpoint`` format, with its config, final metrics and cost
+    (``cost``: with the ancestors' for a fine-tuned model; by default the run's own)."""
     config = state.config
     save_checkpoint(
         path,
@@ -157,6 +159,6 @@ def save_final_checkpoint(state: TrainingState, path: Path) -> None:
             "epochs": config.epochs,
             "steps": state.step,
             "final_metrics": state.metrics[-1] if state.metrics else {},
-            "cost": training_cost(state.metrics),
+            "cost": training_cost(state.metrics) if cost is None else cost,
         },
     )

@@ -40,6 +40,7 @@ from torch import nn
 from jobs.checkpoint import load_checkpoint
 from jobs.config import TrainConfig, make_train_config, scale_spec
 from jobs.errors import ConfigError, MpoError
+from jobs.finetune import initial_weights, lineage_of, resolve_init, with_lineage
 from jobs.io import write_json_atomic, write_jsonl_atomic
 from jobs.models import set_execution
 from jobs.strategies import StepOutput, get_strategy
@@ -154,8 +155,14 @@ def load_data(config: TrainConfig, device: torch.device, *,
     augmentation = config.dataset_info().augmentation if config.augment in (None, True) else None
     return TrainingData(
         x=x.to(device), y=y.to(device), steps_per_epoch=steps_per_epoch,
-        total_steps=config.epochs * steps_per_epoch, augmentation=augmentation,
+        total_steps=total_steps(config.epochs, steps_per_epoch), augmentation=augmentation,
     )  # fmt: skip
+
+
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """All the run's optimiser steps: ``epochs`` (a fraction allowed) of ``steps_per_epoch``,
+    at least one."""
+    return max(1, math.ceil(epochs * steps_per_epoch - 1e-9))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +204,8 @@ def train(
         raise ValueError(f"sync_every = {sync_every}: must be >= 1")
     if not isinstance(config, TrainConfig):
         config = make_train_config(config)
+    if config.init is not None and config.init.parent is None:
+        config = resolve_init(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -206,16 +215,44 @@ def train(
         # the strategy's own draws (random, eat) get a stream apart from Generators.seeded's
         state = new_state(config, dev, get_strategy(config.strategy, seed=config.seed + 3))
         set_execution(state.model, precision=precision, compile=compile)
-        if resume and (out / STATE_FILE).exists():
-            restore_state(state, out / STATE_FILE)
+        parent_cost = _start(config, state, out, resume=resume)
         resumed_from = state.epoch
         _epochs(config, state, data, out, on_epoch=on_epoch, on_step=on_step,
                 sync_every=sync_every)
+        cost = cost_with_ancestors(config, state.metrics, parent_cost)
         ckpt_path = out / CHECKPOINT_FILE
-        if not ckpt_path.exists() or resumed_from < config.epochs:
-            save_final_checkpoint(state, ckpt_path)
+        if not ckpt_path.exists() or resumed_from < config.epoch_count:
+            save_final_checkpoint(state, ckpt_path, cost=cost)
     return TrainResult(checkpoint=ckpt_path, metrics=state.metrics, resumed_from_epoch=resumed_from,
-                       cost=training_cost(state.metrics))
+                       cost=cost)
+
+
+def _start(config: TrainConfig, state: TrainingState, out: Path, *, resume: bool) -> dict[str, Any]:
+    """Where ``state`` starts: its saved state (resuming), else the parent's weights for a
+    fine-tuning (``init``), else the seeded initialisation; returns the parent's cost record."""
+    parent_cost: dict[str, Any] = {}
+    resuming = resume and (out / STATE_FILE).exists()
+    if config.init is not None:
+        weights, parent_cost = initial_weights(config, out)
+        if not resuming:
+            state.model.load_state_dict(weights)
+    if resuming:
+        restore_state(state, out / STATE_FILE)
+    return parent_cost
+
+
+def cost_with_ancestors(config: TrainConfig, metrics: list[dict[str, Any]],
+                        parent_cost: dict[str, Any]) -> dict[str, Any]:
+    """The run's own cost (``jobs.train_cost.training_cost``), and for a fine-tuned model its
+    ``lineage`` and ``with_ancestors`` (``jobs.finetune``)."""
+    own = training_cost(metrics)
+    if config.init is None or config.init.parent is None:
+        return own
+    parent = lineage_of(parent_cost, config.init.parent)
+    if not parent:  # an external parent: its training is not ours to count, and unknown
+        parent = {config.init.parent: {"passes": math.nan, "examples": math.nan,
+                                       "train_seconds": math.nan}}
+    return with_lineage(own, config.model_id(), [parent])
 
 
 def _epochs(config: TrainConfig, state: TrainingState, data: TrainingData, out: Path, *,
@@ -230,10 +267,11 @@ def _epochs(config: TrainConfig, state: TrainingState, data: TrainingData, out: 
     state_path = out / STATE_FILE
     write_json_atomic(out / CONFIG_FILE, config.to_dict())
     write_jsonl_atomic(out / METRICS_FILE, state.metrics)
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, config.epoch_count):
         attacks = attacks_small if epoch == 0 else attacks_full
+        steps = min(data.steps_per_epoch, data.total_steps - epoch * data.steps_per_epoch)
         record = train_epoch(state, data, attacks, state_path=state_path,
-                             on_step=on_step, sync_every=sync_every)
+                             on_step=on_step, sync_every=sync_every, steps=steps)
         state.metrics.append(record)
         state.epoch = epoch + 1
         save_state(state, state_path)
@@ -250,14 +288,16 @@ def train_epoch(
     state_path: Path,
     on_step: Callable[[dict[str, Any]], None] | None,
     sync_every: int,
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """One pass over a fresh permutation of the data; returns the epoch's metrics record.
+    """One pass over a fresh permutation of the data (its first ``steps`` batches: the last
+    epoch of a fractional ``epochs``); returns the epoch's metrics record.
 
     The steps' metrics stay on the device; the host reads them every ``sync_every`` steps and
     at the end of the epoch (``EpochMeter.sync``), the only points where this loop waits for
     the device."""
     config, model, dev = state.config, state.model, state.device
-    steps = data.steps_per_epoch
+    steps = data.steps_per_epoch if steps is None else steps
     model.train()
     perm = torch.randperm(len(data.x), generator=state.gens.data).to(dev)
     meter = EpochMeter(steps, len(attacks), dev)
@@ -374,12 +414,12 @@ def load_trained(
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Load a ``checkpoint.pt`` (or ``state.pt``): (model in eval mode, its config, the payload)."""
     from jobs.external.load import fit_state_dict
-    from jobs.models import build_model
+    from jobs.finetune import build_trainable
 
     dev = resolve_device(device)
     payload = load_checkpoint(path, map_location=dev)
     config = make_train_config(payload["config"], source=f"{path} (embedded config)")
-    model = build_model(config.model.name, config.dataset_info(), **config.model.kwargs).to(dev)
+    model = build_trainable(config, dev)
     fit_state_dict(model, payload["state_dict"], source=f"{path} (the weights of its config's model)")
     model.eval()
     return model, config, payload

@@ -40,3 +40,13 @@ class Recorder(nn.Module):
 
 
 NOT_CALLABLE = 3
+
+
+def mpo_mnist_small() -> nn.Module:
+    """mpo's own quarter-width MNIST CNN, built by someone else's factory (a starting point
+    whose weights fit ``mnist_cnn_small``)."""
+    from jobs.datasets import dataset_info
+    from jobs.models import build_model
+
+    torch.manual_seed(1)
+    return build_model("mnist_cnn_small", dataset_info("mnist"))
