@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "train": "orchestrator.commands.train:train",
     "eval": "orchestrator.commands.evaluate:eval_command",
     "audit": "orchestrator.commands.audit:audit",
+    "soup": "orchestrator.commands.soup:soup",
     "sweep": "orchestrator.commands.sweep:sweep",
     "grids": "orchestrator.commands.grids:grids",
     "status": "orchestrator.commands.status:status",

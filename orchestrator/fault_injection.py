@@ -13,6 +13,8 @@ fired), so a retried trial or task then succeeds. Keys:
 
 - ``"train_fail_after_epoch": N`` and ``"train_fail_model": LABEL``: the trial of that label
   raises ``InjectedFault`` after epoch N (Tune restarts it from its checkpoint);
+- ``"train_fail_always_model": LABEL``: the trial of that label raises ``InjectedFault``
+  after its first epoch every time (a trial that fails for good);
 - ``"eval_crash_model": LABEL``: the first evaluation task of that label kills its own worker
   process (``os._exit``), a system failure that Ray retries;
 - ``"train_sleep": SECONDS``: sleep this long after every epoch (to kill a driver or a node
@@ -32,7 +34,7 @@ from pathlib import Path
 
 ENV_VAR = "MPO_TEST_FAULTS"
 KNOWN = ("train_fail_after_epoch", "train_fail_model", "eval_crash_model", "train_sleep",
-         "eval_sleep")
+         "eval_sleep", "train_fail_always_model")
 
 #: the requested faults: key -> epoch number, label or seconds
 Faults = dict[str, float | int | str]
@@ -77,6 +79,9 @@ def after_epoch(faults: Faults, run_dir: Path, label: str, epoch: int) -> None:
     fail_here = n is not None and faults.get("train_fail_model") == label and epoch == int(n)
     if fail_here and _fire_once(run_dir, f"train-{label}-{epoch}"):
         raise InjectedFault(f"injected training failure after epoch {epoch} ({ENV_VAR})")
+    if faults.get("train_fail_always_model") == label:
+        raise InjectedFault(f"injected training failure after epoch {epoch}, every time "
+                            f"({ENV_VAR})")
 
 
 def before_shard(faults: Faults, run_dir: Path, label: str) -> None:

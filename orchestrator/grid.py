@@ -27,6 +27,23 @@ evaluation suite and its budgets (``n_test``, ``shard_size``, ``restarts``)::
           Nat: {strategy: nat}
           Adv_inf: {strategy: single, attacks: [linf]}
 
+A model may start from another (``jobs.finetune``): ``init: LABEL`` (or ``GROUP/LABEL``) names
+a model of the grid, trained first in the same sweep, ``init: {checkpoint: FILE}`` or
+``init: {external: {...}}`` one from elsewhere; its own ``train:`` fields go over the
+experiment's (mappings merge: ``optimizer: {lr: ...}`` keeps the other optimiser fields). A
+group's ``soups:`` average models of one architecture (``jobs.soup``), each weight vector an
+evaluation-only model run once its ingredients are trained::
+
+        models:
+          Adv_inf: {strategy: single, attacks: [linf]}
+          FT_1: {strategy: single, attacks: [l1], init: Adv_inf, train: {epochs: 0.5}}
+          FT_inf: {strategy: single, attacks: [linf], init: Adv_inf, train: {epochs: 0.5}}
+        soups:
+          Soup_inf_1: {models: [FT_inf, FT_1], points: 5}   # or weights: [[0.7, 0.3], ...]
+
+Unknown parents and cycles are refused with their path (``Grid.lineage``), a parent of another
+dataset or architecture when the grid is expanded (``orchestrator.plan``).
+
 Evaluation-only models (``jobs.external``: a PyTorch factory, a TorchScript file, a RobustBench
 zoo entry) sit beside the trained ones in the groups they name; their trials load the model and
 evaluate it, with no training. Relative paths are relative to the directory ``mpo sweep`` runs
@@ -95,9 +112,85 @@ class EvaluationPlan(FrozenModel):
         None, description="run the strength audit (AutoAttack standard) on every model")
 
 
+def _no_owned(train: dict[str, Any]) -> None:
+    owned = [k for k in GRID_OWNED_TRAIN_FIELDS if k in train]
+    if owned:
+        raise ValueError(
+            f"'{owned[0]}' is set per model by the grid (models: and seeds:), not in train:; "
+            f"train: takes the other TrainConfig fields (dataset, model, optimizer, epochs, "
+            "steps_per_epoch, batch_size, start_small, augment)"
+        )
+
+
 class ModelEntry(FrozenModel):
     strategy: StrategyName = Field(description="a training strategy (jobs.strategy_table)")
     attacks: list[str] = Field(default_factory=list, description="names from the attacks table")
+    init: str | dict[str, Any] | None = Field(
+        None, description="where the weights start: a model of the grid (its label, or "
+        "GROUP/LABEL for another experiment's), or {checkpoint: FILE} or {external: {...}}")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="this model's TrainConfig fields over the experiment's "
+        "train: (a fine-tuning's optimizer, epochs, start_small, ...); mappings merge")
+
+    @field_validator("train")
+    @classmethod
+    def _own_fields(cls, train: dict[str, Any]) -> dict[str, Any]:
+        _no_owned(train)
+        if "dataset" in train:
+            raise ValueError("'dataset' is the experiment's (train.dataset), one per group")
+        return train
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, init: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(init, dict):
+            from jobs.config import InitConfig
+
+            if "model" in init or "parent" in init or "digest" in init:
+                raise ValueError("a grid model names its grid parent as init: LABEL; the mapping "
+                                 "form takes checkpoint: FILE or external: {...}")
+            InitConfig.model_validate(init)
+        elif isinstance(init, str) and not init.strip():
+            raise ValueError("init: an empty label")
+        return init
+
+    @property
+    def parent_label(self) -> str | None:
+        """The grid model it starts from (LABEL or GROUP/LABEL), if any."""
+        return self.init if isinstance(self.init, str) else None
+
+
+class SoupEntry(FrozenModel):
+    """A model soup family: two or more models of the experiment (one architecture) and the
+    weight vectors to evaluate, or ``points`` per edge of the line or simplex between them
+    (``jobs.soup.soup_weights``: the ingredients themselves left out)."""
+
+    models: list[str] = Field(min_length=2, description="the ingredients: model labels")
+    weights: list[list[float]] | None = Field(None, description="weight vectors, one per soup")
+    points: int | None = Field(None, ge=3, description="points per edge, ends included")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SoupEntry:
+        from jobs.soup import check_weights
+
+        if (self.weights is None) == (self.points is None):
+            raise ValueError("give weights: (a list of weight vectors) or points: (a number of "
+                             "points along the line or simplex), one of them")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models {self.models} has duplicates")
+        for i, w in enumerate(self.weights or []):
+            try:
+                check_weights(w, len(self.models), source=f"weights[{i}]")
+            except MpoError as err:
+                raise ValueError(str(err)) from None
+        return self
+
+    def vectors(self) -> list[tuple[float, ...]]:
+        from jobs.soup import check_weights, soup_weights
+
+        if self.weights is not None:
+            return [check_weights(w, len(self.models), source="weights") for w in self.weights]
+        return soup_weights(len(self.models), int(self.points or 0))
 
 
 class Experiment(FrozenModel):
@@ -106,17 +199,13 @@ class Experiment(FrozenModel):
     train: dict[str, Any]
     attacks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     models: dict[str, ModelEntry] = Field(min_length=1)
+    soups: dict[str, SoupEntry] = Field(
+        default_factory=dict, description="model soups: family name -> ingredients and weights")
 
     @field_validator("train")
     @classmethod
     def _no_grid_fields(cls, train: dict[str, Any]) -> dict[str, Any]:
-        owned = [k for k in GRID_OWNED_TRAIN_FIELDS if k in train]
-        if owned:
-            raise ValueError(
-                f"'{owned[0]}' is set per model by the grid (models: and seeds:), not in train:; "
-                f"train: takes the other TrainConfig fields (dataset, model, optimizer, epochs, "
-                "steps_per_epoch, batch_size, start_small, augment)"
-            )
+        _no_owned(train)
         if not isinstance(train.get("dataset"), dict) or "name" not in train["dataset"]:
             raise ValueError("train.dataset.name is required (toy, mnist or cifar10)")
         return train
@@ -131,6 +220,14 @@ class Experiment(FrozenModel):
                         f"models.{label}.attacks: unknown attack '{name}'; "
                         f"allowed (this experiment's attacks table): {allowed}"
                     )
+        for name, soup in self.soups.items():
+            if name in self.models:
+                raise ValueError(f"soups.{name}: a model of this experiment has that label; a "
+                                 "soup family takes a name of its own")
+            for label in soup.models:
+                if label not in self.models:
+                    raise ValueError(f"soups.{name}.models: unknown model '{label}'; allowed "
+                                     f"(this experiment's models): {', '.join(self.models)}")
         return self
 
     @property
@@ -172,6 +269,7 @@ class Grid(FrozenModel):
                     raise ValueError(str(err)) from None
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} has duplicates")
+        self.lineage()  # unknown parents and cycles
         for label, entry in self.external.items():
             for group in entry.groups:
                 exp = self.experiments.get(group)
@@ -186,9 +284,58 @@ class Grid(FrozenModel):
                                      f"model labelled '{label}'; one label, one model")
         return self
 
+    def parent_of(self, group: str, label: str) -> tuple[str, str] | None:
+        """(group, label) of the grid model that ``group``'s ``label`` starts from, if any;
+        ``ValueError`` naming the field for an unknown one."""
+        ref = self.experiments[group].models[label].parent_label
+        if ref is None:
+            return None
+        pgroup, _, plabel = ref.rpartition("/")
+        pgroup = pgroup or group
+        exp = self.experiments.get(pgroup)
+        if exp is None or plabel not in exp.models:
+            where = (f"experiment '{pgroup}' has models {', '.join(exp.models)}" if exp else
+                     f"experiments: {', '.join(self.experiments)}")
+            raise ValueError(f"experiments.{group}.models.{label}.init: unknown parent '{ref}' "
+                             f"(LABEL, or GROUP/LABEL); {where}")
+        return pgroup, plabel
+
+    def lineage(self) -> list[tuple[str, str]]:
+        """Every (group, label) of a trained model, parents before children; ``ValueError``
+        for an unknown parent or a cycle, with its path."""
+        order: list[tuple[str, str]] = []
+        state: dict[tuple[str, str], str] = {}
+
+        def visit(node: tuple[str, str], path: list[tuple[str, str]]) -> None:
+            if state.get(node) == "done":
+                return
+            if state.get(node) == "open":
+                cycle = [*path[path.index(node):], node]
+                raise ValueError(f"experiments.{node[0]}.models.{node[1]}.init: a cycle: "
+                                 + " -> ".join(f"{g}/{lbl}" for g, lbl in cycle))
+            state[node] = "open"
+            parent = self.parent_of(*node)
+            if parent is not None:
+                visit(parent, [*path, node])
+            state[node] = "done"
+            order.append(node)
+
+        for group, exp in self.experiments.items():
+            for label in exp.models:
+                visit((group, label), [])
+        return order
+
     def digest(self) -> str:
         """Hash of the validated grid (not its text): equal for equivalent files."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        for exp in data["experiments"].values():  # fields added later count only when set
+            if not exp.get("soups"):
+                exp.pop("soups", None)
+            for model in exp["models"].values():
+                for key in ("init", "train"):
+                    if not model.get(key):
+                        model.pop(key, None)
+        body = json.dumps(data, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ Nothing here imports Ray or torch (an external model's factory is imported to ch
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class TrialPayload:
 
     @property
     def epochs(self) -> int:
-        return int(self.config.get("epochs", 0))
+        return math.ceil(float(self.config.get("epochs") or 0))  # epochs the loop runs
 
 
 @dataclass
@@ -166,40 +167,122 @@ def _group_families(name: str, exp: Experiment, suite: EvalSuite,
 # Trials
 
 
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s fields, mappings merged one level down (optimizer: {lr: ...})."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = ({**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
+    return out
+
+
+def _init(grid: Grid, group: str, label: str, seed: int,
+          ids: dict[tuple[str, str, int], str]) -> dict[str, Any] | None:
+    """A grid model's ``init`` as its TrainConfig takes it: a grid parent by its model id."""
+    entry = grid.experiments[group].models[label]
+    if entry.init is None:
+        return None
+    parent = grid.parent_of(group, label)
+    if parent is None:  # {checkpoint: ...} or {external: ...}: paths relative to the cwd
+        init = dict(entry.init)  # type: ignore[arg-type]
+        if init.get("checkpoint") and not Path(init["checkpoint"]).is_absolute():
+            init["checkpoint"] = str(Path.cwd() / init["checkpoint"])
+        if init.get("external"):
+            from jobs.external import parse_external
+
+            spec = parse_external(init["external"], source="init.external")
+            init["external"] = spec.with_paths_under(Path.cwd()).model_dump(
+                mode="json", exclude_defaults=True)
+        return init
+    return {"model": entry.init, "parent": ids[(*parent, seed)]}
+
+
 def _trained(grid: Grid, suites: dict[str, EvalSuite], source: str,
              ) -> tuple[dict[str, GroupEntry], dict[str, TrialEntry]]:
-    """The groups and the trained models' trials (one per distinct model id)."""
+    """The groups and the trained models' trials (one per distinct model id), parents first."""
     from jobs.config import ConfigError, make_train_config
+    from jobs.finetune import check_parent, resolve_init
 
     groups: dict[str, GroupEntry] = {}
     trials: dict[str, TrialEntry] = {}
+    ids: dict[tuple[str, str, int], str] = {}
+    members: dict[str, list[tuple[str, int, str]]] = {}
     for gname, exp in grid.experiments.items():
         families, affine = _group_families(gname, exp, suites[exp.dataset], source)
-        group = groups[gname] = GroupEntry(gname, exp.dataset, families, affine)
-        for label, entry in exp.models.items():
-            for seed in grid.seeds:
-                data = {**exp.train, "label": label, "strategy": entry.strategy,
-                        "attacks": [exp.attacks[a] for a in entry.attacks], "seed": seed}
-                where = f"{source}: experiments.{gname}.models.{label} (seed {seed})"
-                try:
-                    config = make_train_config(data, source=where)
-                except ConfigError as err:
-                    raise GridError(str(err)) from None
-                mid = config.model_id()
-                group.models.append(mid)
-                prev = trials.get(mid)
-                if prev is None:
-                    trials[mid] = TrialEntry(mid, label, exp.dataset, entry.strategy, [gname],
-                                             config.to_dict())
-                elif prev.label != label:
-                    raise GridError(
-                        f"{where}: this model is the same training config as '{prev.label}' "
-                        f"in group(s) {', '.join(prev.groups)}; one model takes one label: "
-                        f"use '{prev.label}' here too"
-                    )
-                else:
-                    prev.groups.append(gname)
+        groups[gname] = GroupEntry(gname, exp.dataset, families, affine)
+        members[gname] = []
+    for gname, label in grid.lineage():
+        exp = grid.experiments[gname]
+        entry = exp.models[label]
+        for seed in grid.seeds:
+            data = {**_merged(exp.train, entry.train), "label": label, "strategy": entry.strategy,
+                    "attacks": [exp.attacks[a] for a in entry.attacks], "seed": seed}
+            where = f"{source}: experiments.{gname}.models.{label} (seed {seed})"
+            try:
+                init = _init(grid, gname, label, seed, ids)
+                if init is not None:
+                    data["init"] = init
+                config = resolve_init(make_train_config(data, source=where), source=where)
+                parent = grid.parent_of(gname, label)
+                if parent is not None:
+                    check_parent(config, trials[ids[(*parent, seed)]].config,
+                                 parent_name=f"'{parent[1]}' (experiments.{parent[0]})",
+                                 source=where)
+            except ConfigError as err:
+                raise GridError(str(err)) from None
+            mid = ids[(gname, label, seed)] = config.model_id()
+            members[gname].append((label, seed, mid))
+            prev = trials.get(mid)
+            if prev is None:
+                parents = [config.init.parent] if config.init and config.init.model else []
+                trials[mid] = TrialEntry(mid, label, exp.dataset, entry.strategy, [gname],
+                                         config.to_dict(), parents=parents)
+            elif prev.label != label:
+                raise GridError(
+                    f"{where}: this model is the same training config as '{prev.label}' "
+                    f"in group(s) {', '.join(prev.groups)}; one model takes one label: "
+                    f"use '{prev.label}' here too"
+                )
+            elif gname not in prev.groups:
+                prev.groups.append(gname)
+    for gname, exp in grid.experiments.items():  # the group's models in the grid's order
+        order = {label: i for i, label in enumerate(exp.models)}
+        for _, _, mid in sorted(members[gname], key=lambda m: (order[m[0]], grid.seeds.index(m[1]))):
+            groups[gname].models.append(mid)
+    _add_soups(grid, groups, trials, ids, source)
     return groups, trials
+
+
+def _add_soups(grid: Grid, groups: dict[str, GroupEntry], trials: dict[str, TrialEntry],
+               ids: dict[tuple[str, str, int], str], source: str) -> None:
+    """One evaluation-only trial per soup (family, weight vector, seed), after its ingredients."""
+    from jobs.soup import SOUP_STRATEGY, soup_record
+
+    for gname, exp in grid.experiments.items():
+        for family, soup in exp.soups.items():
+            for seed in grid.seeds:
+                ingredients = [ids[(gname, label, seed)] for label in soup.models]
+                first = trials[ingredients[0]]
+                for label, mid in zip(soup.models[1:], ingredients[1:], strict=True):
+                    other = trials[mid].config
+                    for key in ("dataset", "model"):
+                        if other[key] != first.config[key]:
+                            raise GridError(
+                                f"{source}: experiments.{gname}.soups.{family}: ingredient "
+                                f"'{label}' has {key} {other[key]}, '{soup.models[0]}' has "
+                                f"{first.config[key]}: a soup's ingredients share one "
+                                "architecture and dataset")
+                for weights in soup.vectors():
+                    record = soup_record(family=family, ingredients=ingredients,
+                                         labels=list(soup.models), weights=weights,
+                                         config=first.config)
+                    mid = record["soup"]["model_id"]
+                    if mid not in trials:
+                        trials[mid] = TrialEntry(mid, record["label"], exp.dataset, SOUP_STRATEGY,
+                                                 [gname], record, parents=list(ingredients))
+                    elif gname not in trials[mid].groups:
+                        trials[mid].groups.append(gname)
+                    groups[gname].models.append(mid)
 
 
 def _external_trial(entry: ExternalEntry, *, label: str, source: str) -> tuple[str, dict[str, Any]]:

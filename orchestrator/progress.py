@@ -15,6 +15,7 @@ whether Tune restarts it and where the full error is, in place of Tune's own tra
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,8 @@ class LiveTable(tune.Callback):
         self.plain = not self.console.is_terminal
         self.title = title
         self.rows = {
-            mid: Row(mid, t["label"], ",".join(t["groups"]), int(t["config"]["epochs"]))
+            mid: Row(mid, t["label"], ",".join(t["groups"]),
+                     math.ceil(float(t["config"].get("epochs") or 0)))
             for mid, t in trials.items()
         }
         self.live: Live | None = None
@@ -254,6 +256,14 @@ class LiveTable(tune.Callback):
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {row.label} {text}",
                                markup=False, highlight=False, soft_wrap=True)
 
+    def not_run(self, mid: str, reason: str) -> None:
+        """A trial that will not run in this sweep (its parent failed)."""
+        row = self.rows.get(mid)
+        if row is not None:
+            row.state, row.ended = "not run", time.time()
+            self.say(row, f"not run: {reason}")
+            self._refresh()
+
     def _row(self, trial: Trial) -> Row | None:
         return self.rows.get(trial.config.get("model_id"))
 
@@ -273,7 +283,8 @@ class LiveTable(tune.Callback):
             row.started = row.started or time.time()
             row.ended = None
             self.say(row, "started again" if again else
-                     f"({row.model_id}, groups {row.groups}) started: {row.epochs} epochs")
+                     f"({row.model_id}, groups {row.groups}) started: "
+                     + (f"{row.epochs} epochs" if row.epochs else "evaluation only"))
             self._refresh()
 
     def on_trial_restore(self, iteration: int, trials: list[Trial], trial: Trial,

@@ -11,6 +11,7 @@ The files are the truth about what is done: a trial is finished when its trial.j
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,6 +289,8 @@ class TrialStatus:
     wall_seconds: float | None
     summary: dict[str, Any]
     error: str | None
+    #: the models it starts from (model ids)
+    parents: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -312,7 +315,8 @@ def _trial_status(rd: RunFolder, mid: str, trial: TrialEntry, names: list[str],
     state = record.get("state") or ("done" if len(good) == len(names) else "incomplete")
     return TrialStatus(
         model_id=mid, label=trial.label, dataset=trial.dataset, groups=list(trial.groups),
-        state=state, epoch=epochs_done(rd.trial_dir(mid)), epochs=int(trial.config.get("epochs", 0)),
+        state=state, epoch=epochs_done(rd.trial_dir(mid)),
+        epochs=math.ceil(float(trial.config.get("epochs") or 0)), parents=list(trial.parents),
         shards_done=len(good), shards_total=len(names),
         failed_shards=len(record.get("failed_shards", [])), attempts=int(record.get("attempts", 0)),
         wall_seconds=record.get("wall_seconds"), summary=record.get("summary") or {},

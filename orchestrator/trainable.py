@@ -312,6 +312,28 @@ def _train(t: _Trial, device: str) -> Path:
     return checkpoint
 
 
+def _soup(t: _Trial) -> Path:
+    """A soup trial's model: its ingredients' weights averaged into its ``checkpoint.pt``
+    (``jobs.soup``), once; its cost counts the ingredients' lineages."""
+    from jobs.soup import make_soup
+    from jobs.training import CHECKPOINT_FILE
+
+    checkpoint = t.out / CHECKPOINT_FILE
+    if not (t.record.get("trained") and checkpoint.exists()):
+        soup = t.payload.config["soup"]
+        _, record = make_soup([t.rd.trial_dir(m) / CHECKPOINT_FILE for m in soup["ingredients"]],
+                              soup["weights"], checkpoint, family=soup["family"],
+                              labels=soup["labels"])
+        if record["soup"]["model_id"] != t.payload.model_id:
+            raise RuntimeError(f"the soup made from {soup['ingredients']} has id "
+                               f"{record['soup']['model_id']}, the plan says {t.payload.model_id}")
+        from jobs.checkpoint import load_checkpoint
+
+        cost = (load_checkpoint(checkpoint)["extra"] or {}).get("cost")
+        t.update(trained=True, train_cost=cost, train_wall_seconds=t.wall())
+    return checkpoint
+
+
 def _report(t: _Trial, paths: list[str]) -> None:
     """Summarise the results, record the trial done (with each results file's size and
     sha256, taken after every task returned) and report it to Tune."""
@@ -342,7 +364,8 @@ def run_trial(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
     device = t.start()
     try:
         external = external_spec(t.payload.config)  # evaluation-only: nothing to train
-        model = external if external is not None else _train(t, device)
+        soup = t.payload.config.get("soup") is not None  # evaluation-only: averaged weights
+        model = external if external is not None else _soup(t) if soup else _train(t, device)
         t.update(state="evaluating", wall_seconds=t.wall())
         paths, failed = _fan_out(t.payload, model, t.rd, t.settings, t.faults, t.meter)
         if failed:

@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 from ray.job_config import JobConfig
+from ray.tune.search import Searcher
 
 from jobs.errors import MpoError
 from jobs.run_folder import RunFolder
+from orchestrator.lineage import Schedule
 from orchestrator.plan import SweepPlan
 from orchestrator.progress import LiveTable
 from orchestrator.resources import Cluster, trial_data_dir
@@ -147,6 +149,58 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN if fired else old)
 
 
+class LineageSearcher(Searcher):
+    """Hands Tune one trial at a time, each as soon as the models it needs are done
+    (``orchestrator.lineage.Schedule``): Tune asks again whenever it has room, so independent
+    trials run side by side, a child starts as its parent finishes, and no trial waits while
+    holding a placement group. A trial that fails for good (after ``--max-failures``) leaves
+    its descendants not run: their trial.json says ``not_run`` and why."""
+
+    def __init__(self, plan: SweepPlan, rd: RunFolder, todo: list[str], table: LiveTable) -> None:
+        super().__init__()
+        self.rd, self.table = rd, table
+        done = {mid for mid in plan.trials
+                if mid not in todo and rd.trial_record(mid).get("state") == "done"}
+        self.schedule = Schedule(list(todo), {m: t.parents for m, t in plan.trials.items()},
+                                 {m: t.label for m, t in plan.trials.items()}, done=done)
+        self.live: dict[str, str] = {}  # Tune trial id -> model id
+        self._not_run(list(self.schedule.blocked))
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return True  # the searcher owns the one parameter, model_id
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Nothing to save: the run folder's files are the sweep's state (a resume reads them)."""
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        """Nothing to restore (see ``save_to_dir``)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        mid = self.schedule.next_ready()
+        if mid is None:
+            return Searcher.FINISHED if self.schedule.finished() else None
+        self.live[trial_id] = mid
+        return {"model_id": mid}
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        mid = self.live.pop(trial_id, None)
+        if mid is None:
+            return
+        reason = None
+        if error:
+            reason = str(self.rd.trial_record(mid).get("error") or "the trial failed")
+            reason = reason.splitlines()[0][:300]
+        self._not_run(self.schedule.complete(mid, error=reason))
+
+    def _not_run(self, mids: list[str]) -> None:
+        for mid in mids:
+            why = self.schedule.blocked[mid]
+            self.rd.update_trial(mid, model_id=mid, state="not_run", error=f"not run: {why}")
+            self.table.not_run(mid, why)
+
+
 def _experiment_name(rd: RunFolder) -> str:
     """``driver-<n>``: this driver run's own Tune experiment folder under ``tune/``."""
     n = len(list(rd.tune_dir.glob("driver-*"))) if rd.tune_dir.is_dir() else 0
@@ -201,8 +255,10 @@ def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str
     # only, so Tune never copies or flattens the payload. MpoTrial takes its bundles from the
     # config and names its actors after their model (orchestrator.trial_actor).
     trainable = trial_class({mid: plan.payload(mid) for mid in todo})
+    table = LiveTable({mid: plan.trials[mid].to_dict() for mid in todo}, console=console,
+                      title=f"mpo sweep {plan.grid.name}: {rd.path}")
+    searcher = LineageSearcher(plan, rd, todo, table)
     param_space = {
-        "model_id": tune.grid_search(list(todo)),
         "run_dir": str(rd.path),
         "settings": {"data_dir": trial_data_dir(settings.data_dir),
                      "download": settings.download, "shard_retries": settings.shard_retries,
@@ -211,13 +267,12 @@ def _fit(plan: SweepPlan, rd: RunFolder, settings: SweepSettings, todo: list[str
                      "eval_gpus": res.eval_gpus, "bundles": res.bundles()},
         "faults": settings.faults,
     }
-    table = LiveTable({mid: plan.trials[mid].to_dict() for mid in todo}, console=console,
-                      title=f"mpo sweep {plan.grid.name}: {rd.path}")
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(trial_name_creator=trial_name,
-                                    trial_dirname_creator=trial_name, reuse_actors=False),
+        tune_config=tune.TuneConfig(trial_name_creator=trial_name, search_alg=searcher,
+                                    num_samples=len(todo), trial_dirname_creator=trial_name,
+                                    reuse_actors=False),
         run_config=tune.RunConfig(
             name=_experiment_name(rd),
             storage_path=str(rd.tune_dir),

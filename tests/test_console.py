@@ -6,6 +6,7 @@ uses a token)."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import subprocess
@@ -25,11 +26,11 @@ BOX = re.compile(r"[│┃┏┓┗┛┡┩└┘━─]")
 
 
 def paper_rows() -> list[Row]:
-    """The 27 trials of paper-grid in every state a sweep shows, with real-looking numbers."""
+    """The 53 trials of paper-grid in every state a sweep shows, with real-looking numbers."""
     plan, _, _ = load_plan("paper-grid")
     rows = []
     for i, (mid, t) in enumerate(plan.trials.items()):
-        r = Row(mid, t.label, ",".join(t.groups), int(t.config["epochs"]))
+        r = Row(mid, t.label, ",".join(t.groups), math.ceil(t.config["epochs"]))
         if i < 8:
             r.state, r.epoch, r.loss, r.clean = "done", r.epochs, 0.034, 0.991
             r.shards_done = r.shards_total = 32
@@ -68,8 +69,8 @@ def test_live_table_at_80_by_24_keeps_numbers_whole_and_counts_what_it_leaves_ou
     assert all(len(n.split(".")[1]) == 3 for n in re.findall(r"\d+\.\d+", text))
     cells = [c.strip() for line in table for c in line.strip("│").split("│")]
     assert all(not c.endswith("…") for c in cells), cells
-    # every model shown or counted: shown rows + "+N more" = 27
-    m = re.search(r"^\+(\d+) more: (.*?) \| 27 trials: ", lines[-1])
+    # every model shown or counted: shown rows + "+N more" = 53
+    m = re.search(r"^\+(\d+) more: (.*?) \| 53 trials: ", lines[-1])
     assert m, lines[-1]
     assert len(table) + int(m.group(1)) == len(rows)
     hidden = rows[len(table):]  # the paper-grid's last trials: all pending here
@@ -161,7 +162,8 @@ def test_live_table_on_a_terminal_fits_it():
     plan, _, _ = load_plan("paper-grid")
     table = LiveTable({m: t.to_dict() for m, t in plan.trials.items()}, console=console,
                       title="mpo sweep paper-grid: /a/run/folder/that/is/long/enough/to/be/cut")
-    mid = list(plan.trials)[-1]  # the grid's last model: below the screen in grid order
+    # the grid's last trained model (soups follow it): below the screen in grid order
+    mid = [m for m, t in plan.trials.items() if t.strategy != "soup"][-1]
     trial = Trial("run_trial", config={"model_id": mid}, stub=True)
     table.start()
     table.on_trial_start(0, [trial], trial)
@@ -172,9 +174,10 @@ def test_live_table_on_a_terminal_fits_it():
     lines = final.splitlines()[-24:]
     assert all(len(line) <= 80 for line in lines), final
     t = plan.trials[mid]
-    assert any(f"│ {t.label} " in line and "training" in line and f"2/{t.config['epochs']}" in line
+    epochs = math.ceil(t.config["epochs"])  # a fine-tune's fraction: the loop's epochs
+    assert any(f"│ {t.label} " in line and "training" in line and f"2/{epochs}" in line
                and "0.250" in line for line in lines), final
-    assert "+9 more: 9 pending | 27 trials: 1 training, 26 pending" in final
+    assert re.search(r"\+\d+ more: \d+ pending \| 53 trials: 1 training, 52 pending", final)
 
 
 def _piped(*args: str) -> str:

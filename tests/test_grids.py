@@ -177,10 +177,24 @@ def test_every_shipped_grid_dry_runs(name):
 def test_paper_grid_lists_every_model_of_the_paper():
     plan, _, _ = load_plan("paper-grid")
     for group, labels in PAPER_MODELS.items():
-        got = [plan.trials[m].label for m in plan.groups[group].models]
+        got = [plan.trials[m].label for m in plan.groups[group].models
+               if not plan.trials[m].parents]  # trained from scratch
         assert got == labels, group
     # Nat and Adv_inf are shared by the l_p and RT tables of each dataset: 27 distinct models
-    assert len(plan.trials) == 27
+    # from scratch; then per group E-AT and single-threat fine-tunes of Adv_inf (FT_inf shared
+    # by the l_p and RT groups of a dataset: 11 in all) and three soups per soup family (15)
+    assert len([t for t in plan.trials.values() if not t.parents]) == 27
+    assert len([t for t in plan.trials.values() if t.parents and t.strategy != "soup"]) == 11
+    assert len([t for t in plan.trials.values() if t.strategy == "soup"]) == 15
+    for group in plan.groups.values():
+        by_label = {plan.trials[m].label: plan.trials[m] for m in group.models}
+        ft = by_label["FT_eat"]
+        assert ft.config["attacks"] == by_label["Adv_max"].config["attacks"]
+        assert ft.parents == [next(m for m in group.models if plan.trials[m].label == "Adv_inf")]
+        scratch = by_label["Adv_inf"].config
+        assert ft.config["epochs"] == scratch["epochs"] * 3 / 80  # E-AT: 3 epochs after 80
+        assert ft.config["optimizer"]["lr"] == scratch["optimizer"]["lr"] / 2
+        assert ft.config["start_small"] is False
     # the strategies beyond the paper train with Adv_max's attacks
     for group in plan.groups.values():
         by_label = {plan.trials[m].label: plan.trials[m] for m in group.models}
@@ -202,14 +216,18 @@ def test_paper_grid_is_the_union_of_its_parts():
     for name in ("mnist-lp", "mnist-rt", "cifar-lp", "cifar-rt"):
         plan, _, _ = load_plan(name)
         parts.update({mid: t.label for mid, t in plan.trials.items()})
-    assert parts == {mid: t.label for mid, t in paper.trials.items()}
+    assert parts == {mid: t.label for mid, t in paper.trials.items() if not t.parents}
 
 
 def test_mnist_mini_and_toy_are_cpu_sized():
     mini, _, _ = load_plan("mnist-mini")
-    assert len(mini.trials) == 14  # 9 l_p models and 7 RT ones, Nat and Adv_inf shared
+    scratch = [t for t in mini.trials.values() if not t.parents]
+    assert len(scratch) == 14  # 9 l_p models and 7 RT ones, Nat and Adv_inf shared
+    # fine-tunes of Adv_inf: FT_eat per group, FT_inf (shared), FT_1, FT_2, FT_RT; 3 soups
+    # for each of Soup_inf_1, Soup_inf_2, Soup_inf_RT
+    assert len(mini.trials) == 14 + 6 + 9
     assert all(t.config["model"]["name"] == "mnist_cnn_small" for t in mini.trials.values())
-    assert {t.config["strategy"] for t in mini.trials.values()} == {
+    assert {t.config["strategy"] for t in scratch} == {
         "nat", "single", "avg", "max", "msd", "eat", "random"}
     # the paper's training attacks (paper-grid's): 20 steps each
     assert {a["k"] for t in mini.trials.values() for a in t.config["attacks"]
@@ -227,7 +245,7 @@ def test_grids_command_lists_and_shows():
     assert result.exit_code == 0, result.output
     for name in builtin_grid_names():
         assert name in result.output
-    assert "27" in result.output  # paper-grid's trials
+    assert "53" in result.output  # paper-grid's trials
     shown = CliRunner().invoke(main, ["grids", "show", "toy"])
     assert shown.exit_code == 0 and "name: toy" in shown.output
     missing = CliRunner().invoke(main, ["grids", "show", "nope"])

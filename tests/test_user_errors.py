@@ -144,7 +144,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("train: config unknown field", ["train", "{config_unknown_field}"],
      ["config_unknown_field.yaml", "field 'learning_rate'", "unknown"]),
     ("train: zero epochs", ["train", "{config_zero_epochs}"],
-     ["config_zero_epochs.yaml", "field 'epochs' = 0", "greater than or equal to 1"]),
+     ["config_zero_epochs.yaml", "field 'epochs' = 0", "greater than 0"]),
     ("train: unknown model", ["train", "{config_bad_model}"],
      ["config_bad_model.yaml", "model.name", "resnet9000", "valid models", "mnist_cnn"]),
     ("train: single with two attacks", ["train", "{config_single_two}"],

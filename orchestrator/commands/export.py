@@ -85,7 +85,7 @@ def accuracy_records(rs: ResultSet, tables: list[GroupTable]) -> list[dict[str, 
     out = []
     incomplete = rs.incomplete_models()
     for table in tables:
-        for row in table.rows:
+        for row in table.all_rows:  # every soup, not only each family's best
             for measure in table.columns:
                 est = row.cells[measure].estimate
                 if est is None:
@@ -214,7 +214,7 @@ def write_export(rs: ResultSet, out: Path, formats: tuple[str, ...], *, rows: bo
         written.append(write_json_atomic(out / "accuracy.json", records))
         for table in tables:
             epsilon = group_epsilon(rs, table.group)
-            for row in table.rows:
+            for row in table.all_rows:
                 path = out / "model_info" / table.dataset / table.group / f"{row.model.model_id}.json"
                 written.append(write_json_atomic(path, model_info(rs, table, row, epsilon)))
         if rows:

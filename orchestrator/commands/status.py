@@ -14,6 +14,7 @@ def status(run_dir: str) -> None:
     where the results are (reads files; no Ray)."""
     from orchestrator import runlock
     from orchestrator.console import Col, joined, make_console, print_table
+    from orchestrator.lineage import lineage_tree
     from orchestrator.runfolder import collect_status
 
     st = collect_status(run_dir)
@@ -37,6 +38,11 @@ def status(run_dir: str) -> None:
                      "" if t.wall_seconds is None else f"{t.wall_seconds:.0f} s"])
     print_table(console, cols, rows,
                 title=f"{run.get('name', run_dir)} (created {run.get('created', '?')})")
+    tree = lineage_tree({t.model_id: (t.label, t.parents) for t in trials},
+                        title="models that start from models:",
+                        notes={t.model_id: t.state for t in trials})
+    if tree is not None:
+        console.print(tree)
     done = sum(t.shards_done for t in trials)
     total = sum(t.shards_total for t in trials)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +

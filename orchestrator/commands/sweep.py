@@ -160,6 +160,7 @@ def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     """``--dry-run``: the trials, groups and what each trial would reserve (GPU auto is shown
     as for a cluster without GPUs)."""
     from orchestrator.console import Col, print_table
+    from orchestrator.lineage import lineage_tree
     from orchestrator.resources import make_resources
 
     gpus = requested["gpus_per_trial"]
@@ -174,6 +175,8 @@ def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
     for mid, t in plan.trials.items():
         cfg = t.config
         fams = ", ".join(a["type"] for a in cfg["attacks"]) or "-"
+        if cfg.get("soup"):
+            fams = "soup of " + ", ".join(cfg["soup"]["labels"])
         rows.append([t.label, mid, ", ".join(t.groups), t.strategy, fams, cfg["model"]["name"],
                      str(cfg["epochs"]), str(len(t.attacks)), str(len(plan.trial_shards(mid)))])
     print_table(console, cols, rows, title=f"grid {plan.grid.name}: {len(plan.trials)} trials")
@@ -182,6 +185,11 @@ def print_plan(plan: SweepPlan, requested: Requested, console: Console) -> None:
         console.print(f"group [bold]{name}[/] ({g.dataset}): families {', '.join(g.families)}"
                       + (f", affine {', '.join(g.affine)}" if g.affine else "")
                       + f"; models {', '.join(labels)}", soft_wrap=True)
+    tree = lineage_tree({m: (t.label, t.parents) for m, t in plan.trials.items()},
+                        title="models that start from models (each runs once those above it "
+                        "are trained):")
+    if tree is not None:
+        console.print(tree)
     console.print(f"per trial: {totals} ({gpu_note}); up to {len(plan.trials)} trials at once\n"
                   f"bundles: {res.bundles()}")
     console.print(f"{len(plan.shards)} evaluation shards in all")

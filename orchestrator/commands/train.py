@@ -97,6 +97,10 @@ def train(
     from jobs.config import resolve_train_config
 
     cfg = resolve_train_config(config)  # torch-free: a mistake in CONFIG is refused at once
+    if cfg.init is not None:  # fine-tuning: the parent is checked (dataset, weights) first
+        from jobs.finetune import resolve_init
+
+        cfg = resolve_init(cfg, source=config)
     from jobs.io import check_writable
     from jobs.training import resolve_device
     from jobs.training import train as run_training
@@ -120,5 +124,5 @@ def train(
     with progress:
         result = run_training(cfg, out, data_dir=data_dir, download=download, device=dev,
                               sync_every=10, resume=not fresh, precision=precision,
-                              compile=compile_model, **_progress_callbacks(progress, cfg.epochs))
+                              compile=compile_model, **_progress_callbacks(progress, cfg.epoch_count))
     _print_metrics(result, f"training of {cfg.label or model_id}", console)
