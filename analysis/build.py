@@ -2,8 +2,10 @@
 
 ``build_report(rs)`` returns a ``Report``: per group the accuracy table (Tables 1 and 2), Table 3's
 affine rows, the gradient-masking checks, the paper's numbers beside the run's, the Figure-1 sweep
-curves, the robustness curves with their areas and CR figures, the protocol, what broke each
-input, and the paper's findings tested on the run. ``analysis.document`` turns it into text,
+curves, the robustness curves with their areas and CR figures, each soup family's curve along
+its weights, the protocol, what broke each input, and the paper's findings tested on the run.
+A soup folded into its family's best (``GroupTable.hidden``) appears only on its soup curve: the
+masking checks and what broke each input list the models the tables show. ``analysis.document`` turns it into text,
 ``analysis.report`` into files.
 """
 
@@ -36,6 +38,7 @@ from analysis.protocol import (
     protocol_rows,
     protocol_statement,
 )
+from analysis.soup_curves import SoupCurve, soup_curves
 
 
 @dataclass
@@ -65,6 +68,10 @@ class Report:
     #: the strength audit: AutoAttack's standard version against the suite, per model, family
     #: and budget point
     audit: list[AuditSummary] = field(default_factory=list)
+    #: per group and soup family: its soups along their weights, the ingredients at the ends
+    soups: list[SoupCurve] = field(default_factory=list)
+    #: soup figure file stem -> its files (also in ``figures``)
+    soup_figures: dict[str, list[Path]] = field(default_factory=dict)
 
     @property
     def flagged(self) -> list[MaskingFlag]:
@@ -83,7 +90,8 @@ def group_epsilon(rs: ResultSet, group: str) -> dict[str, float]:
 def build_report(rs: ResultSet) -> Report:
     """Compute the tables, flags, comparisons, curves and protocol of every group."""
     tables, affine, curves, notes = [], [], [], []
-    robustness, broken, statements = [], [], {}
+    robustness, broken, statements, soups = [], [], {}, []
+    hidden: set[str] = set()
     epsilon: dict[str, dict[str, float]] = {}
     for name in sorted(rs.groups):
         table = group_table(rs, name)
@@ -95,7 +103,11 @@ def build_report(rs: ResultSet) -> Report:
         epsilon[name] = group_epsilon(rs, name)
         notes += budget_notes(table, epsilon[name])
         affine += affine_rows(rs, name)
-        broken += broken_by_counts(rs, name)
+        hidden |= {r.model.model_id for r in table.hidden}
+        broken += [b for b in broken_by_counts(rs, name) if b.model_id not in hidden]
+        group_soups, soup_notes = soup_curves(rs, table)
+        soups += group_soups
+        notes += soup_notes
         rc = group_curves(rs, table)
         if rc is not None:
             robustness.append(rc)
@@ -114,7 +126,10 @@ def build_report(rs: ResultSet) -> Report:
     order = {mid: i for i, mid in enumerate(dict.fromkeys(
         row.model.model_id for t in tables for row in t.rows))}
     rank = lambda mid: order.get(mid, len(order))  # noqa: E731
-    masking = sorted(masking_flags(rs), key=lambda f: rank(f.model_id))
+    flags = masking_flags(rs)
+    notes += [f"{f.label} (a soup the tables fold into its family's best): gradient masking "
+              f"flagged on {f.family}" for f in flags if f.flagged and f.model_id in hidden]
+    masking = sorted((f for f in flags if f.model_id not in hidden), key=lambda f: rank(f.model_id))
     broken.sort(key=lambda b: (b.group, rank(b.model_id)))
     audit = sorted(audit_summaries(rs.audit), key=lambda a: (rank(a.model_id), a.family, a.budget))
     found = findings(rs, tables, affine, masking,
@@ -124,7 +139,7 @@ def build_report(rs: ResultSet) -> Report:
     return Report(rs=rs, tables=tables, affine=affine, masking=masking,
                   comparisons=compare(tables, affine), curves=curves, findings=found,
                   notes=notes, robustness=robustness, protocol=protocol_rows(rs),
-                  protocol_statements=statements, broken_by=broken, audit=audit)
+                  protocol_statements=statements, broken_by=broken, audit=audit, soups=soups)
 
 
 def toy_params(rs: ResultSet, table: GroupTable) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from analysis.blocks import (
     fmt_ci,
 )
 from analysis.build import Report
+from analysis.costs import PER_EXAMPLE, TOTAL
 from analysis.document_eval import (
     audit_section,
     broken_by_section,
@@ -33,7 +34,7 @@ from analysis.document_eval import (
 from analysis.findings import METHOD as FINDINGS_METHOD
 from analysis.findings import REPRODUCED, Finding
 from analysis.loading import ResultSet
-from analysis.metrics import Cell, GroupTable, MaskingFlag, attack_accuracies
+from analysis.metrics import Cell, GroupTable, MaskingFlag, TableRow, attack_accuracies
 from analysis.paper import paper_results
 from analysis.stats import fmt_pct
 
@@ -58,8 +59,27 @@ FIGURES_CAPTION = (
     "models against their own family at the full budget. Each point is the worst case over the "
     "attacks that run at it, per input."
 )
-TRAIN_COST = ("train cost: training passes per example (forward + backward, attacks included) "
-              "relative to the mean of the group's single-attack models'")
+TRAIN_COST = {
+    TOTAL: ("train cost: the model's own training passes (forward + backward, attacks included, "
+            "over all its training examples) relative to the mean of the group's single-attack "
+            "models trained from scratch"),
+    PER_EXAMPLE: ("train cost: training passes per example (forward + backward, attacks "
+                  "included) relative to the mean of the group's single-attack models trained "
+                  "from scratch (this run's cost records do not count the examples)"),
+}
+WITH_ANCESTORS = ("; in parentheses, with its ancestors' passes on the same scale (the models it "
+                  "was fine-tuned from or, for a soup, its ingredients and theirs, each once)")
+BEST_SOUP = ("; a soup row is the best of its family's soups (highest union accuracy, then "
+             "clean); every soup is on the family's soup curve")
+SOUPS_METHOD = (
+    "A soup (Croce et al., CVPR 2023) averages the weights of its ingredients, models fine-tuned "
+    "from one parent, and is evaluated as a model of its own with the group's suite. Each figure "
+    "follows one soup family along the first ingredient's weight: clean accuracy, accuracy "
+    "against each family and against their union, computed as in the tables (full budget, worst "
+    "case over the family's attacks per input), with the ingredients' own results at the ends. "
+    "The group's table shows only the best soup of each family (highest union accuracy, then "
+    "clean); soups.csv has every point."
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +119,19 @@ def _cell(cell: Cell | None) -> TCell:
                  flagged=cell.masking is not None, title=title)
 
 
+def _cost(x: float) -> str:
+    return "0" if x == 0 else f"{x:.2f}"
+
+
+def cost_text(row: TableRow) -> str:
+    """The train cost cell: own, and with the ancestors in parentheses ("0.17 (1.17)")."""
+    if row.train_cost is None:
+        return ""
+    if row.train_cost_with_ancestors is None:
+        return _cost(row.train_cost)
+    return f"{_cost(row.train_cost)} ({_cost(row.train_cost_with_ancestors)})"
+
+
 def group_block(table: GroupTable) -> Table:
     cost = table.has_cost
     headers = ["model", "n", *table.columns, *(["train cost"] if cost else [])]
@@ -106,8 +139,7 @@ def group_block(table: GroupTable) -> Table:
     for r in table.rows:
         rows.append([TCell(r.display, marks="*" if r.incomplete else ""), TCell(str(r.n_inputs)),
                      *(_cell(r.cells[c]) for c in table.columns),
-                     *([TCell("" if r.train_cost is None else f"{r.train_cost:.2f}")]
-                       if cost else [])])
+                     *([TCell(cost_text(r))] if cost else [])])
     opt = table.opt
     if opt.complete:
         rows.append([TCell("OPT"), TCell(""), TCell("")]
@@ -115,7 +147,13 @@ def group_block(table: GroupTable) -> Table:
                     + [TCell(fmt_pct(100 * opt.union)), TCell(fmt_pct(100 * opt.average))]
                     + ([TCell("")] if cost else []))
     caption = (f"Group {table.group} ({table.dataset}; families {', '.join(table.families)}): "
-               "accuracy (%) with Wilson 95% intervals" + (f"; {TRAIN_COST}" if cost else ""))
+               "accuracy (%) with Wilson 95% intervals")
+    if cost:
+        caption += "; " + TRAIN_COST[table.cost_unit]
+        if any(r.train_cost_with_ancestors is not None for r in table.rows):
+            caption += WITH_ANCESTORS
+    if any(r.best_of > 1 for r in table.rows):
+        caption += BEST_SOUP
     return Table(caption, headers, rows, key=table.group)
 
 
@@ -208,7 +246,8 @@ def masking_section(report: Report) -> list[Block]:
 
 def figures_section(report: Report, figure_root: Path) -> list[Block]:
     """The PNG figures, with paths relative to ``figure_root`` where they lie below it."""
-    curves = {p for paths in report.curve_figures.values() for p in paths}
+    curves = {p for paths in [*report.curve_figures.values(), *report.soup_figures.values()]
+              for p in paths}
     figures = [p for p in report.figures if p not in curves]
     if not figures:
         return []
@@ -219,6 +258,19 @@ def figures_section(report: Report, figure_root: Path) -> list[Block]:
         if p.suffix == ".png":
             out.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root) else p,
                              report.captions.get(p.stem, p.stem)))
+    return out
+
+
+def soups_section(report: Report, figure_root: Path) -> list[Block]:
+    """Each soup family's figure along its weights, with its caption."""
+    if not report.soups:
+        return []
+    out: list[Block] = [Heading(2, "Model soups"), Para(SOUPS_METHOD)]
+    for stem, paths in report.soup_figures.items():
+        for p in paths:
+            if p.suffix == ".png":
+                out.append(Image(p.relative_to(figure_root) if p.is_relative_to(figure_root)
+                                 else p, report.captions.get(stem, stem)))
     return out
 
 
@@ -296,6 +348,7 @@ def build_document(report: Report, figure_root: Path) -> Document:
     doc.blocks += protocol_section(report)
     for table in report.tables:
         doc.blocks += group_section(report, table)
+    doc.blocks += soups_section(report, figure_root)
     doc.blocks += affine_section(report)
     doc.blocks += masking_section(report)
     doc.blocks += figures_section(report, figure_root)

@@ -1,5 +1,6 @@
 """The report's plots (matplotlib, Agg): Figure 1 (an Adv_max model's accuracy as the budget
-grows) and each group's robustness curves (every model's accuracy against the radius)."""
+grows), each group's robustness curves (every model's accuracy against the radius) and each soup
+family's accuracies along the soups' weights."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib.figure import Figure
 
 from analysis.curves import RADIUS, GroupCurves
 from analysis.metrics import SweepCurves
+from analysis.soup_curves import SoupCurve
 from jobs.io import atomic_write
 
 #: One colour per family, shared by the curve and its single-perturbation reference line.
@@ -100,6 +102,71 @@ def plot_curves(group: GroupCurves, path_without_suffix: str | Path) -> list[Pat
                  fontsize=11)
     fig.legend(loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0.0, 0.0, 1.0 - 1.5 / (3.4 * cols + 1.6), 1.0))
+    return save_figure(fig, path_without_suffix)
+
+
+def _soup_style(column: str, families: tuple[str, ...]) -> tuple[str, str]:
+    """(line style, colour) of a soup curve's column: the families as in Figure 1, the union
+    dotted black, clean solid grey."""
+    if column == "union":
+        return ":", "black"
+    if column == "clean":
+        return "-", "gray"
+    return "-", COLORS[families.index(column) % len(COLORS)]
+
+
+def plot_soup(curve: SoupCurve, path_without_suffix: str | Path) -> list[Path]:
+    """Clean accuracy, accuracy against each family and the union along the first ingredient's
+    weight (shaded: Wilson 95% interval); open squares: the ingredients alone, the end points; a
+    dotted vertical line marks the soup the table shows. With more than two ingredients, points
+    at one weight are other mixtures: markers with error bars (set a little apart per column),
+    no lines."""
+    fig = Figure(figsize=(6.8, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    families = tuple(c for c in curve.columns if c not in ("clean", "union"))
+    lines = len(curve.ingredients) == 2
+    for i, column in enumerate(curve.columns):
+        points = [p for p in curve.points if column in p.accuracy]
+        if not points:
+            continue
+        style, color = _soup_style(column, families)
+        # markers of several columns at one x would hide each other: set them a little apart
+        dodge = 0.0 if lines else 0.01 * (i - (len(curve.columns) - 1) / 2)
+        xs = [p.x + dodge for p in points]
+        ys = [p.accuracy[column].percent for p in points]
+        lows = [100 * p.accuracy[column].low for p in points]
+        highs = [100 * p.accuracy[column].high for p in points]
+        if lines:
+            ax.plot(xs, ys, style, color=color, linewidth=1.2, label=column)
+            ax.fill_between(xs, lows, highs, color=color, alpha=0.12, linewidth=0)
+        else:
+            ax.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, lows, strict=True)],
+                                      [hi - y for y, hi in zip(ys, highs, strict=True)]],
+                        fmt="none", ecolor=color, alpha=0.4, linewidth=0.8)
+            ax.plot([], [], "o", color=color, label=column)
+        for ingredient, marker, size in ((False, "o", 3.5), (True, "s", 5.0)):
+            mine = [(x, y) for p, x, y in zip(points, xs, ys, strict=True)
+                    if p.ingredient == ingredient]
+            ax.plot([x for x, _ in mine], [y for _, y in mine], marker, color=color,
+                    markersize=size, markerfacecolor="white" if ingredient else color)
+    ax.plot([], [], "s", color="gray", markerfacecolor="white", label="ingredient alone")
+    best = next((p for p in curve.points if p.model_id == curve.best), None)
+    if best is not None:
+        ax.axvline(best.x, linestyle=":", linewidth=0.8, color="gray", label="soup in the table")
+    for p in curve.points:  # name the ends (with more ingredients, only the first's is one x)
+        if p.ingredient and (p.x == 1.0 or lines):
+            ax.annotate(p.label, (p.x, 105.0), xytext=(3 if p.x == 0.0 else -3, -9),
+                        textcoords="offset points", ha="left" if p.x == 0.0 else "right",
+                        fontsize=7, color="dimgray")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(0.0, 105.0)
+    ax.set_xlabel(f"weight of {curve.labels[0]}" + ("" if lines else " (points ordered by it)"))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{curve.group}: soup {curve.family} of {', '.join(curve.labels)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
     return save_figure(fig, path_without_suffix)
 
 

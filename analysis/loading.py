@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.audit import load_audit
+from analysis.model_info import ModelInfo
 from analysis.suite_meta import SuiteInfo, parse_suite_info
 from jobs.errors import MpoError
 from jobs.io import read_json, read_text
 from jobs.run_folder import (
-    FAILED_STATES,
     MANIFEST_FILE,
     SHARD_FILES,
     Manifest,
@@ -56,38 +56,6 @@ class Group:
     families: tuple[str, ...]
     affine: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
-
-
-@dataclass
-class ModelInfo:
-    """What is known about one trained model (from rows, manifest and trial folder)."""
-
-    model_id: str
-    label: str
-    dataset: str = ""
-    strategy: str = ""
-    train_families: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    seed: int | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    state: str | None = None
-    wall_seconds: float | None = None
-    has_results: bool = False
-    #: the training cost record (``jobs.train_cost.training_cost``), when the run recorded it
-    train_cost: dict[str, Any] | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.state is not None and self.state.lower() in FAILED_STATES
-
-    @property
-    def train_passes(self) -> float | None:
-        """Forward plus backward passes per training example, or None when not recorded."""
-        cost = self.train_cost or {}
-        passes = [cost.get(k) for k in ("fwd_per_example", "bwd_per_example")]
-        if not all(isinstance(p, (int, float)) and math.isfinite(p) for p in passes):
-            return None
-        return float(sum(passes))
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ Definitions (all per model, on the inputs every relevant attack evaluated):
 - gradient masking: gradient-free or grid attacks fool significantly more clean-correct inputs
   than the family's first-order attacks (one-sided exact binomial test on the inputs only one
   side fooled, alpha 0.05);
-- train cost: a model's training passes per example (forward + backward) divided by the mean of
-  the group's single-attack models' (strategy ``single``).
+- train cost: ``analysis.costs``; soups: each soup family's best only (``analysis.soups``), the
+  others kept aside (``GroupTable.hidden``) for the soup curves and Theorem 1.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import fisher_exact
 
+from analysis.costs import TOTAL, train_costs
 from analysis.loading import ModelInfo, ResultSet, short_id
+from analysis.soups import fold_soups
 from analysis.stats import ALPHA, Estimate, binomial_one_sided, paired_sign_test
 
 FULL_BUDGET = 1.0
@@ -137,8 +139,12 @@ class TableRow:
     n_inputs: int
     cells: dict[str, Cell]
     incomplete: bool = False
-    #: training passes per example relative to the group's single-attack models (None: unknown)
+    #: own training passes relative to the group's single-attack models (None: unknown)
     train_cost: float | None = None
+    #: with the ancestors' passes, on the same scale (None: no recorded lineage)
+    train_cost_with_ancestors: float | None = None
+    #: for a soup: how many soups of its family the row stands for (its best)
+    best_of: int = 1
 
 
 @dataclass(frozen=True)
@@ -177,31 +183,24 @@ class GroupTable:
     opt: OptBounds
     notes: list[str] = field(default_factory=list)
     scores: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: the soups not shown: every soup of a family but its best (no bold computed)
+    hidden: list[TableRow] = field(default_factory=list)
+    #: what the train cost column divides (``TOTAL`` or ``PER_EXAMPLE`` passes)
+    cost_unit: str = TOTAL
 
     @property
     def columns(self) -> list[str]:
         return ["clean", *self.families, "union", "average"]
 
     @property
+    def all_rows(self) -> list[TableRow]:
+        """The rows shown, then the soups folded into their family's best."""
+        return [*self.rows, *self.hidden]
+
+    @property
     def has_cost(self) -> bool:
         """Did the run record a training cost for any model of the table?"""
         return any(r.model.train_passes is not None for r in self.rows)
-
-
-def train_costs(models: list[ModelInfo]) -> tuple[dict[str, float | None], str | None]:
-    """Each model's training passes per example over the mean of the single-attack models'
-    (by model id; None where unknown), and why there are none when the run recorded costs but
-    no single-attack model's."""
-    costs: dict[str, float | None] = {m.model_id: None for m in models}
-    if all(m.train_passes is None for m in models):
-        return costs, None
-    reference = [m.train_passes for m in models
-                 if m.strategy == "single" and m.train_passes is not None]
-    if not reference:
-        return costs, "no single-attack model has a recorded training cost"
-    mean = float(np.mean(reference))
-    return {m.model_id: None if m.train_passes is None else m.train_passes / mean
-            for m in models}, None
 
 
 def display_names(models: list[ModelInfo]) -> dict[str, str]:
@@ -336,9 +335,10 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
     table = GroupTable(group=group, dataset=g.dataset, families=g.families, rows=[],
                        opt=opt_bounds(rs, group))
     scores = table.scores
-    costs, cost_note = train_costs(models)
-    if cost_note:
-        table.notes.append(f"group {group}: train cost not computed: {cost_note}")
+    costs = train_costs(models)
+    table.cost_unit = costs.unit
+    if costs.note:
+        table.notes.append(f"group {group}: train cost not computed: {costs.note}")
     for model in models:
         df = per_input(rs.rows, model.model_id, g.families)
         if df.empty:
@@ -358,7 +358,9 @@ def group_table(rs: ResultSet, group: str, *, alpha: float = ALPHA) -> GroupTabl
         table.rows.append(TableRow(model=model, display=names[model.model_id],
                                    n_inputs=len(df), cells=cells,
                                    incomplete=model.model_id in incomplete,
-                                   train_cost=costs[model.model_id]))
+                                   train_cost=costs.own[model.model_id],
+                                   train_cost_with_ancestors=costs.with_ancestors[model.model_id]))
+    table.rows, table.hidden = fold_soups(table.rows)
     for col in table.columns:
         ranked = [r for r in table.rows if r.cells[col].estimate is not None]
         if not ranked:

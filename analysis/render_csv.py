@@ -41,15 +41,18 @@ def _accuracy_csv(report: Report) -> CsvRows:
                              _num(e.high if e else None), _num(e.k if e else None),
                              e.n if e else "", int(c.bold),
                              ";".join(a for a, _ in c.masking.attacks) if c.masking else "",
-                             int(r.incomplete), _num(r.model.train_passes), _num(r.train_cost)])
+                             int(r.incomplete), _num(r.model.train_passes),
+                             _num(r.model.train_passes_total),
+                             _num(r.model.passes_with_ancestors), _num(r.train_cost),
+                             _num(r.train_cost_with_ancestors), t.cost_unit, r.best_of])
         if t.opt.complete:
-            rows.append([t.group, t.dataset, "OPT", "", "", "union", _num(t.opt.union), "", "",
-                         "", "", 0, "", 0, "", ""])
-            rows.append([t.group, t.dataset, "OPT", "", "", "average", _num(t.opt.average), "",
-                         "", "", "", 0, "", 0, "", ""])
+            for col, value in (("union", t.opt.union), ("average", t.opt.average)):
+                rows.append([t.group, t.dataset, "OPT", "", "", col, _num(value), "", "", "", "",
+                             0, "", 0, "", "", "", "", "", "", ""])
     return (["group", "dataset", "model", "model_id", "strategy", "column", "accuracy",
              "ci_low", "ci_high", "k", "n", "bold", "masking_attacks", "incomplete",
-             "train_passes_per_example", "train_cost"], rows)
+             "train_passes_per_example", "train_passes", "train_passes_with_ancestors",
+             "train_cost", "train_cost_with_ancestors", "train_cost_unit", "best_of_soups"], rows)
 
 
 def _affine_csv(report: Report) -> CsvRows:
@@ -123,6 +126,24 @@ def _robustness_csv(report: Report) -> CsvRows:
              "n"], rows)
 
 
+def _soups_csv(report: Report) -> CsvRows:
+    """Every point of every soup curve, in the curve's order (the first ingredient alone, the
+    soups by its weight falling, ..., the last ingredient alone), one row per column."""
+    rows: list[list[object]] = []
+    for sc in report.soups:
+        for i, p in enumerate(sc.points):
+            for column in sc.columns:
+                e = p.accuracy.get(column)
+                rows.append([sc.group, sc.family, i, p.label, p.model_id,
+                             "ingredient" if p.ingredient else "soup",
+                             int(p.model_id == sc.best), ";".join(_num(w) for w in p.weights),
+                             _num(p.x), column, _num(e.value if e else None),
+                             _num(e.low if e else None), _num(e.high if e else None),
+                             e.n if e else ""])
+    return (["group", "soup_family", "point", "model", "model_id", "kind", "in_table", "weights",
+             "x", "column", "accuracy", "ci_low", "ci_high", "n"], rows)
+
+
 def _protocol_csv(report: Report) -> CsvRows:
     return (["suite", "family", "attack", "kind", "type", "radius", "steps_iterations_queries",
              "restarts", "budgets", "radii"],
@@ -160,11 +181,21 @@ def _completeness_csv(report: Report) -> CsvRows:
 CSV_FILES = {"tables.csv": _accuracy_csv, "affine.csv": _affine_csv, "masking.csv": _masking_csv,
              "findings.csv": _findings_csv, "paper_vs_run.csv": _paper_csv,
              "sweep.csv": _sweep_csv, "curves.csv": _curves_csv,
-             "robustness.csv": _robustness_csv, "protocol.csv": _protocol_csv,
+             "robustness.csv": _robustness_csv, "soups.csv": _soups_csv,
+             "protocol.csv": _protocol_csv,
              "broken_by.csv": _broken_by_csv, "audit.csv": _audit_csv,
              "completeness.csv": _completeness_csv}
 
 
+#: Files written only when the run has their kind of model (soups.csv: a run with soups).
+ONLY_WITH_ROWS = ("soups.csv",)
+
+
 def write_csv(report: Report, out_dir: Path) -> list[Path]:
     """Tidy CSV files (``CSV_FILES``): one row per number."""
-    return [_write(out_dir / name, *table(report)) for name, table in CSV_FILES.items()]
+    out = []
+    for name, table in CSV_FILES.items():
+        header, rows = table(report)
+        if rows or name not in ONLY_WITH_ROWS:
+            out.append(_write(out_dir / name, header, rows))
+    return out

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from analysis import render, render_csv
 from analysis.build import Report, build_report, toy_params
-from analysis.figures import plot_curves, plot_sweep
+from analysis.figures import plot_curves, plot_soup, plot_sweep
 from analysis.loading import ResultSet, load_results, short_id
+from analysis.soup_curves import SoupCurve
 from jobs.errors import MpoError
 from jobs.io import read_text, write_text_atomic
 
@@ -59,8 +60,8 @@ def _toy_panels(report: Report, fig_dir: Path) -> list[Path]:
 
 
 def write_figures(report: Report, out_dir: Path) -> list[Path]:
-    """Draw every Figure-1 plot, each group's robustness curves and the toy theory panel under
-    ``out_dir/figures``."""
+    """Draw every Figure-1 plot, each group's robustness curves, each soup family's curve and the
+    toy theory panel under ``out_dir/figures``."""
     fig_dir = out_dir / "figures"
     paths: list[Path] = []
     names: dict[str, int] = {}
@@ -78,6 +79,11 @@ def write_figures(report: Report, out_dir: Path) -> list[Path]:
         report.captions[f"curves_{rc.group}"] = (
             f"Robustness curves, group {rc.group}: each model's accuracy against the radius, per "
             "family and for the union")
+    for sc in report.soups:
+        stem = f"soup_{sc.group}_{sc.name}"
+        report.soup_figures[stem] = plot_soup(sc, fig_dir / stem)
+        paths += report.soup_figures[stem]
+        report.captions[stem] = soup_caption(sc)
     panels = _toy_panels(report, fig_dir)
     for path in panels:
         report.captions[path.stem] = (
@@ -87,6 +93,26 @@ def write_figures(report: Report, out_dir: Path) -> list[Path]:
     paths += panels
     report.figures = paths
     return paths
+
+
+def soup_caption(sc: SoupCurve) -> str:
+    """What a soup figure shows, and how its x axis orders the points."""
+    first, rest = sc.labels[0], sc.labels[1:]
+    text = (f"Soup {sc.family}, group {sc.group}: clean accuracy, accuracy against "
+            f"{', '.join(sc.columns[1:-1])} and their union (%) of the {len(sc.soups)} soups of "
+            f"{', '.join(sc.labels)}, against the weight of {first}")
+    if len(sc.labels) == 2:
+        text += f"; the ends are the ingredients' own results ({first} at 1, {rest[0]} at 0)"
+    else:
+        text += (f"; with {len(sc.labels)} ingredients the points are ordered by {first}'s "
+                 "weight (ties: by the next ingredients' weights), so points at one weight are "
+                 f"different mixtures; the ingredients' own results: {first} at 1, "
+                 f"{', '.join(rest)} at 0")
+    best = next((p for p in sc.points if p.model_id == sc.best), None)
+    if best is not None:
+        text += (f". Dotted line: {best.label}, the soup the group's table shows (highest union "
+                 "accuracy, then clean)")
+    return text + (". Shaded" if len(sc.labels) == 2 else ". Bars") + ": Wilson 95% intervals."
 
 
 def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -156,6 +182,8 @@ def write_snapshot(rs: ResultSet, out: Path) -> tuple[Report, list[Path]]:
     report.figures = [p for p in report.figures if p.suffix == ".png"]
     report.curve_figures = {g: [p for p in paths if p.suffix == ".png"]
                             for g, paths in report.curve_figures.items()}
+    report.soup_figures = {s: [p for p in paths if p.suffix == ".png"]
+                           for s, paths in report.soup_figures.items()}
     written = list(report.figures)
     written += render.write_markdown(report, out)
     written += render.write_summary(report, out)
