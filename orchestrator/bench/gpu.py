@@ -88,6 +88,7 @@ def project_paper_grid(rates: dict[str, float], grid: str = "paper-grid") -> dic
     """
     from jobs.attacks import make_attack
     from jobs.config import make_train_config
+    from jobs.training import total_steps
     from orchestrator.plan import load_plan
 
     plan, _, _ = load_plan(grid)
@@ -95,6 +96,8 @@ def project_paper_grid(rates: dict[str, float], grid: str = "paper-grid") -> dic
     train_h = eval_h = 0.0
     missing: set[str] = set()
     for mid, trial in plan.trials.items():
+        if trial.strategy in ("soup", "external"):  # evaluation only: nothing to train
+            continue
         config = make_train_config(trial.config)
         rate = rates.get(trial.dataset)
         if rate is None:
@@ -104,7 +107,7 @@ def project_paper_grid(rates: dict[str, float], grid: str = "paper-grid") -> dic
         steps = math.ceil(n / config.batch_size)
         if config.steps_per_epoch is not None:
             steps = min(steps, config.steps_per_epoch)
-        examples = config.epochs * steps * config.batch_size
+        examples = total_steps(config.epochs, steps) * config.batch_size
         h = examples * training_passes(config) / rate / 3600
         hours[mid] = h
         train_h += h
