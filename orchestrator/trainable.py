@@ -92,7 +92,19 @@ def _where(threads: dict[str, int]) -> dict[str, Any]:
         "device": _device(),
         "threads": threads,
         "started": _now(),
+        "process_started": _process_started(),
     }
+
+
+def _process_started() -> str | None:
+    """When this worker process started (the gap to ``started`` is its start-up and imports)."""
+    try:
+        import psutil
+
+        stamp = psutil.Process(os.getpid()).create_time()
+    except Exception:  # psutil comes with ray[default]; without it the record goes without
+        return None
+    return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _tune_epoch() -> int | None:
@@ -292,17 +304,27 @@ def _train(t: _Trial, device: str) -> Path:
         return checkpoint
     p = t.payload
     epoch_runs = int(t.record.get("epoch_runs", 0))
+    # this attempt's interval of training (orchestrator.utilisation): its end moves forward at
+    # every epoch, so an attempt cut off mid-training still counts the epochs it finished
+    threads = (t.record.get("placements") or [{}])[-1].get("threads") or {}
+    runs = [*t.record.get("train_runs", []), {"started": _now(), "threads": threads}]
+
+    def note_run() -> None:
+        runs[-1]["finished"] = _now()
+        t.update(train_runs=runs)
 
     def on_epoch(metrics: dict[str, Any]) -> None:
         nonlocal epoch_runs
         epoch_runs += 1
-        t.update(epoch_runs=epoch_runs)
+        runs[-1]["finished"] = _now()
+        t.update(epoch_runs=epoch_runs, train_runs=runs)
         t.meter.epoch(metrics, p.epochs)
         _report_epoch(metrics, model_id=p.model_id, total_epochs=p.epochs)
         fault_injection.after_epoch(t.faults, t.rd.path, p.label, int(metrics["epoch"]))  # tests
 
     result = train(p.config, t.out, data_dir=t.settings["data_dir"],
                    download=t.settings["download"], device=device, on_epoch=on_epoch, resume=True)
+    note_run()
     resumed = list(t.record.get("resumed_from_epochs", []))
     if result.resumed_from_epoch:
         resumed.append(result.resumed_from_epoch)

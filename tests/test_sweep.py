@@ -184,6 +184,25 @@ def test_trials_and_tasks_record_where_they_ran_and_their_threads(faulty_run):
             assert runs[-1]["resources"] == {"CPU": 0.5}
 
 
+def test_sweep_records_how_busy_it_kept_the_cpus(faulty_run):
+    """run.json's driver run: the CPU-seconds of training and evaluation from the trials' and
+    tasks' own records, over wall x CPUs; each training attempt is an interval."""
+    run_dir, output, _ = faulty_run
+    first = json.loads((run_dir / "run.json").read_text())["sweeps"][0]
+    u = first["utilisation"]
+    assert u["cpus"] == 2 and u["wall_seconds"] == first["wall_seconds"]
+    assert set(u["by_kind"]) == {"train", "evaluate"} and min(u["by_kind"].values()) > 0
+    assert u["busy_cpu_seconds"] == pytest.approx(sum(u["by_kind"].values()), abs=0.2)
+    assert 0 < u["fraction"] <= 1
+    assert u["fraction"] == pytest.approx(u["busy_cpu_seconds"] / (2 * u["wall_seconds"]),
+                                          abs=0.002)
+    assert f"this driver run: busy {100 * u['fraction']:.0f}% of 2 CPUs" in output
+    for trial in (run_dir / "trials").iterdir():
+        record = json.loads((trial / "trial.json").read_text())
+        runs = record["train_runs"]  # one per attempt; the failed one ended at its epoch 2
+        assert len(runs) == record["attempts"] and all(r["finished"] >= r["started"] for r in runs)
+
+
 def test_dead_evaluation_worker_is_retried(faulty_run):
     run_dir, _, _ = faulty_run
     assert (run_dir / "faults" / "eval-Nat").exists()  # the worker did die once

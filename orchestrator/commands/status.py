@@ -16,6 +16,7 @@ def status(run_dir: str) -> None:
     from orchestrator.console import Col, joined, make_console, print_table
     from orchestrator.lineage import lineage_tree
     from orchestrator.runfolder import collect_status
+    from orchestrator.utilisation import describe
 
     st = collect_status(run_dir)
     run, trials = st.run, st.trials
@@ -47,6 +48,10 @@ def status(run_dir: str) -> None:
     total = sum(t.shards_total for t in trials)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                   f"; shards {done}/{total}")
+    for i, sweep in enumerate(run.get("sweeps") or [], 1):
+        if sweep.get("utilisation"):
+            console.print(f"driver run {i} ({sweep.get('started', '?')}): "
+                          f"{describe(sweep['utilisation'])}", soft_wrap=True)
     for t in trials:
         if t.error:
             console.print(f"[red]{t.label} ({t.model_id})[/]: {t.error.splitlines()[0][:300]}",

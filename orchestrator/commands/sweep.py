@@ -305,7 +305,12 @@ def summarise(plan: SweepPlan, rd: RunFolder, records: dict[str, dict[str, Any]]
               console: Console) -> None:
     """The results table; a sweep with unfinished trials ends with an error that says how to
     look at them and resume."""
+    from orchestrator.utilisation import describe
+
     console.print(summary_table(plan, records, console))
+    sweeps = rd.run().get("sweeps") or []
+    if sweeps and sweeps[-1].get("utilisation"):
+        console.print(f"this driver run: {describe(sweeps[-1]['utilisation'])}", soft_wrap=True)
     bad = [mid for mid, r in records.items() if r.get("state") != "done"]
     console.print(f"results: {rd.path / 'results'}  (report: `mpo report {rd.path}`)",
                   soft_wrap=True)
