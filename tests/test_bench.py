@@ -22,7 +22,8 @@ EXPECTED_KEYS = ATTACK_KEYS | {
     *(f"train/{s}" for s in STRATEGIES),
     *(f"train/{s}_vs_single" for s in STRATEGIES[2:]),
     "sweep/tune_vs_inprocess", "sweep/per_trial_overhead", "sweep/tune_parallel_vs_inprocess",
-    "sweep/eval_fanout_speedup",
+    "sweep/eval_fanout_speedup", "sweep/quickstart_wall", "sweep/toy_utilisation",
+    "sweep/mnist_utilisation",
     "projection/mnist_adv_max_examples_per_s", "projection/cifar10_wrn_adv_max_examples_per_s",
     "projection/paper_grid_hours",
     "cli/grids", "cli/status", "cli/missing_config", "cli/missing_run", "cli/refused_option",
@@ -78,6 +79,8 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
                                                                 "eat": 5, "random": 5}.get(s, 15)
     assert figures["exec/compile_attack"]["status"] == "skipped"  # not in --quick
     assert figures["sweep/tune_vs_inprocess"]["details"]["cluster_started_here"] is False
+    for key in ("sweep/quickstart_wall", "sweep/mnist_utilisation"):  # each its own cluster
+        assert figures[key]["status"] == "skipped" and figures[key]["target"], key
     if not report["machine"]["cuda_available"]:
         assert figures["projection/paper_grid_hours"]["status"] == "skipped"
         assert "GPU" in figures["projection/paper_grid_hours"]["reason"]

@@ -20,6 +20,7 @@ from orchestrator.bench.figures import STATUSES, Figure, guarded, skipped
 from orchestrator.bench.gpu import projection_figures, projection_keys
 from orchestrator.bench.peers import peer_figures
 from orchestrator.bench.sweep_overhead import SWEEP_TITLES, sweep_figures
+from orchestrator.bench.sweep_use import USE_TITLES, sweep_use_figures
 from orchestrator.bench.training_cost import train_keys, training_figures
 from orchestrator.bench.workload import Settings, make_bench
 
@@ -109,10 +110,14 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
         say("4/7 training cost per strategy")
         figures += guarded("train", train_keys(), lambda: training_figures(b))
         if sweep:
+            say("5/7 whole sweeps: the quickstart's wall time, utilisation (toy, 2-trial MNIST)")
+            figures += guarded("sweep", list(USE_TITLES), lambda: sweep_use_figures(
+                s, data_dir, mnist_ok=b.data == "mnist"))
             say(f"5/7 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
             figures += guarded("sweep", list(SWEEP_TITLES), lambda: sweep_figures(s))
         else:
-            figures += [skipped(k, "sweep", k, "sweep figures not requested") for k in SWEEP_TITLES]
+            figures += [skipped(k, "sweep", k, "sweep figures not requested")
+                        for k in (*USE_TITLES, *SWEEP_TITLES)]
     if projection or dev.type == "cuda":
         say(f"6/7 training throughput of the paper's recipes on {dev}, paper-grid projection")
         figures += guarded("projection", projection_keys(), lambda: projection_figures(
