@@ -119,7 +119,7 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="torch CPU threads while measuring (0: torch's default); one thread keeps "
                    "CPU timings steady on a shared machine")
-@click.option("--no-sweep", is_flag=True, help="skip the Ray sweep-overhead figures")
+@click.option("--no-sweep", is_flag=True, help="skip the Ray sweep figures (overhead, whole sweeps)")
 @click.option("--projection", is_flag=True,
               help="the GPU script: attacks, peers, execution variants, the paper recipes' "
                    "training throughput and the paper-grid projection, all on --device "
@@ -132,7 +132,8 @@ def bench(device: str, quick: bool, out: Path | None, page: Path | None, data_di
     the min..max spread are shown, with the absolute median times): 1) attack / k fwd+bwd
     passes, 2) torchattacks and foolbox / ours, 3) execution variants (channels-last,
     torch.compile, bf16) / default, 4) training step per strategy / its passes, 5) Ray sweep
-    overhead and evaluation fan-out, 6) the paper recipes' training throughput and the
+    overhead and evaluation fan-out, and whole `mpo sweep` runs (the quickstart's wall time;
+    busy CPU-seconds over wall x CPUs of the toy and a 2-trial MNIST sweep; not in --quick), 6) the paper recipes' training throughput and the
     paper-grid projection (on a GPU, or with --projection), 7) how long `mpo` takes to answer
     (grids, status, refused mistakes). A figure that cannot be measured is reported as
     skipped, with the reason.
