@@ -94,11 +94,14 @@ def prepare_run(plan: SweepPlan, grid_text: str, run_dir: Path, *, settings: Swe
 
 def record_sweep(rd: RunFolder, *, started: float, finished: float, resume: bool,
                  records: dict[str, dict[str, Any]], trials_run: int,
-                 interrupted: str | None = None, cpus: float | None = None) -> dict[str, Any]:
+                 interrupted: str | None = None, cpus: float | None = None,
+                 ran: list[str] | None = None) -> dict[str, Any]:
     """Append one driver invocation (start, end, wall seconds, how many trials it ran, the
     signal that stopped it if one did, trial states, and with the cluster's ``cpus`` how busy
-    it kept them: ``orchestrator.utilisation``) to run.json's ``sweeps`` list, so a run's
-    snapshot says how long it took (a resume adds an entry)."""
+    it kept them: ``orchestrator.utilisation``, from the records of the trials it ``ran``) to
+    run.json's ``sweeps`` list, so a run's snapshot says how long it took (a resume adds an
+    entry). An interrupted run skips the utilisation: a signal's exit stays within seconds,
+    however many shard records a large sweep has."""
     from orchestrator.utilisation import sweep_utilisation
 
     def iso(t: float) -> str:
@@ -114,9 +117,9 @@ def record_sweep(rd: RunFolder, *, started: float, finished: float, resume: bool
              "trials_run": trials_run, "trial_states": dict(sorted(states.items()))}
     if interrupted:
         entry["interrupted"] = interrupted
-    if cpus:
-        entry["utilisation"] = sweep_utilisation(rd, list(records), started=started,
-                                                 finished=finished, cpus=cpus)
+    if cpus and not interrupted:
+        entry["utilisation"] = sweep_utilisation(rd, list(records) if ran is None else ran,
+                                                 started=started, finished=finished, cpus=cpus)
     info["sweeps"] = [*info.get("sweeps", []), entry]
     write_json_atomic(rd.run_file, info)
     return entry

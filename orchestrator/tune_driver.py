@@ -245,7 +245,7 @@ def run_sweep(
         records = {mid: rd.trial_record(mid) for mid in plan.trials}
         cpus = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
         record_sweep(rd, started=started, finished=time.time(), resume=resume, records=records,
-                     trials_run=len(todo), interrupted=interrupted, cpus=cpus)
+                     trials_run=len(todo), interrupted=interrupted, cpus=cpus, ran=todo)
     return records
 
 

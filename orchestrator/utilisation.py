@@ -5,7 +5,8 @@ wall time x the cluster's CPUs. Working means: training (trial.json's ``train_ru
 per training attempt, its end moved forward at every epoch) and evaluating (each shard's
 side record ``trials/<id>/shards/<shard>.json``, one entry per run of its task); each interval
 counts its torch intra-op threads as busy CPUs and is clipped to the driver run's window, so a
-resumed sweep counts only its own work. What is not counted is the overhead a sweep pays: the
+resumed sweep counts only its own work (the trials it ran; an interrupted driver run records
+none). What is not counted is the overhead a sweep pays: the
 cluster's start, Tune's per-trial actor and placement group, a worker's start and imports, and
 CPUs left without a trial (a sweep's last trials).
 """

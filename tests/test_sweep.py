@@ -235,6 +235,8 @@ def test_resume_of_a_finished_run_redoes_nothing(faulty_run):
     sweeps = json.loads((run_dir / "run.json").read_text())["sweeps"]
     assert [s["resume"] for s in sweeps] == [False, True]
     assert sweeps[1]["trial_states"] == {"done": 3}
+    # nothing ran again: the resumed driver counts no work (the first run's is outside it)
+    assert sweeps[1].get("utilisation", {}).get("busy_cpu_seconds", 0) == 0
 
 
 def test_resume_with_a_changed_grid_is_refused(faulty_run, tmp_path):

@@ -147,6 +147,7 @@ def test_sigint_ends_the_driver_at_once_with_one_line(interrupted):
     assert not (run_dir / "driver.lock").exists()  # an interrupted driver lets go of the folder
     sweeps = json.loads((run_dir / "run.json").read_text())["sweeps"]
     assert sweeps[-1]["interrupted"] == "SIGINT"
+    assert "utilisation" not in sweeps[-1]  # a signal's exit reads no shard records
     status = CliRunner().invoke(main, ["status", str(run_dir)])
     assert status.exit_code == 0 and f"continue with: mpo sweep --resume {run_dir}" in status.output
 
@@ -164,6 +165,9 @@ def test_resume_after_sigint_finishes_without_redoing_anything(resumed):
     assert [s["resume"] for s in sweeps] == [False, True]
     assert sweeps[1]["trials_run"] == 3 - figures["trials_finished_before"]
     assert sweeps[1]["trial_states"] == {"done": 3}
+    if sweeps[1]["trials_run"]:  # the resumed driver's own work, within its own window
+        u = sweeps[1]["utilisation"]
+        assert u["busy_cpu_seconds"] > 0 and 0 < u["fraction"] <= 1
 
 
 def silently_wrong(path: Path) -> bytes:
