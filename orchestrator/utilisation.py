@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from jobs.errors import MpoError
@@ -105,8 +104,3 @@ def describe(u: dict[str, Any]) -> str:
     return (f"busy {100 * u['fraction']:.0f}% of {u['cpus']:g} CPUs x {u['wall_seconds']:.0f} s "
             f"({kinds} CPU-s)")
 
-
-def recorded(run_dir: Path) -> list[dict[str, Any]]:
-    """The ``utilisation`` of each driver run run.json records (oldest first)."""
-    info = RunFolder(run_dir).run()
-    return [s["utilisation"] for s in info.get("sweeps", []) if s.get("utilisation")]
