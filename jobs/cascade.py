@@ -84,6 +84,7 @@ def resolve_cascades(
     """
     out: list[SuiteAttack] = []
     by_name = {a.name: a for a in attacks}
+    sigs = [(ball_signature(a), a.kind) for a in attacks]
     for pos, attack in enumerate(attacks):
         where, own = requests.get(attack.base, ("", None))
         request = default if own is None else own
@@ -91,10 +92,8 @@ def resolve_cascades(
         if request is False:
             within: tuple[str, ...] = ()
         elif request is True:
-            sig = ball_signature(attack)
-            within = tuple(
-                a.name for a in earlier if ball_signature(a) == sig and a.kind == attack.kind
-            )
+            within = tuple(a.name for a, sig in zip(earlier, sigs[:pos], strict=True)
+                           if sig == sigs[pos])
         else:
             same_point = {(a.base, round(a.budget, 12)): a.name for a in earlier}
             names = []

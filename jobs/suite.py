@@ -433,6 +433,21 @@ def load_suite(
     if isinstance(name_or_path, EvalSuite):
         return name_or_path
     path = suite_path(name_or_path, dataset)
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _PARSED:
+        return _PARSED[key]
     data = load_yaml(path, error=ConfigError, what="suite file")
-    return parse_suite(data, source=str(path), default_name=path.stem)
+    suite = parse_suite(data, source=str(path), default_name=path.stem)
+    if key is not None:
+        _PARSED[key] = suite
+    return suite
+
+
+#: Suites parsed in this process, by (file, modification time, size): a grid listing parses the
+#: same shipped suite for several grids. ``EvalSuite`` is frozen; callers copy it to change it.
+_PARSED: dict[tuple[str, int, int], EvalSuite] = {}
 

@@ -318,8 +318,9 @@ def _shards(grid: Grid, groups: dict[str, GroupEntry], trials: dict[str, TrialEn
         wanted = {f for g in trial.groups for f in (*groups[g].families, *groups[g].affine)}
         trial.attacks = [a.name for a in suites[trial.dataset].attacks if a.family in wanted]
         plan = grid.evaluation[trial.dataset]
+        ranges = plan_shards(plan.n_test, plan.shard_size)
         shards += [ShardEntry(mid, attack, start, stop) for attack in trial.attacks
-                   for start, stop in plan_shards(plan.n_test, plan.shard_size)]
+                   for start, stop in ranges]
     return shards
 
 
