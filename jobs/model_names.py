@@ -10,3 +10,6 @@ MODEL_NAMES: dict[str, str] = {
     "linear": "a linear classifier (toy)",
     "mlp": "a small MLP (toy)",
 }
+
+#: The architectures affine in their input: the only ones the exact attack (``type: exact``) takes.
+AFFINE_MODEL_NAMES: tuple[str, ...] = ("linear",)

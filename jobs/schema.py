@@ -58,7 +58,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "suite": (pa.string(), "evaluation suite name"),
     "attack": (pa.string(), "attack name inside the suite"),
     "family": (pa.string(), "perturbation family: linf, l1, l2, rt, or affine like linf+rt"),
-    "kind": (pa.string(), "first-order, gradient-free or grid"),
+    "kind": (pa.string(), "first-order, gradient-free, grid or exact"),
     "epsilon": (pa.float64(), "radius of the family ball the in-ball rule used (NaN for rt)"),
     "budget": (pa.float64(), "fraction of the family's full budget (1.0 = full; may be > 1)"),
     "attack_spec": (pa.string(), "the attack's full spec as JSON"),
@@ -82,7 +82,8 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         "its first fooling candidate), 'best' (the best candidate of the attack's whole run: a "
         "misclassified one wins, else the highest cross-entropy), 'smallest' (a minimum-norm "
         "attack's smallest perturbation), 'library' (the attack library's own choice), 'clean' (a "
-        "library attack that found nothing returns the clean input), 'earlier' (not attacked: an earlier attack of the cascade broke the input, broken_by names it); "
+        "library attack that found nothing returns the clean input), 'worst-case' (an exact attack's "
+        "largest margin in the ball: on an affine model, nothing in the ball fools a robust row), 'earlier' (not attacked: an earlier attack of the cascade broke the input, broken_by names it); "
         "'' in files of schema version 2",
     ),
     "perturbation": (pa.float64(), "size of the perturbation in the family's norm"),

@@ -18,7 +18,7 @@ name or a path)::
     budgets_protocol: full           # full (default) | reduced: see below
     attacks:
       - name: linf-pgd               # unique; letters, digits and . _ - + @ only
-        kind: first-order            # first-order | gradient-free | grid
+        kind: first-order            # first-order | gradient-free | grid | exact (affine models)
         spec: {type: linf, epsilon: 0.3, k: 40, reps: 2}   # as jobs.attacks.make_attack takes it
         family: linf                 # optional: checked against the attack's own family
         epsilon: 0.3                 # optional: radius of the in-ball rule (default: the attack's)

@@ -95,7 +95,7 @@ class AttackEntry(FrozenModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: Name
-    kind: Literal["first-order", "gradient-free", "grid"]
+    kind: Literal["first-order", "gradient-free", "grid", "exact"]
     spec: Annotated[AttackSpec, BeforeValidator(_spec)]
     family: str | None = Field(None, description="checked against the spec's family")
     epsilon: float | None = Field(None, gt=0, strict=True, description="radius of the in-ball rule")

@@ -310,13 +310,34 @@ def _add_external(grid: Grid, groups: dict[str, GroupEntry], trials: dict[str, T
             groups[g].models.append(mid)
 
 
+def _check_affine_only(trial: TrialEntry, suite: EvalSuite, source: str) -> None:
+    """Refuse a trained model that is not affine where its suite has an attack only affine
+    models take (the exact attack), before any work."""
+    from jobs.model_names import AFFINE_MODEL_NAMES
+
+    name = (trial.config.get("model") or {}).get("name")
+    if name is None or name in AFFINE_MODEL_NAMES:
+        return
+    only = [a.base for a in suite.attacks if a.name in trial.attacks and a.spec.affine_models_only]
+    if only:
+        raise GridError(
+            f"{source}: experiments.{trial.groups[0]}.models.{trial.label}: model '{name}' is not "
+            "affine, "
+            f"but the suite '{suite.name}' (evaluation.{trial.dataset}.suite) has the attack "
+            f"'{only[0]}' of type 'exact', which only models affine in their input take "
+            f"({', '.join(AFFINE_MODEL_NAMES)}); evaluate it with a suite without exact attacks"
+            + (" (for toy: suite: toy-nonlinear)" if trial.dataset == "toy" else "")
+        )
+
+
 def _shards(grid: Grid, groups: dict[str, GroupEntry], trials: dict[str, TrialEntry],
-            suites: dict[str, EvalSuite]) -> list[ShardEntry]:
+            suites: dict[str, EvalSuite], source: str) -> list[ShardEntry]:
     """Each trial's suite attacks (of its groups' families, suite order) and their shards."""
     shards: list[ShardEntry] = []
     for mid, trial in trials.items():
         wanted = {f for g in trial.groups for f in (*groups[g].families, *groups[g].affine)}
         trial.attacks = [a.name for a in suites[trial.dataset].attacks if a.family in wanted]
+        _check_affine_only(trial, suites[trial.dataset], source)
         plan = grid.evaluation[trial.dataset]
         ranges = plan_shards(plan.n_test, plan.shard_size)
         shards += [ShardEntry(mid, attack, start, stop) for attack in trial.attacks
@@ -332,7 +353,7 @@ def expand_grid(grid: Grid, *, source: str = "<grid>", grid_dir: Path | None = N
     suites, suite_files = _suites(grid, source, grid_dir, suite_dir)
     groups, trials = _trained(grid, suites, source)
     _add_external(grid, groups, trials, source)
-    shards = _shards(grid, groups, trials, suites)
+    shards = _shards(grid, groups, trials, suites, source)
     return SweepPlan(grid=grid, groups=groups, trials=trials, suites=suites, shards=shards,
                      suite_files=suite_files)
 

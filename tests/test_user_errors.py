@@ -82,6 +82,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
                  lambda g: g["experiments"]["toy"]["attacks"]["linf"].update(epsilon=-0.3))
     grid_variant("grid_unknown_suite", lambda g: g["evaluation"]["toy"].update(suite="no-such-suite"))
     grid_variant("grid_changed", lambda g: g["experiments"]["toy"]["train"].update(epochs=4))
+    grid_variant("grid_mlp_exact", lambda g: g["experiments"]["toy"]["train"].update(
+        model={"name": "mlp"}))
     config_variant("config_unknown_field", lambda c: c.update(learning_rate=0.1))
     config_variant("config_zero_epochs", lambda c: c.update(epochs=0))
     config_variant("config_bad_model", lambda c: c["model"].update(name="resnet9000"))
@@ -132,6 +134,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["nothing", "no such run folder"]),
     ("resume a folder that is not a run", ["sweep", "--resume", "{empty}"],
      ["empty", "not an mpo sweep run folder", "missing run.json"]),
+    ("grid: exact attack on an mlp", ["sweep", "{grid_mlp_exact}"],
+     ["grid_mlp_exact.yaml", "experiments.toy.models.Nat", "model 'mlp' is not affine",
+      "'linf-exact' of type 'exact'", "suite: toy-nonlinear"]),
     ("changed grid on resume", ["sweep", "{grid_changed}", "--resume", "{run}"],
      ["grid_changed.yaml", "differs from the grid this run was started with", "epochs"]),
     ("negative eval workers", ["sweep", "toy", "--dry-run", "--eval-workers", "-1"],
@@ -170,7 +175,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
      ["l2-pgd", "its attacks: linf-pgd"]),
     ("eval: no CUDA", ["eval", "{checkpoint}", "--suite", "toy", "--device", "cuda"],
      ["device 'cuda'", "CUDA is not available", "cpu or auto"]),
-    ("eval: missing library", ["eval", "{checkpoint}", "--suite", "toy"],
+    ("eval: missing library", ["eval", "{checkpoint}", "--suite", "toy-nonlinear"],
      ["'foolbox'", "reinstall mpo"]),
     ("eval: factory module missing", ["eval", "--model", "no_such_pkg.models:net", "--dataset",
                                       "mnist", "--suite", "mnist-mini"],

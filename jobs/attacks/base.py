@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from jobs.attacks.specbase import BUDGET_RTOL, Bounds
 
-__all__ = ["BEST", "BUDGET_RTOL", "CLEAN_INPUT", "FIRST_FOOLED", "LIBRARY", "SMALLEST", "Attack",
+__all__ = ["BEST", "BUDGET_RTOL", "CLEAN_INPUT", "FIRST_FOOLED", "LIBRARY", "SMALLEST", "WORST_CASE",
+           "Attack",
            "AttackConstraintError", "AttackResult", "Best", "Bounds", "RunOutput", "input_grad",
            "margin_grad_output", "margin_loss"]
 
@@ -180,8 +181,10 @@ class Best:
 #: candidate that fooled it (an attack that stops when fooled), the best candidate of the whole
 #: run (a misclassified one wins, else the highest cross-entropy), the smallest perturbation
 #: found (a minimum-norm attack), the library's own choice, or the clean input (a library attack
-#: that found nothing fooling the input).
+#: that found nothing fooling the input); an exact attack's worst case in the ball (the largest
+#: margin any perturbation reaches there).
 FIRST_FOOLED, BEST, SMALLEST, LIBRARY = "first-fooled", "best", "smallest", "library"
+WORST_CASE = "worst-case"
 CLEAN_INPUT = "clean"
 
 

@@ -11,6 +11,7 @@ type; each package's ``spec`` module documents its keys:
 - affine: ``jobs.attacks.affine.spec``
 - msd: ``jobs.attacks.msd.spec``
 - foolbox: ``jobs.attacks.foolbox.spec``; autoattack: ``jobs.attacks.autoattack.spec``
+- exact (affine models): ``jobs.attacks.exact.spec``
 
 Adding an attack type: a package with its spec class (an ``AttackSpec``) and the attack class its
 ``build`` returns (an ``Attack``), one entry here, and its tests (ARCHITECTURE.md).
@@ -24,6 +25,7 @@ from jobs.attacks.affine.spec import AffineSpec
 from jobs.attacks.autoattack.spec import AutoAttackSpec
 from jobs.attacks.balls import LP_FAMILIES
 from jobs.attacks.checks import AttackSpecError, spec_error
+from jobs.attacks.exact.spec import ExactSpec
 from jobs.attacks.foolbox.spec import FoolboxSpec
 from jobs.attacks.msd.spec import MsdSpec
 from jobs.attacks.pgd.spec import LpSpec
@@ -40,6 +42,7 @@ SPEC_TYPES: dict[str, type[AttackSpec]] = {
     "msd": MsdSpec,
     "foolbox": FoolboxSpec,
     "autoattack": AutoAttackSpec,
+    "exact": ExactSpec,
 }
 
 

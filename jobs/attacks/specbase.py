@@ -68,6 +68,8 @@ class AttackSpec(ABC):
     family: str
     #: an ensemble's parts (AutoAttack's standard version), in the order it runs them
     components: ClassVar[tuple[str, ...]] = ()
+    #: does the attack take only models affine in their input (``jobs.model_names``)?
+    affine_models_only: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
