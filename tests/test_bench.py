@@ -23,7 +23,7 @@ EXPECTED_KEYS = ATTACK_KEYS | {
     *(f"train/{s}_vs_single" for s in STRATEGIES[2:]),
     "sweep/tune_vs_inprocess", "sweep/per_trial_overhead", "sweep/tune_parallel_vs_inprocess",
     "sweep/eval_fanout_speedup", "sweep/quickstart_wall", "sweep/toy_utilisation",
-    "sweep/mnist_utilisation",
+    "sweep/mnist_utilisation", "suite/toy", "suite/mnist-mini", "suite/mnist-paper",
     "projection/mnist_adv_max_examples_per_s", "projection/cifar10_wrn_adv_max_examples_per_s",
     "projection/paper_grid_hours",
     "cli/grids", "cli/status", "cli/missing_config", "cli/missing_run", "cli/refused_option",
@@ -49,7 +49,7 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
     )
     assert result.exit_code == 0, result.output
     # written to a pipe, progress lines are plain and as long as their text (not padded)
-    progress = [line for line in result.output.splitlines() if "1/7 attack efficiency" in line]
+    progress = [line for line in result.output.splitlines() if "1/8 attack efficiency" in line]
     assert progress and all(len(line) < 80 for line in progress), result.output[:2000]
     report = json.loads(out.read_text())  # valid JSON (no NaN)
     assert report["schema"] == "mpo-bench/1"
@@ -78,6 +78,11 @@ def test_bench_quick_cli_writes_every_figure(tmp_path, mnist_dir, ray_cluster):
         assert passes["attack_fwd"] >= passes["attack_bwd"] == {"nat": 0, "single": 5, "msd": 5,
                                                                 "eat": 5, "random": 5}.get(s, 15)
     assert figures["exec/compile_attack"]["status"] == "skipped"  # not in --quick
+    # a suite's cost per 100 points, the previous toy suite's beside it; mnist-mini not in --quick
+    toy = figures["suite/toy"]
+    assert toy["unit"] == "s" and toy["value"] > 0 and toy["details"]["before"] > 0
+    assert figures["suite/mnist-mini"]["status"] == "skipped"
+    assert figures["suite/mnist-mini"]["target"] == "<= 84"
     assert figures["sweep/tune_vs_inprocess"]["details"]["cluster_started_here"] is False
     for key in ("sweep/quickstart_wall", "sweep/mnist_utilisation"):  # each its own cluster
         assert figures[key]["status"] == "skipped" and figures[key]["target"], key

@@ -219,3 +219,23 @@ def test_evaluation_rows_are_identical_on_rerun(mnist_model, mnist_dir, tmp_path
     ]
     assert runs[0].equals(runs[1])
     assert runs[0]["fooled"].any()
+
+
+@pytest.mark.parametrize("norm", ["L2", "L1", "Linf"])
+def test_square_with_memoised_windows_is_autoattacks_bit_for_bit(mnist_model, norm):
+    from pyautoattack.square import SquareAttack
+
+    from jobs.attacks.autoattack.attack import square_class
+
+    model, x, y = mnist_model
+    x, y = x[:24], y[:24]
+    eps = {"L2": 1.0, "L1": 6.0, "Linf": 0.1}[norm]
+    out = []
+    for cls in (SquareAttack, square_class(SquareAttack)):
+        atk = cls(model, norm=norm, eps=eps, n_queries=150, p_init=0.8, n_restarts=1, seed=3,
+                  device="cpu", verbose=False, resc_schedule=False)
+        out.append(atk.perturb(x, y))
+    assert torch.equal(out[0], out[1])
+    with torch.no_grad():
+        fooled = (model(out[1]).argmax(1) != y).sum()
+    assert 0 < int(fooled) < len(y)  # the attack did something, and not everything

@@ -47,6 +47,8 @@ def _note(f: dict[str, Any]) -> str:
     d = f.get("details") or {}
     if "success_ours" in d:
         parts.append(f"success ours {d['success_ours']:.2f} / peer {d['success_peer']:.2f}")
+    if "before_is" in d:  # a suite's cost: the previous suite's, per 100 points
+        parts.append(f"before {d['before']:.3g} s per 100 points: {d['before_is']}")
     return "; ".join(parts)
 
 

@@ -19,6 +19,8 @@ from orchestrator.bench.execution import execution_figures, execution_keys
 from orchestrator.bench.figures import STATUSES, Figure, guarded, skipped
 from orchestrator.bench.gpu import projection_figures, projection_keys
 from orchestrator.bench.peers import peer_figures
+from orchestrator.bench.suite_cost import TITLES as SUITE_TITLES
+from orchestrator.bench.suite_cost import suite_cost_figures
 from orchestrator.bench.sweep_overhead import SWEEP_TITLES, sweep_figures
 from orchestrator.bench.sweep_use import USE_TITLES, sweep_use_figures
 from orchestrator.bench.training_cost import train_keys, training_figures
@@ -99,36 +101,39 @@ def _run_bench(*, device: str, quick: bool, data_dir: str | None, command: str, 
     say(f"model: MNIST CNN width {s.width}, batch {s.batch}, {s.fit_steps} clean training steps")
     b = make_bench(dev, s, data_dir)
     figures: list[Figure] = []
-    say(f"1/7 attack efficiency (k = {', '.join(map(str, s.ks))}, {s.reps} repetitions)")
+    say(f"1/8 attack efficiency (k = {', '.join(map(str, s.ks))}, {s.reps} repetitions)")
     figures += guarded("attack", attack_keys(s.ks), lambda: attack_figures(b))
-    say("2/7 peers: torchattacks, foolbox")
+    say("2/8 peers: torchattacks, foolbox")
     figures += peer_figures(b)
-    say("3/7 execution: layout, torch.compile, bf16")
+    say("3/8 execution: layout, torch.compile, bf16")
     figures += guarded("exec", execution_keys(),
                        lambda: execution_figures(b, compile_model=not quick))
     if not projection:  # the GPU script leaves these groups out
-        say("4/7 training cost per strategy")
+        say("4/8 training cost per strategy")
         figures += guarded("train", train_keys(), lambda: training_figures(b))
         if sweep:
-            say("5/7 whole sweeps: the quickstart's wall time, utilisation (toy, 2-trial MNIST)")
+            say("5/8 whole sweeps: the quickstart's wall time, utilisation (toy, 2-trial MNIST)")
             figures += guarded("sweep", list(USE_TITLES), lambda: sweep_use_figures(
                 s, data_dir, mnist_ok=b.data == "mnist"))
-            say(f"5/7 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
+            say(f"5/8 sweep overhead ({s.sweep_trials} toy trials on Ray Tune)")
             figures += guarded("sweep", list(SWEEP_TITLES), lambda: sweep_figures(s))
         else:
             figures += [skipped(k, "sweep", k, "sweep figures not requested")
                         for k in (*USE_TITLES, *SWEEP_TITLES)]
     if projection or dev.type == "cuda":
-        say(f"6/7 training throughput of the paper's recipes on {dev}, paper-grid projection")
+        say(f"6/8 training throughput of the paper's recipes on {dev}, paper-grid projection")
         figures += guarded("projection", projection_keys(), lambda: projection_figures(
             dev, steps=s.proj_steps, warmup=s.proj_warmup, batch_size=s.proj_batch))
     else:
-        say("6/7 projection: skipped (no GPU; --projection measures it on this device)")
+        say("6/8 projection: skipped (no GPU; --projection measures it on this device)")
         reason = ("no GPU: the projection needs the device's rates (mpo bench --projection "
                   "measures it on this device)")
         figures += [skipped(k, "projection", k, reason) for k in projection_keys()]
     if not projection:
-        say("7/7 command-line latency (mpo grids, status, refused mistakes)")
+        say("7/8 what each shipped suite costs per 100 points of a robust model")
+        figures += guarded("suite", list(SUITE_TITLES), lambda: suite_cost_figures(
+            s, data_dir, mnist_ok=b.data == "mnist"))
+        say("8/8 command-line latency (mpo grids, status, refused mistakes)")
         figures += guarded("cli", list(COMMANDS), lambda: cli_figures(3 if quick else 7))
     return {
         "schema": SCHEMA,

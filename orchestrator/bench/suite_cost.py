@@ -1,0 +1,101 @@
+"""Group 8: what a shipped suite costs, in seconds per 100 test points of one robust model, with
+the previous value beside it (``details["before"]``).
+
+- ``suite/toy``: an Adv_max linear toy model (the quickstart's recipe), the ``toy`` suite on 1000
+  points; beside it, in the same run, ``toy-nonlinear`` (the attacks the toy suite had before its
+  exact attack: Square and Pointwise after PGD / SLIDE) on the same model and points.
+- ``suite/mnist-mini``: an Adv_inf quarter-width MNIST CNN trained here (1 epoch of 6000 digits,
+  PGD l_inf k = 10), the ``mnist-mini`` suite on the first ``n`` test points (20; 100 points cost
+  about 5x as much), scaled to 100. Target: at most the previous mnist-mini suite's 84 s (PGD,
+  SLIDE and APGD-CE only; its file has the breakdown), the issue's price for AutoAttack-level
+  strength.
+- The other suites are skipped with the reason (each file's COST section has its measurement).
+
+Each evaluation runs in this process, one torch thread (the bench's), fp32, one shard per attack.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.bench.figures import Figure, Target, ratio_figure, skipped
+from orchestrator.bench.workload import Settings
+
+TITLES = {
+    "suite/toy": "toy suite, s per 100 points of an Adv_max linear model",
+    "suite/mnist-mini": "mnist-mini suite, s per 100 points of an Adv_inf mnist_cnn_small",
+    "suite/mnist-paper": "mnist-paper suite, s per 100 points",
+    "suite/mnist-strong": "mnist-strong suite, s per 100 points",
+    "suite/cifar10-paper": "cifar10-paper suite, s per 100 points",
+    "suite/cifar10-strong": "cifar10-strong suite, s per 100 points",
+}
+#: the previous mnist-mini suite (PGD / SLIDE / APGD-CE), per 100 points of the same kind of model
+MNIST_MINI_BEFORE_S = 84.0
+TARGETS = {"suite/mnist-mini": Target("<=", MNIST_MINI_BEFORE_S)}
+SKIP = {
+    "suite/mnist-paper": "its 100 x 40-step restarts cost thousands of CPU-s per 100 points "
+                         "(jobs/suites/mnist-paper.yaml, COST)",
+    "suite/mnist-strong": "3000-4000 CPU-s per 100 points by its file's estimate "
+                          "(jobs/suites/mnist-strong.yaml, COST)",
+    "suite/cifar10-paper": "needs a robust CIFAR10 model and CIFAR10 data (a GPU's work)",
+    "suite/cifar10-strong": "needs a robust CIFAR10 model and CIFAR10 data (a GPU's work)",
+}
+
+
+def _seconds_per_100(checkpoint: Path, suite: str, n: int, out: Path, data_dir: str | None,
+                     ) -> float:
+    from jobs.evaluation import evaluate
+
+    t0 = time.perf_counter()
+    evaluate(checkpoint, suite, n_test=n, out_dir=out, shard_size=n, data_dir=data_dir,
+             device="cpu")
+    return (time.perf_counter() - t0) * 100.0 / n
+
+
+def _train(data: dict, attacks: list[dict], strategy: str, model: str, epochs: int, out: Path,
+           data_dir: str | None) -> Path:
+    from jobs.config import make_train_config
+    from jobs.training import train
+
+    cfg = make_train_config({"label": "bench", "dataset": data, "model": {"name": model},
+                             "strategy": strategy, "attacks": attacks, "epochs": epochs,
+                             "batch_size": 50, "seed": 0})
+    return train(cfg, out, data_dir=data_dir, device="cpu").checkpoint
+
+
+def suite_cost_figures(s: Settings, data_dir: str | None, mnist_ok: bool) -> list[Figure]:
+    out: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="mpo-bench-suite-") as tmp:
+        root = Path(tmp)
+        toy = _train({"name": "toy", "params": {"d": 99, "alpha": 2.0}},
+                     [{"type": "linf", "epsilon": 0.4020151261036849, "k": 10},
+                      {"type": "l1", "epsilon": 2.0, "k": 10}], "max", "linear", 3,
+                     root / "toy", None)
+        n = 200 if s.quick else 1000
+        now = _seconds_per_100(toy, "toy", n, root / "toy-now", None)
+        before = _seconds_per_100(toy, "toy-nonlinear", n, root / "toy-before", None)
+        out.append(ratio_figure("suite/toy", "suite", TITLES["suite/toy"], [now], target=None,
+                                unit="s", times={"toy": [now], "toy-nonlinear": [before]},
+                                details={"before": before, "points": n,
+                                         "before_is": "toy-nonlinear (Square, Pointwise)"}))
+        key = "suite/mnist-mini"
+        if s.quick:
+            out.append(skipped(key, "suite", TITLES[key], "not in --quick", TARGETS[key]))
+        elif not mnist_ok:
+            out.append(skipped(key, "suite", TITLES[key], "MNIST not found (give --data-dir)",
+                               TARGETS[key]))
+        else:
+            ckpt = _train({"name": "mnist", "n_train": 6000},
+                          [{"type": "linf", "epsilon": 0.3, "k": 10}], "single",
+                          "mnist_cnn_small", 1, root / "mnist", data_dir)
+            n = 20
+            value = _seconds_per_100(ckpt, "mnist-mini", n, root / "mnist-now", data_dir)
+            out.append(ratio_figure(key, "suite", TITLES[key], [value], target=TARGETS[key],
+                                    unit="s", times={"mnist-mini": [value]},
+                                    details={"before": MNIST_MINI_BEFORE_S, "points": n,
+                                             "before_is": "the previous mnist-mini (PGD, SLIDE, "
+                                                          "APGD-CE), from its file"}))
+    out += [skipped(k, "suite", TITLES[k], why) for k, why in SKIP.items()]
+    return out
