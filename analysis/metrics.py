@@ -34,8 +34,7 @@ from analysis.stats import ALPHA, Estimate, binomial_one_sided, paired_sign_test
 
 FULL_BUDGET = 1.0
 FIRST_ORDER = "first-order"
-#: The kind of an attack that solves the worst case itself (an affine model's closed form): it
-#: fools every input that can be fooled, so beating the first-order attacks is no sign of masking.
+#: An attack that solves the worst case (an affine model's): outdoing first-order is no masking.
 EXACT = "exact"
 _BUDGET_DECIMALS = 6
 

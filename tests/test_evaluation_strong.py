@@ -65,7 +65,7 @@ def library_key(spec: dict) -> tuple[str, str] | None:
 
 
 @pytest.mark.parametrize("suite", ["mnist-paper", "mnist-strong", "cifar10-paper",
-                                   "cifar10-strong", "mnist-mini", "toy"])
+                                   "cifar10-strong", "mnist-mini", "toy-nonlinear"])
 def test_every_library_attack_states_its_budget(suite):
     library = [a for a in raw_attacks(suite) if library_key(a["spec"])]
     assert library, suite
