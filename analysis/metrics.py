@@ -34,8 +34,7 @@ from analysis.stats import ALPHA, Estimate, binomial_one_sided, paired_sign_test
 
 FULL_BUDGET = 1.0
 FIRST_ORDER = "first-order"
-#: An attack that solves the worst case (an affine model's): outdoing first-order is no masking.
-EXACT = "exact"
+EXACT = "exact"  # solves an affine model's worst case: outdoing first-order is no masking
 _BUDGET_DECIMALS = 6
 
 
