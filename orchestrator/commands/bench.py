@@ -133,8 +133,10 @@ def bench(device: str, quick: bool, out: Path | None, page: Path | None, data_di
     passes, 2) torchattacks and foolbox / ours, 3) execution variants (channels-last,
     torch.compile, bf16) / default, 4) training step per strategy / its passes, 5) Ray sweep
     overhead and evaluation fan-out, and whole `mpo sweep` runs (the quickstart's wall time;
-    busy CPU-seconds over wall x CPUs of the toy and a 2-trial MNIST sweep; not in --quick), 6) the paper recipes' training throughput and the
-    paper-grid projection (on a GPU, or with --projection), 7) how long `mpo` takes to answer
+    busy CPU-seconds over wall x CPUs of the toy and a 2-trial MNIST sweep; not in --quick),
+    6) the paper recipes' training throughput and the paper-grid projection (on a GPU, or with
+    --projection), 7) what each shipped suite costs per 100 test points of a robust model, the
+    previous suite's beside it (mnist-mini not in --quick), 8) how long `mpo` takes to answer
     (grids, status, refused mistakes). A figure that cannot be measured is reported as
     skipped, with the reason.
     """
