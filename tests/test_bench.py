@@ -224,3 +224,21 @@ def test_bench_refuses_cuda_without_gpu():
     result = CliRunner().invoke(main, ["bench", "--device", "cuda", "--quick"])
     assert result.exit_code != 0
     assert "CUDA is not available" in result.output
+
+
+def test_page_reads_before_from_its_own_table_not_the_notes(tmp_path):
+    from orchestrator.bench.page import BEGIN, END, write_page
+
+    page = tmp_path / "BENCH.md"
+    page.write_text(f"intro\n{BEGIN}\n| t | `sweep/quickstart_wall` |  | 68.5 s (68-69) | <= 30 | miss | |\n"
+                    f"{END}\nnotes\n| t | `sweep/quickstart_wall` | 99.0 s | <= 30 s | miss |\n")
+    report = {"machine": {"cpu": "c", "cores": 2, "memory_gib": 1.0, "load_average_start": None},
+              "command": "mpo bench", "created": "now", "device": "cpu", "seconds": 1.0,
+              "versions": {"torch": "t", "ray": "r"}, "summary": {"miss": 1},
+              "figures": [{"key": "sweep/quickstart_wall", "title": "q", "status": "miss",
+                           "value": 44.0, "unit": "s", "target": "<= 30",
+                           "spread": [43.0, 45.0]}]}
+    text = write_page(report, page).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| q |"))
+    assert row.split(" | ")[2] == "68.5 s"
+    assert text.startswith("intro\n") and text.rstrip().endswith("| <= 30 s | miss |")

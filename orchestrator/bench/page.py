@@ -29,11 +29,15 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def previous_values(page: Path) -> dict[str, str]:
-    """{figure key: its value} of the page's table (empty without a page)."""
+    """{figure key: its value} of the page's table, between its markers where it has them
+    (empty without a page)."""
     if not page.exists():
         return {}
+    text = page.read_text(encoding="utf-8")
+    if BEGIN in text and END in text:  # the table mpo bench wrote, not the notes' own tables
+        text = text.split(BEGIN, 1)[1].split(END, 1)[0]
     out = {}
-    for line in page.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         m = _ROW.match(line)
         if m and m["value"].strip():
             out[m["key"]] = m["value"].strip()
