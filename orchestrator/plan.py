@@ -321,9 +321,8 @@ def _check_affine_only(trial: TrialEntry, suite: EvalSuite, source: str) -> None
     only = [a.base for a in suite.attacks if a.name in trial.attacks and a.spec.affine_models_only]
     if only:
         raise GridError(
-            f"{source}: experiments.{trial.groups[0]}.models.{trial.label}: model '{name}' is not "
-            "affine, "
-            f"but the suite '{suite.name}' (evaluation.{trial.dataset}.suite) has the attack "
+            f"{source}: experiments.{trial.groups[0]}.models.{trial.label}: model '{name}' is "
+            f"not affine, but the suite '{suite.name}' (evaluation.{trial.dataset}.suite) has the attack "
             f"'{only[0]}' of type 'exact', which only models affine in their input take "
             f"({', '.join(AFFINE_MODEL_NAMES)}); evaluate it with a suite without exact attacks"
             + (" (for toy: suite: toy-nonlinear)" if trial.dataset == "toy" else "")

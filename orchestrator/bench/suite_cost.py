@@ -1,15 +1,15 @@
 """Group 8: what a shipped suite costs, in seconds per 100 test points of one robust model, with
 the previous value beside it (``details["before"]``).
 
-- ``suite/toy``: an Adv_max linear toy model (the quickstart's recipe), the ``toy`` suite on 1000
-  points; beside it, in the same run, ``toy-nonlinear`` (the attacks the toy suite had before its
+- ``suite/toy``: the quickstart's Adv_max (the shipped ``toy`` grid's config), the ``toy`` suite
+  on 1000 points; beside it, in the same run, ``toy-nonlinear`` (the attacks the toy suite had before its
   exact attack: Square and Pointwise after PGD / SLIDE) on the same model and points.
 - ``suite/mnist-mini``: an Adv_inf quarter-width MNIST CNN trained here (4 epochs of 6000 digits,
   PGD l_inf k = 10, start_small; about 94% clean and 53% PGD-robust on its training data), the
-  ``mnist-mini`` suite on the first ``n`` test points (20; 100 points cost about 5x as much),
-  scaled to 100; the model's clean accuracy on them is in the figure's details. Target: at most the previous mnist-mini suite's 84 s (PGD,
-  SLIDE and APGD-CE only; its file has the breakdown), the issue's price for AutoAttack-level
-  strength.
+  ``mnist-mini`` suite on the first ``n`` test points (20), scaled to 100; the model's clean
+  accuracy on them is in the figure's details. Target: at most the previous mnist-mini suite's
+  84 s (PGD, SLIDE and APGD-CE only; its file has the breakdown), the issue's price for
+  AutoAttack-level strength.
 - The other suites are skipped with the reason (each file's COST section has its measurement).
 
 Each evaluation runs in this process, one torch thread (the bench's), fp32, one shard per attack.
@@ -62,25 +62,25 @@ def _clean_accuracy(out: Path) -> float:
     return float(rows.drop_duplicates("index")["clean_correct"].mean())
 
 
-def _train(data: dict, attacks: list[dict], strategy: str, model: str, epochs: int, out: Path,
-           data_dir: str | None, **extra: object) -> Path:
-    from jobs.config import make_train_config
+def _train(config: dict, out: Path, data_dir: str | None) -> Path:
     from jobs.training import train
 
-    cfg = make_train_config({"label": "bench", "dataset": data, "model": {"name": model},
-                             "strategy": strategy, "attacks": attacks, "epochs": epochs,
-                             "batch_size": 50, "seed": 0, **extra})
-    return train(cfg, out, data_dir=data_dir, device="cpu").checkpoint
+    return train(config, out, data_dir=data_dir, device="cpu").checkpoint
+
+
+def _toy_adv_max() -> dict:
+    """The quickstart's Adv_max: its config in the shipped ``toy`` grid."""
+    from orchestrator.plan import load_plan
+
+    plan, _, _ = load_plan("toy")
+    return next(t.config for t in plan.trials.values() if t.label == "Adv_max")
 
 
 def suite_cost_figures(s: Settings, data_dir: str | None, mnist_ok: bool) -> list[Figure]:
     out: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-suite-") as tmp:
         root = Path(tmp)
-        toy = _train({"name": "toy", "params": {"d": 99, "alpha": 2.0}},
-                     [{"type": "linf", "epsilon": 0.4020151261036849, "k": 10},
-                      {"type": "l1", "epsilon": 2.0, "k": 10}], "max", "linear", 3,
-                     root / "toy", None)
+        toy = _train(_toy_adv_max(), root / "toy", None)
         n = 200 if s.quick else 1000
         now = _seconds_per_100(toy, "toy", n, root / "toy-now", None)
         before = _seconds_per_100(toy, "toy-nonlinear", n, root / "toy-before", None)
@@ -97,10 +97,11 @@ def suite_cost_figures(s: Settings, data_dir: str | None, mnist_ok: bool) -> lis
         else:
             # start_small (eps / 3 in the first epoch), as mnist-mini's recipe: from scratch at
             # eps = 0.3 a short run collapses to a constant prediction (15% clean accuracy)
-            ckpt = _train({"name": "mnist", "n_train": 6000},
-                          [{"type": "linf", "epsilon": 0.3, "k": 10}], "single",
-                          "mnist_cnn_small", 4, root / "mnist", data_dir, start_small=True,
-                          optimizer={"name": "adam", "lr": 2.0e-3})
+            ckpt = _train({"label": "bench", "dataset": {"name": "mnist", "n_train": 6000},
+                           "model": {"name": "mnist_cnn_small"}, "strategy": "single",
+                           "attacks": [{"type": "linf", "epsilon": 0.3, "k": 10}], "epochs": 4,
+                           "batch_size": 50, "seed": 0, "start_small": True,
+                           "optimizer": {"name": "adam", "lr": 2.0e-3}}, root / "mnist", data_dir)
             n = 20
             value = _seconds_per_100(ckpt, "mnist-mini", n, root / "mnist-now", data_dir)
             clean = _clean_accuracy(root / "mnist-now")

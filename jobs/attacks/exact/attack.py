@@ -119,7 +119,8 @@ class ExactAttack(Attack):
         n, k = x.shape[0], w.shape[0]
         flat = x.reshape(n, -1).double()
         g = w[None, :, :] - w[y][:, None, :]  # [n, K, D]: margin direction of class j over y
-        c = (flat @ w.T + b) - (flat @ w.T + b).gather(1, y[:, None])  # [n, K] margins at x
+        z = flat @ w.T + b  # [n, K] logits at x
+        c = z - z.gather(1, y[:, None])  # [n, K] margins of class j over y at x
         if self.bounds is None:
             room_up = room_down = torch.full_like(flat, float(self.epsilon))
         else:
