@@ -223,16 +223,18 @@ def test_mnist_mini_and_toy_are_cpu_sized():
     mini, _, _ = load_plan("mnist-mini")
     scratch = [t for t in mini.trials.values() if not t.parents]
     assert len(scratch) == 14  # 9 l_p models and 7 RT ones, Nat and Adv_inf shared
-    # fine-tunes of Adv_inf: FT_eat per group, FT_inf (shared), FT_1, FT_2, FT_RT; 3 soups
-    # for each of Soup_inf_1, Soup_inf_2, Soup_inf_RT
-    assert len(mini.trials) == 14 + 6 + 9
+    # fine-tunes of Adv_inf: FT_eat per group, FT_inf (shared), FT_1, FT_2, FT_RT; one soup
+    # (0.5, 0.5) for each of Soup_inf_1, Soup_inf_2, Soup_inf_RT
+    assert len(mini.trials) == 14 + 6 + 3
     assert all(t.config["model"]["name"] == "mnist_cnn_small" for t in mini.trials.values())
     assert {t.config["strategy"] for t in scratch} == {
         "nat", "single", "avg", "max", "msd", "eat", "random"}
-    # the paper's training attacks (paper-grid's): 20 steps each
+    # 10-step training attacks (the paper's 20, at twice the step), for twice the epochs
     assert {a["k"] for t in mini.trials.values() for a in t.config["attacks"]
-            if a["type"] != "rt"} == {20}
-    assert mini.grid.evaluation["mnist"].n_test >= 500
+            if a["type"] != "rt"} == {10}
+    assert {t.config["epochs"] for t in scratch} == {12}
+    # at least the 100 test points `mpo audit` samples by default
+    assert mini.grid.evaluation["mnist"].n_test >= 100
     toy, _, _ = load_plan("toy")
     assert sorted(t.label for t in toy.trials.values()) == sorted(
         ["Nat", "Adv_inf", "Adv_1", "Adv_avg", "Adv_max"])
