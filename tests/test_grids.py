@@ -229,7 +229,7 @@ def test_mnist_mini_and_toy_are_cpu_sized():
     assert all(t.config["model"]["name"] == "mnist_cnn_small" for t in mini.trials.values())
     assert {t.config["strategy"] for t in scratch} == {
         "nat", "single", "avg", "max", "msd", "eat", "random"}
-    # 10-step training attacks (the paper's 20, at twice the step), for twice the epochs
+    # 10-step training attacks (paper-grid's 20, at twice the step), for twice the epochs
     assert {a["k"] for t in mini.trials.values() for a in t.config["attacks"]
             if a["type"] != "rt"} == {10}
     assert {t.config["epochs"] for t in scratch} == {12}
